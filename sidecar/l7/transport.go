@@ -1,0 +1,129 @@
+package l7
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"time"
+)
+
+// Upstream protocols, as in the config's upstreams[].protocol.
+const (
+	ProtocolAuto  = "auto"  // the downstream request's protocol
+	ProtocolHTTP1 = "http1" // HTTP/1.1
+	ProtocolHTTP2 = "http2" // HTTP/2 cleartext with prior knowledge
+)
+
+// TransportOptions configures the connection pools to one upstream.
+type TransportOptions struct {
+	// Protocol is ProtocolAuto, ProtocolHTTP1 or ProtocolHTTP2.
+	Protocol string
+	// ConnectTimeout bounds one dial.
+	ConnectTimeout time.Duration
+	// IdleTimeout closes pooled connections idle this long.
+	IdleTimeout time.Duration
+	// MaxIdleConnsPerHost bounds the idle HTTP/1.1 connections kept per endpoint.
+	MaxIdleConnsPerHost int
+}
+
+// Transport holds an upstream's pooled connections: HTTP/1.1 connections kept alive per
+// endpoint, and multiplexed HTTP/2 cleartext connections. It is safe for concurrent use and
+// is kept across config reloads while its options do not change, so pools survive.
+type Transport struct {
+	opts TransportOptions
+	h1   *http.Transport
+	h2   *http.Transport
+}
+
+// NewTransport returns a Transport with empty pools.
+func NewTransport(o TransportOptions) *Transport {
+	if o.Protocol == "" {
+		o.Protocol = ProtocolAuto
+	}
+	t := &Transport{opts: o}
+	dialer := &net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: 30 * time.Second}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dialer.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, &DialError{Err: err}
+		}
+		return c, nil
+	}
+	base := func(p *http.Protocols) *http.Transport {
+		return &http.Transport{
+			Proxy:                  nil, // a sidecar never honours HTTP_PROXY for mesh traffic
+			DialContext:            dial,
+			Protocols:              p,
+			MaxIdleConns:           0,
+			MaxIdleConnsPerHost:    o.MaxIdleConnsPerHost,
+			IdleConnTimeout:        o.IdleTimeout,
+			DisableCompression:     true, // pass Accept-Encoding and bodies through untouched
+			ExpectContinueTimeout:  0,
+			MaxResponseHeaderBytes: 1 << 20,
+			WriteBufferSize:        16 << 10,
+			ReadBufferSize:         16 << 10,
+		}
+	}
+	if o.Protocol != ProtocolHTTP2 {
+		var p http.Protocols
+		p.SetHTTP1(true)
+		t.h1 = base(&p)
+	}
+	if o.Protocol != ProtocolHTTP1 {
+		var p http.Protocols
+		p.SetUnencryptedHTTP2(true)
+		t.h2 = base(&p)
+		t.h2.HTTP2 = &http.HTTP2Config{
+			// Detect dead upstream connections instead of waiting on them forever.
+			SendPingTimeout: 15 * time.Second,
+			PingTimeout:     5 * time.Second,
+		}
+	}
+	return t
+}
+
+// Options returns the options the Transport was built with.
+func (t *Transport) Options() TransportOptions { return t.opts }
+
+// RoundTrip sends req on a pooled connection to req.URL.Host, choosing HTTP/1.1 or HTTP/2
+// per the upstream's protocol. Upgrade requests (WebSocket) always use HTTP/1.1.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	return t.pick(req).RoundTrip(req)
+}
+
+func (t *Transport) pick(req *http.Request) *http.Transport {
+	switch {
+	case t.h1 == nil:
+		return t.h2
+	case t.h2 == nil:
+		return t.h1
+	case req.ProtoMajor == 2 && req.Header.Get("Upgrade") == "":
+		return t.h2
+	default:
+		return t.h1
+	}
+}
+
+// CloseIdleConnections closes every idle pooled connection.
+func (t *Transport) CloseIdleConnections() {
+	if t.h1 != nil {
+		t.h1.CloseIdleConnections()
+	}
+	if t.h2 != nil {
+		t.h2.CloseIdleConnections()
+	}
+}
+
+// DialError marks an error that happened while connecting to an endpoint, before any byte of
+// the request was sent.
+type DialError struct{ Err error }
+
+func (e *DialError) Error() string { return "connect: " + e.Err.Error() }
+func (e *DialError) Unwrap() error { return e.Err }
+
+// IsDialError reports whether err happened while connecting.
+func IsDialError(err error) bool {
+	var d *DialError
+	return errors.As(err, &d)
+}

@@ -1,0 +1,169 @@
+// Package telemetry holds Ferry's metrics (a Prometheus registry of its own, never the
+// global default) and its access log.
+package telemetry
+
+import (
+	"strconv"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Direction labels.
+const (
+	Inbound  = "inbound"
+	Outbound = "outbound"
+)
+
+// Metrics is every metric the proxy exports. Create it once per process with NewMetrics;
+// it is safe for concurrent use.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	requests        *prometheus.CounterVec
+	duration        *prometheus.HistogramVec
+	activeRequests  *prometheus.GaugeVec
+	proxyErrors     *prometheus.CounterVec
+	connsActive     *prometheus.GaugeVec
+	connsTotal      *prometheus.CounterVec
+	tcpSessions     *prometheus.CounterVec
+	tcpActive       *prometheus.GaugeVec
+	tcpBytes        *prometheus.CounterVec
+	endpoints       *prometheus.GaugeVec
+	ConfigReloads   *prometheus.CounterVec
+	ConfigInfo      *prometheus.GaugeVec
+	ConfigTimestamp prometheus.Gauge
+}
+
+// NewMetrics creates the metrics in a new registry, with the Go and process collectors.
+func NewMetrics() *Metrics {
+	r := prometheus.NewRegistry()
+	m := &Metrics{
+		Registry: r,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_requests_total", Help: "HTTP requests proxied, by direction, upstream and response status code.",
+		}, []string{"direction", "upstream", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ferry_request_duration_seconds", Help: "Time from receiving a request to the end of its response.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"direction", "upstream"}),
+		activeRequests: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_active_requests", Help: "HTTP requests in flight.",
+		}, []string{"direction", "upstream"}),
+		proxyErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_proxy_errors_total", Help: "Responses Ferry generated itself, by RFC 9209 Proxy-Status error type.",
+		}, []string{"direction", "upstream", "error"}),
+		connsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_downstream_connections_active", Help: "Open downstream connections per listener.",
+		}, []string{"listener"}),
+		connsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_downstream_connections_total", Help: "Accepted downstream connections per listener.",
+		}, []string{"listener"}),
+		tcpSessions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_tcp_sessions_total", Help: "TCP sessions proxied, by result (ok or error).",
+		}, []string{"direction", "upstream", "result"}),
+		tcpActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_tcp_sessions_active", Help: "TCP sessions open.",
+		}, []string{"direction", "upstream"}),
+		tcpBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_tcp_bytes_total", Help: "Bytes proxied on TCP sessions; flow=received is from the downstream client, sent is to it.",
+		}, []string{"direction", "upstream", "flow"}),
+		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_upstream_endpoints", Help: "Endpoints known per upstream.",
+		}, []string{"upstream"}),
+		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_config_reloads_total", Help: "Config loads, by result (ok or error).",
+		}, []string{"result"}),
+		ConfigInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_config_info", Help: "1 for the version of the config in use.",
+		}, []string{"version"}),
+		ConfigTimestamp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ferry_config_last_reload_success_timestamp_seconds", Help: "When the config in use was applied.",
+		}),
+	}
+	r.MustRegister(m.requests, m.duration, m.activeRequests, m.proxyErrors, m.connsActive, m.connsTotal,
+		m.tcpSessions, m.tcpActive, m.tcpBytes, m.endpoints, m.ConfigReloads, m.ConfigInfo, m.ConfigTimestamp,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// SetEndpoints records how many endpoints an upstream has.
+func (m *Metrics) SetEndpoints(upstream string, n int) {
+	m.endpoints.WithLabelValues(upstream).Set(float64(n))
+}
+
+// ForgetUpstream removes an upstream's endpoint gauge when it leaves the config.
+func (m *Metrics) ForgetUpstream(upstream string) { m.endpoints.DeleteLabelValues(upstream) }
+
+// Listener returns the connection metrics of one listener address.
+func (m *Metrics) Listener(address string) ListenerMetrics {
+	return ListenerMetrics{
+		Active: m.connsActive.WithLabelValues(address),
+		Total:  m.connsTotal.WithLabelValues(address),
+	}
+}
+
+// ListenerMetrics counts downstream connections of one listener.
+type ListenerMetrics struct {
+	Active prometheus.Gauge
+	Total  prometheus.Counter
+}
+
+// HTTP returns the request metrics of one (direction, upstream) pair, with label lookups
+// resolved ahead of the request path.
+func (m *Metrics) HTTP(direction, upstream string) *HTTPMetrics {
+	return &HTTPMetrics{
+		m: m, direction: direction, upstream: upstream,
+		Duration: m.duration.WithLabelValues(direction, upstream),
+		Active:   m.activeRequests.WithLabelValues(direction, upstream),
+	}
+}
+
+// HTTPMetrics are the request metrics of one (direction, upstream) pair. Safe for concurrent
+// use; the per-status-code counters are resolved once and then read without locks.
+type HTTPMetrics struct {
+	m                   *Metrics
+	direction, upstream string
+	Duration            prometheus.Observer
+	Active              prometheus.Gauge
+	codes               [600]atomic.Pointer[prometheus.Counter]
+}
+
+// Request counts one finished request with its status code.
+func (h *HTTPMetrics) Request(code int) {
+	if code < 0 || code >= len(h.codes) {
+		code = 0
+	}
+	if c := h.codes[code].Load(); c != nil {
+		(*c).Inc()
+		return
+	}
+	c := h.m.requests.WithLabelValues(h.direction, h.upstream, strconv.Itoa(code))
+	h.codes[code].Store(&c)
+	c.Inc()
+}
+
+// ProxyError counts a response Ferry generated itself, by Proxy-Status error type.
+func (h *HTTPMetrics) ProxyError(errType string) {
+	h.m.proxyErrors.WithLabelValues(h.direction, h.upstream, errType).Inc()
+}
+
+// TCP returns the session metrics of one (direction, upstream) pair.
+func (m *Metrics) TCP(direction, upstream string) *TCPMetrics {
+	return &TCPMetrics{
+		OK:       m.tcpSessions.WithLabelValues(direction, upstream, "ok"),
+		Failed:   m.tcpSessions.WithLabelValues(direction, upstream, "error"),
+		Active:   m.tcpActive.WithLabelValues(direction, upstream),
+		Received: m.tcpBytes.WithLabelValues(direction, upstream, "received"),
+		Sent:     m.tcpBytes.WithLabelValues(direction, upstream, "sent"),
+	}
+}
+
+// TCPMetrics are the session metrics of one (direction, upstream) pair. Safe for
+// concurrent use.
+type TCPMetrics struct {
+	OK, Failed     prometheus.Counter
+	Active         prometheus.Gauge
+	Received, Sent prometheus.Counter
+}
