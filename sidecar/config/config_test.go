@@ -1,0 +1,886 @@
+package config
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+// parse parses a test document: a raw string whose leading newline is dropped, so that
+// its first line is line 1.
+func parse(t *testing.T, doc string) (*Config, error) {
+	t.Helper()
+	return Parse("ferry.yaml", []byte(strings.TrimPrefix(doc, "\n")))
+}
+
+func TestParseMinimalDefaults(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "minimal.yaml"))
+	if err != nil {
+		t.Fatalf("Load() error = %v", err)
+	}
+	data, err := os.ReadFile(filepath.Join("testdata", "minimal.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	want := &Config{
+		Service: "web",
+		Admin:   Admin{Address: "127.0.0.1:9901"},
+		Outbound: []Outbound{{
+			Listener: Listener{
+				Address:           "127.0.0.1:9191",
+				Protocol:          "http",
+				IdleTimeout:       Duration(5 * time.Minute),
+				ReadHeaderTimeout: Duration(10 * time.Second),
+				MaxHeaderBytes:    65536,
+			},
+			Upstream: "api",
+		}},
+		Upstreams: []Upstream{{
+			Name:                    "api",
+			Endpoints:               []Endpoint{{Address: "127.0.0.1:8081", Weight: 1}},
+			LB:                      "round_robin",
+			Protocol:                "auto",
+			ConnectTimeout:          Duration(time.Second),
+			RequestTimeout:          Duration(15 * time.Second),
+			IdleTimeout:             Duration(90 * time.Second),
+			MaxIdleConnsPerEndpoint: 1024,
+		}},
+		DrainTimeout: Duration(30 * time.Second),
+		File:         filepath.Join("testdata", "minimal.yaml"),
+		Version:      hex.EncodeToString(sum[:])[:12],
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
+	}
+	if len(c.Version) != 12 {
+		t.Errorf("Version = %q, want 12 hex digits", c.Version)
+	}
+}
+
+func TestParseFull(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "full.yaml"))
+	if err != nil {
+		t.Fatalf("Load() error = %v", err)
+	}
+	in := c.Inbound
+	if in == nil {
+		t.Fatal("Inbound = nil, want the inbound listener")
+	}
+	checks := []struct {
+		name string
+		got  any
+		want any
+	}{
+		{"admin.address", c.Admin.Address, "127.0.0.1:9902"},
+		{"inbound.target", in.Target, "127.0.0.1:8080"},
+		{"inbound.idle_timeout", in.IdleTimeout, Duration(2 * time.Minute)},
+		{"inbound.read_header_timeout", in.ReadHeaderTimeout, Duration(5 * time.Second)},
+		{"inbound.max_header_bytes", in.MaxHeaderBytes, 32768},
+		{"inbound.connect_timeout", in.ConnectTimeout, Duration(500 * time.Millisecond)},
+		{"inbound.request_timeout", in.RequestTimeout, Duration(30 * time.Second)},
+		{"outbound[1].protocol", c.Outbound[1].Protocol, "tcp"},
+		{"outbound[1].idle_timeout", c.Outbound[1].IdleTimeout, Duration(2 * time.Hour)},
+		{"outbound[2].address", c.Outbound[2].Address, "[::1]:16379"},
+		{"outbound[2].idle_timeout (tcp default)", c.Outbound[2].IdleTimeout, Duration(time.Hour)},
+		{"upstreams[0].lb", c.Upstreams[0].LB, "least_request"},
+		{"upstreams[0].protocol", c.Upstreams[0].Protocol, "http2"},
+		{"upstreams[0].connect_timeout", c.Upstreams[0].ConnectTimeout, Duration(250 * time.Millisecond)},
+		{"upstreams[0].request_timeout (explicit 0s)", c.Upstreams[0].RequestTimeout, Duration(0)},
+		{"upstreams[0].idle_timeout", c.Upstreams[0].IdleTimeout, Duration(time.Minute)},
+		{"upstreams[0].max_idle_connections_per_endpoint", c.Upstreams[0].MaxIdleConnsPerEndpoint, 64},
+		{"upstreams[0].endpoints", c.Upstreams[0].Endpoints, []Endpoint{{"127.0.0.1:8081", 1}, {"127.0.0.1:8082", 1}}},
+		{"upstreams[1].endpoints", c.Upstreams[1].Endpoints, []Endpoint{{"db-1.internal:5432", 3}, {"db-2.internal:5432", 1}}},
+		{"upstreams[1].request_timeout (default)", c.Upstreams[1].RequestTimeout, Duration(15 * time.Second)},
+		{"upstreams[1].hash_on", c.Upstreams[1].HashOn, "source_ip"},
+		{"upstreams[2].hash_on", c.Upstreams[2].HashOn, "header:x-user"},
+		{"drain_timeout", c.DrainTimeout, Duration(10 * time.Second)},
+		{"telemetry.access_log", c.Telemetry.AccessLog, "stdout"},
+	}
+	for _, tc := range checks {
+		if !reflect.DeepEqual(tc.got, tc.want) {
+			t.Errorf("%s = %v, want %v", tc.name, tc.got, tc.want)
+		}
+	}
+}
+
+func TestParseValid(t *testing.T) {
+	tests := []struct {
+		name  string
+		doc   string
+		check func(t *testing.T, c *Config)
+	}{
+		{
+			name: "DESIGN minimal file",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191, protocol: http}
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081, 127.0.0.1:8082]
+    lb: least_request
+`,
+			check: func(t *testing.T, c *Config) {
+				if got := len(c.Upstreams[0].Endpoints); got != 2 {
+					t.Errorf("len(Endpoints) = %d, want 2", got)
+				}
+			},
+		},
+		{
+			name: "explicit zero request_timeout stays zero, absent one is defaulted",
+			doc: `
+service: web
+inbound: {address: 0.0.0.0:21000, target: 127.0.0.1:8080, request_timeout: 0s}
+outbound:
+  - {upstream: a, address: 127.0.0.1:9191}
+upstreams:
+  - {name: a, endpoints: [127.0.0.1:8081], request_timeout: 0s}
+  - {name: b, endpoints: [127.0.0.1:8082]}
+  - {name: c, endpoints: [127.0.0.1:8083], request_timeout: ~}
+`,
+			check: func(t *testing.T, c *Config) {
+				for _, tc := range []struct {
+					name string
+					want Duration
+				}{{"a", 0}, {"b", Duration(15 * time.Second)}, {"c", Duration(15 * time.Second)}} {
+					if got := c.Upstream(tc.name).RequestTimeout; got != tc.want {
+						t.Errorf("Upstream(%q).RequestTimeout = %v, want %v", tc.name, got, tc.want)
+					}
+				}
+				if got := c.Inbound.RequestTimeout; got != 0 {
+					t.Errorf("Inbound.RequestTimeout = %v, want 0s", got)
+				}
+				if got := c.Inbound.ConnectTimeout; got != Duration(time.Second) {
+					t.Errorf("Inbound.ConnectTimeout = %v, want 1s", got)
+				}
+			},
+		},
+		{
+			name: "tcp listener idle default and drain_timeout 0s",
+			doc: `
+service: db-client
+outbound:
+  - {upstream: db, address: 127.0.0.1:15432, protocol: tcp}
+upstreams:
+  - {name: db, endpoints: [{address: "db.internal:5432"}]}
+drain_timeout: 0s
+`,
+			check: func(t *testing.T, c *Config) {
+				if got := c.Outbound[0].IdleTimeout; got != Duration(time.Hour) {
+					t.Errorf("Outbound[0].IdleTimeout = %v, want 1h", got)
+				}
+				if got := c.DrainTimeout; got != 0 {
+					t.Errorf("DrainTimeout = %v, want 0s", got)
+				}
+				if got := c.Upstreams[0].Endpoints[0].Weight; got != 1 {
+					t.Errorf("Weight = %d, want 1", got)
+				}
+			},
+		},
+		{
+			name: "listen address with empty host and IPv6 endpoints",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: ":9191"}
+upstreams:
+  - name: api
+    endpoints: ["[fe80::1%eth0]:8081", "[2001:db8::1]:8081", api.svc.cluster.local.:80]
+    lb: ring_hash
+    hash_on: cookie:session
+`,
+			check: func(t *testing.T, c *Config) {
+				if got := c.Outbound[0].Address; got != ":9191" {
+					t.Errorf("Outbound[0].Address = %q, want :9191", got)
+				}
+			},
+		},
+		{
+			name: "merge keys carry explicit zeros",
+			doc: `
+service: web
+outbound:
+  - {upstream: b, address: 127.0.0.1:9191}
+upstreams:
+  - &a {name: a, endpoints: [127.0.0.1:8081], request_timeout: 0s, lb: random}
+  - <<: *a
+    name: b
+`,
+			check: func(t *testing.T, c *Config) {
+				b := c.Upstream("b")
+				if b.RequestTimeout != 0 || b.LB != "random" || len(b.Endpoints) != 1 {
+					t.Errorf("Upstream(b) = %+v, want request_timeout 0s, lb random, 1 endpoint from the merge", b)
+				}
+			},
+		},
+		{
+			name: "leading document marker and trailing empty document",
+			doc: `
+---
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+---
+# nothing here
+`,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parse(t, tc.doc)
+			if err != nil {
+				t.Fatalf("Parse() error = %v", err)
+			}
+			if err := c.Validate(); err != nil {
+				t.Errorf("Validate() of a parsed config = %v, want nil", err)
+			}
+			if tc.check != nil {
+				tc.check(t, c)
+			}
+		})
+	}
+}
+
+func TestParseAnchorsFixture(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "anchors.yaml"))
+	if err != nil {
+		t.Fatalf("Load() error = %v", err)
+	}
+	canary := c.Upstream("api-canary")
+	if canary == nil {
+		t.Fatal(`Upstream("api-canary") = nil`)
+	}
+	if canary.LB != "random" || canary.RequestTimeout != 0 {
+		t.Errorf("api-canary lb, request_timeout = %s, %v, want random, 0s (merged)", canary.LB, canary.RequestTimeout)
+	}
+	if want := []Endpoint{{"127.0.0.1:8091", 5}}; !reflect.DeepEqual(canary.Endpoints, want) {
+		t.Errorf("api-canary endpoints = %v, want %v", canary.Endpoints, want)
+	}
+}
+
+// TestParseErrors checks each kind of problem: the errors must be exactly want, in order,
+// each given as a substring of its line (all of them start with "ferry.yaml:LINE: ").
+func TestParseErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		doc  string
+		want []string
+	}{
+		{
+			name: "empty file",
+			doc:  ``,
+			want: []string{"ferry.yaml:1: empty config"},
+		},
+		{
+			name: "only comments",
+			doc: `
+# nothing yet
+`,
+			want: []string{"ferry.yaml:1: empty config"},
+		},
+		{
+			name: "multiple documents",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+---
+service: other
+`,
+			want: []string{"ferry.yaml:5: multiple YAML documents"},
+		},
+		{
+			name: "syntax error",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191
+upstreams: []
+`,
+			want: []string{"ferry.yaml:3: invalid YAML: did not find expected ',' or '}'"},
+		},
+		{
+			// The list opened on line 1 is still open at the end of the input, line 2.
+			name: "syntax error at the end of the input",
+			doc: `
+service: [web
+`,
+			want: []string{"ferry.yaml:2: invalid YAML: did not find expected ',' or ']'"},
+		},
+		{
+			name: "scanner error",
+			doc: `
+service: web
+outbound: a: b
+`,
+			want: []string{"ferry.yaml:2: invalid YAML: mapping values are not allowed in this context"},
+		},
+		{
+			name: "block mapping error",
+			doc: `
+service: web
+outbound:
+  - upstream: api
+ address: 127.0.0.1:9191
+`,
+			want: []string{"ferry.yaml:4: invalid YAML: did not find expected key"},
+		},
+		{
+			name: "control character",
+			doc:  "service: web\noutbound: []\nupstreams: [\x01]\n",
+			want: []string{"ferry.yaml:3: invalid YAML: control characters are not allowed"},
+		},
+		{
+			name: "root is not a mapping",
+			doc: `
+- service: web
+`,
+			want: []string{"ferry.yaml:1: want a mapping, got a list"},
+		},
+		{
+			name: "unknown keys of later work",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191, tls: none}
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081]
+    retries: {attempts: 2}
+    circuit_breaker: {max_connections: 10}
+mtls:
+  mode: strict
+telemetry:
+  tracing: {otlp_endpoint: 127.0.0.1:4317}
+`,
+			want: []string{
+				`ferry.yaml:3: outbound[0].tls: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, upstream)`,
+				`ferry.yaml:7: upstreams[0].retries: unknown key (known keys: name, endpoints, lb, hash_on, protocol, connect_timeout, request_timeout, idle_timeout, max_idle_connections_per_endpoint)`,
+				`ferry.yaml:8: upstreams[0].circuit_breaker: unknown key`,
+				`ferry.yaml:9: mtls: unknown key (known keys: service, admin, inbound, outbound, upstreams, drain_timeout, telemetry)`,
+				`ferry.yaml:12: telemetry.tracing: unknown key (known keys: access_log)`,
+			},
+		},
+		{
+			name: "wrong types",
+			doc: `
+service: web
+admin: 127.0.0.1:9901
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191, max_header_bytes: lots}
+upstreams:
+  name: api
+`,
+			want: []string{
+				`ferry.yaml:2: admin: want a mapping, got "127.0.0.1:9901"`,
+				`ferry.yaml:4: outbound[0].max_header_bytes: want an integer, got "lots"`,
+				`ferry.yaml:6: upstreams: want a list, got a mapping`,
+			},
+		},
+		{
+			name: "bad durations",
+			doc: `
+service: web
+outbound:
+  - upstream: api
+    address: 127.0.0.1:9191
+    idle_timeout: 5 minutes
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081]
+    connect_timeout: 10
+    request_timeout: [1s]
+drain_timeout: -3s
+`,
+			want: []string{
+				`ferry.yaml:5: outbound[0].idle_timeout: invalid duration "5 minutes" (want a Go duration such as 1s, 250ms or 1m30s)`,
+				`ferry.yaml:9: upstreams[0].connect_timeout: invalid duration "10"`,
+				`ferry.yaml:10: upstreams[0].request_timeout: want a duration such as 1s or 250ms, got a list`,
+				`ferry.yaml:11: drain_timeout: must not be negative, got -3s`,
+			},
+		},
+		{
+			name: "zero and negative timeouts",
+			doc: `
+service: web
+inbound: {address: 0.0.0.0:21000, target: 127.0.0.1:8080, connect_timeout: 0s, request_timeout: -1s}
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191, read_header_timeout: 0s, max_header_bytes: 0}
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081]
+    idle_timeout: -90s
+    max_idle_connections_per_endpoint: 0
+`,
+			want: []string{
+				`ferry.yaml:2: inbound.connect_timeout: must be positive, got 0s`,
+				`ferry.yaml:2: inbound.request_timeout: must not be negative, got -1s`,
+				`ferry.yaml:4: outbound[0].read_header_timeout: must be positive, got 0s`,
+				`ferry.yaml:4: outbound[0].max_header_bytes: must be positive, got 0`,
+				`ferry.yaml:8: upstreams[0].idle_timeout: must be positive, got -1m30s`,
+				`ferry.yaml:9: upstreams[0].max_idle_connections_per_endpoint: must be at least 1, got 0`,
+			},
+		},
+		{
+			name: "bad addresses",
+			doc: `
+service: web
+admin: {address: localhost}
+inbound:
+  address: 0.0.0.0:99999
+  target: 127.0.0.1:http
+outbound:
+  - {upstream: api, address: "bad host:9191"}
+  - {upstream: api, address: "1.2.3.400:9192"}
+upstreams:
+  - name: api
+    endpoints: [":8081", "127.0.0.1:0", {address: "::1:80"}]
+`,
+			want: []string{
+				`ferry.yaml:2: admin.address: invalid address "localhost": missing port in address (want host:port)`,
+				`ferry.yaml:4: inbound.address: invalid address "0.0.0.0:99999": port must be a number from 1 to 65535`,
+				`ferry.yaml:5: inbound.target: invalid target "127.0.0.1:http": port must be a number from 1 to 65535`,
+				`ferry.yaml:7: outbound[0].address: invalid address "bad host:9191": invalid host "bad host"`,
+				`ferry.yaml:8: outbound[1].address: invalid address "1.2.3.400:9192": invalid host "1.2.3.400"`,
+				`ferry.yaml:11: upstreams[0].endpoints[0]: invalid endpoint address ":8081": missing host`,
+				`ferry.yaml:11: upstreams[0].endpoints[1]: invalid endpoint address "127.0.0.1:0": port must be a number from 1 to 65535`,
+				`ferry.yaml:11: upstreams[0].endpoints[2]: invalid endpoint address "::1:80": too many colons in address (want host:port)`,
+			},
+		},
+		{
+			name: "missing service, names and targets",
+			doc: `
+inbound:
+  address: 0.0.0.0:21000
+outbound:
+  - {upstream: api}
+  - {address: 127.0.0.1:9192}
+upstreams:
+  - endpoints: [127.0.0.1:8081]
+`,
+			want: []string{
+				`ferry.yaml:1: service: missing service name`,
+				`ferry.yaml:2: inbound.target: missing target (want host:port)`,
+				`ferry.yaml:4: outbound[0].address: missing address (want host:port)`,
+				`ferry.yaml:4: outbound[0].upstream: unknown upstream "api" (no upstreams are defined)`,
+				`ferry.yaml:5: outbound[1].upstream: missing upstream`,
+				`ferry.yaml:7: upstreams[0].name: missing name`,
+			},
+		},
+		{
+			name: "invalid names",
+			doc: `
+service: "web app"
+outbound:
+  - {upstream: api/v1, address: 127.0.0.1:9191}
+upstreams:
+  - {name: api/v1, endpoints: [127.0.0.1:8081]}
+`,
+			want: []string{
+				`ferry.yaml:1: service: invalid name "web app" (want letters, digits`,
+				`ferry.yaml:5: upstreams[0].name: invalid name "api/v1"`,
+			},
+		},
+		{
+			name: "outbound naming a missing upstream",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+  - {upstream: apx, address: 127.0.0.1:9192}
+upstreams:
+  - {name: api, endpoints: [127.0.0.1:8081]}
+`,
+			want: []string{`ferry.yaml:4: outbound[1].upstream: unknown upstream "apx" (have api)`},
+		},
+		{
+			name: "listeners sharing an address",
+			doc: `
+service: web
+inbound:
+  address: 127.0.0.1:9191
+  target: 127.0.0.1:8080
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+  - {upstream: api, address: 127.0.0.1:9901}
+  - {upstream: api, address: 0.0.0.0:9300}
+  - {upstream: api, address: "127.0.0.1:9300"}
+upstreams:
+  - {name: api, endpoints: [127.0.0.1:8081]}
+`,
+			want: []string{
+				`ferry.yaml:6: outbound[0].address: address 127.0.0.1:9191 already used by inbound.address, line 3`,
+				`ferry.yaml:7: outbound[1].address: address 127.0.0.1:9901 already used by admin.address`,
+				`ferry.yaml:9: outbound[3].address: address 127.0.0.1:9300 overlaps outbound[2].address (0.0.0.0:9300, line 8)`,
+			},
+		},
+		{
+			name: "duplicate upstream names and endpoints",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081, 127.0.0.1:8081]
+  - name: api
+    endpoints: [127.0.0.1:8082]
+`,
+			want: []string{
+				`ferry.yaml:6: upstreams[0].endpoints[1]: duplicate endpoint 127.0.0.1:8081 (first at upstreams[0].endpoints[0])`,
+				`ferry.yaml:7: upstreams[1].name: duplicate upstream name "api" (first at upstreams[0], line 5)`,
+			},
+		},
+		{
+			name: "upstreams without endpoints",
+			doc: `
+service: web
+outbound:
+  - {upstream: a, address: 127.0.0.1:9191}
+upstreams:
+  - name: a
+  - name: b
+    endpoints: []
+`,
+			want: []string{
+				`ferry.yaml:5: upstreams[0].endpoints: upstream "a" has no endpoints`,
+				`ferry.yaml:7: upstreams[1].endpoints: upstream "b" has no endpoints`,
+			},
+		},
+		{
+			name: "bad lb policy",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+  - {upstream: db, address: 127.0.0.1:9192}
+upstreams:
+  - name: api
+    endpoints:
+      - 127.0.0.1:8081
+      - 127.0.0.1:8082
+    lb: least_request
+  - name: db
+    endpoints:
+      - 127.0.0.1:5432
+    lb: fastest
+`,
+			want: []string{`ferry.yaml:14: upstreams[1].lb: unknown policy "fastest" (want round_robin, least_request, random, ring_hash, maglev)`},
+		},
+		{
+			name: "hash_on",
+			doc: `
+service: web
+outbound:
+  - {upstream: a, address: 127.0.0.1:9191}
+upstreams:
+  - {name: a, endpoints: [127.0.0.1:8081], lb: ring_hash, hash_on: "header:"}
+  - {name: b, endpoints: [127.0.0.1:8082], lb: maglev, hash_on: query:id}
+  - {name: c, endpoints: [127.0.0.1:8083], hash_on: source_ip}
+  - {name: d, endpoints: [127.0.0.1:8084], lb: least_request, hash_on: "cookie:sid"}
+  - {name: e, endpoints: [127.0.0.1:8085], lb: maglev, hash_on: "header:x user"}
+  - {name: f, endpoints: [127.0.0.1:8086], lb: sticky, hash_on: source_ip}
+`,
+			want: []string{
+				`ferry.yaml:5: upstreams[0].hash_on: invalid hash_on "header:" (want header:NAME, cookie:NAME or source_ip)`,
+				`ferry.yaml:6: upstreams[1].hash_on: invalid hash_on "query:id"`,
+				`ferry.yaml:7: upstreams[2].hash_on: hash_on needs lb ring_hash or maglev (lb is round_robin)`,
+				`ferry.yaml:8: upstreams[3].hash_on: hash_on needs lb ring_hash or maglev (lb is least_request)`,
+				`ferry.yaml:9: upstreams[4].hash_on: invalid hash_on "header:x user"`,
+				`ferry.yaml:10: upstreams[5].lb: unknown policy "sticky"`,
+			},
+		},
+		{
+			name: "bad protocols",
+			doc: `
+service: web
+inbound: {address: 0.0.0.0:21000, target: 127.0.0.1:8080, protocol: grpc}
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191, protocol: udp}
+upstreams:
+  - {name: api, endpoints: [127.0.0.1:8081], protocol: h3}
+`,
+			want: []string{
+				`ferry.yaml:2: inbound.protocol: unknown protocol "grpc" (want http or tcp)`,
+				`ferry.yaml:4: outbound[0].protocol: unknown protocol "udp" (want http or tcp)`,
+				`ferry.yaml:6: upstreams[0].protocol: unknown protocol "h3" (want auto, http1 or http2)`,
+			},
+		},
+		{
+			name: "weights",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+upstreams:
+  - name: api
+    endpoints:
+      - {address: 127.0.0.1:8081, weight: 0}
+      - {address: 127.0.0.1:8082, weight: 1000001}
+      - {address: 127.0.0.1:8083, weight: -1}
+      - {address: 127.0.0.1:8084, weight: heavy}
+      - {address: 127.0.0.1:8085, weight: 1000000}
+`,
+			want: []string{
+				`ferry.yaml:7: upstreams[0].endpoints[0].weight: weight must be from 1 to 1000000, got 0`,
+				`ferry.yaml:8: upstreams[0].endpoints[1].weight: weight must be from 1 to 1000000, got 1000001`,
+				`ferry.yaml:9: upstreams[0].endpoints[2].weight: want an integer from 1 to 1000000, got -1`,
+				`ferry.yaml:10: upstreams[0].endpoints[3].weight: want an integer from 1 to 1000000, got "heavy"`,
+			},
+		},
+		{
+			name: "bad endpoint forms",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+upstreams:
+  - name: api
+    endpoints:
+      - {address: 127.0.0.1:8081, zone: a}
+      - [127.0.0.1, 8082]
+      - 127.0.0.1:8083
+      - {addr: 127.0.0.1:8084}
+`,
+			want: []string{
+				`ferry.yaml:7: upstreams[0].endpoints[0].zone: unknown key (known keys: address, weight)`,
+				`ferry.yaml:8: upstreams[0].endpoints[1]: want "host:port" or a mapping {address, weight}, got a list`,
+				`ferry.yaml:10: upstreams[0].endpoints[3].addr: unknown key (known keys: address, weight)`,
+			},
+		},
+		{
+			name: "duplicate keys",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191, address: 127.0.0.1:9192}
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081]
+    lb: random
+    lb: maglev
+`,
+			want: []string{
+				`ferry.yaml:3: outbound[0].address: duplicate key (first at line 3)`,
+				`ferry.yaml:8: upstreams[0].lb: duplicate key (first at line 7)`,
+			},
+		},
+		{
+			// Items that fail to decode are left out of the slice by yaml.v3; later items
+			// must still be reported with their own index and line.
+			name: "problems after a list item that failed to decode",
+			doc: `
+service: web
+outbound:
+  - 9191
+  - {upstream: apx, address: 127.0.0.1:9192}
+upstreams:
+  - just-a-name
+  - name: api
+    endpoints: [127.0.0.1:8081, bad]
+    lb: fastest
+`,
+			want: []string{
+				`ferry.yaml:3: outbound[0]: want a mapping, got 9191`,
+				`ferry.yaml:6: upstreams[0]: want a mapping, got "just-a-name"`,
+				`ferry.yaml:8: upstreams[1].endpoints[1]: invalid endpoint address "bad": missing port in address`,
+				`ferry.yaml:9: upstreams[1].lb: unknown policy "fastest"`,
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parse(t, tc.doc)
+			if err == nil {
+				t.Fatalf("Parse() = %+v, want errors %q", c, tc.want)
+			}
+			if c != nil {
+				t.Errorf("Parse() config = %+v, want nil with an error", c)
+			}
+			var errs Errors
+			if !errors.As(err, &errs) {
+				t.Fatalf("Parse() error = %T %v, want config.Errors", err, err)
+			}
+			if len(errs) != len(tc.want) {
+				t.Errorf("Parse() returned %d errors, want %d:\n%v", len(errs), len(tc.want), err)
+			}
+			for i, want := range tc.want {
+				if i >= len(errs) {
+					break
+				}
+				if got := errs[i].Error(); !strings.Contains(got, want) {
+					t.Errorf("Parse() error[%d] = %v, want substring %q", i, got, want)
+				}
+			}
+		})
+	}
+}
+
+func TestParseReportsEveryProblem(t *testing.T) {
+	_, err := Load(filepath.Join("testdata", "three_errors.yaml"))
+	var errs Errors
+	if !errors.As(err, &errs) {
+		t.Fatalf("Load() error = %v, want config.Errors", err)
+	}
+	want := []Error{
+		{File: "testdata/three_errors.yaml", Line: 7, Path: "upstreams[0].retries"},
+		{File: "testdata/three_errors.yaml", Line: 8, Path: "upstreams[0].connect_timeout"},
+		{File: "testdata/three_errors.yaml", Line: 9, Path: "upstreams[0].lb"},
+	}
+	if len(errs) != len(want) {
+		t.Fatalf("Load() error = %v, want %d problems", err, len(want))
+	}
+	for i, w := range want {
+		e := errs[i]
+		if e.File != filepath.FromSlash(w.File) || e.Line != w.Line || e.Path != w.Path || e.Msg == "" {
+			t.Errorf("Load() error[%d] = %v, want %s:%d: %s: ...", i, e, w.File, w.Line, w.Path)
+		}
+	}
+	if got := strings.Count(err.Error(), "\n") + 1; got != 3 {
+		t.Errorf("Error() has %d lines, want 3:\n%v", got, err)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("Load() error = %v, want one wrapping fs.ErrNotExist", err)
+	}
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 1 {
+		t.Fatalf("Load() error = %v, want config.Errors with one problem", err)
+	}
+	if !strings.Contains(err.Error(), "nope.yaml: cannot read config:") {
+		t.Errorf("Load() error = %v, want substring %q", err, "nope.yaml: cannot read config:")
+	}
+}
+
+func TestParseTooLarge(t *testing.T) {
+	data := make([]byte, MaxFileSize+1)
+	_, err := Parse("big.yaml", data)
+	if err == nil || !strings.Contains(err.Error(), "larger than") {
+		t.Errorf("Parse() error = %v, want substring %q", err, "larger than")
+	}
+}
+
+func TestErrorFormat(t *testing.T) {
+	tests := []struct {
+		e    Error
+		want string
+	}{
+		{Error{File: "ferry.yaml", Line: 14, Path: "upstreams[1].lb", Msg: "bad"}, "ferry.yaml:14: upstreams[1].lb: bad"},
+		{Error{File: "ferry.yaml", Line: 1, Msg: "empty"}, "ferry.yaml:1: empty"},
+		{Error{File: "ferry.yaml", Path: "service", Msg: "missing"}, "ferry.yaml: service: missing"},
+		{Error{Path: "service", Msg: "missing"}, "service: missing"},
+		{Error{Line: 3, Msg: "x"}, "line 3: x"},
+	}
+	for _, tc := range tests {
+		if got := tc.e.Error(); got != tc.want {
+			t.Errorf("Error() = %q, want %q", got, tc.want)
+		}
+	}
+	es := Errors{&tests[0].e, &tests[1].e}
+	if got, want := es.Error(), tests[0].want+"\n"+tests[1].want; got != want {
+		t.Errorf("Errors.Error() = %q, want %q", got, want)
+	}
+}
+
+func TestPathString(t *testing.T) {
+	tests := []struct {
+		p    path
+		want string
+	}{
+		{nil, ""},
+		{path{"service"}, "service"},
+		{path{"upstreams", 1, "lb"}, "upstreams[1].lb"},
+		{path{"upstreams", 0, "endpoints", 2}, "upstreams[0].endpoints[2]"},
+		{path{"a b"}, `"a b"`},
+	}
+	for _, tc := range tests {
+		if got := tc.p.String(); got != tc.want {
+			t.Errorf("path%v.String() = %q, want %q", []any(tc.p), got, tc.want)
+		}
+	}
+}
+
+func TestValidateProgrammatic(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "full.yaml"))
+	if err != nil {
+		t.Fatalf("Load() error = %v", err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("Validate() = %v, want nil", err)
+	}
+	c.Upstreams[0].LB = "fastest"
+	c.Upstreams[1].Endpoints[0].Weight = 0
+	err = c.Validate()
+	var errs Errors
+	if !errors.As(err, &errs) || len(errs) != 2 {
+		t.Fatalf("Validate() = %v, want 2 problems", err)
+	}
+	for i, want := range []string{
+		"full.yaml: upstreams[0].lb: unknown policy",
+		"full.yaml: upstreams[1].endpoints[0].weight: weight must be from 1",
+	} {
+		if got := errs[i].Error(); !strings.Contains(got, want) {
+			t.Errorf("Validate() error[%d] = %v, want substring %q", i, got, want)
+		}
+		if errs[i].Line != 0 {
+			t.Errorf("Validate() error[%d].Line = %d, want 0 (no file)", i, errs[i].Line)
+		}
+	}
+}
+
+func TestUpstreamLookup(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "full.yaml"))
+	if err != nil {
+		t.Fatalf("Load() error = %v", err)
+	}
+	for _, name := range []string{"api", "db", "cache"} {
+		if u := c.Upstream(name); u == nil || u.Name != name {
+			t.Errorf("Upstream(%q) = %v, want the upstream named %q", name, u, name)
+		}
+	}
+	if u := c.Upstream("nope"); u != nil {
+		t.Errorf("Upstream(%q) = %v, want nil", "nope", u)
+	}
+	if c.Upstream("api") != &c.Upstreams[0] {
+		t.Errorf("Upstream(%q) does not point into Upstreams", "api")
+	}
+}
+
+func TestDurationMarshal(t *testing.T) {
+	c, err := Load(filepath.Join("testdata", "minimal.yaml"))
+	if err != nil {
+		t.Fatalf("Load() error = %v", err)
+	}
+	b, err := json.Marshal(c)
+	if err != nil {
+		t.Fatalf("json.Marshal() error = %v", err)
+	}
+	for _, want := range []string{`"connect_timeout":"1s"`, `"idle_timeout":"5m0s"`, `"drain_timeout":"30s"`, `"version":"` + c.Version + `"`} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("json.Marshal() = %s, want substring %q", b, want)
+		}
+	}
+	var d Duration
+	if err := json.Unmarshal([]byte(`"1m30s"`), &d); err != nil || d != Duration(90*time.Second) {
+		t.Errorf("json.Unmarshal(1m30s) = %v, %v, want 1m30s, nil", d, err)
+	}
+	if err := json.Unmarshal([]byte(`1000`), &d); err == nil {
+		t.Errorf("json.Unmarshal(1000) error = nil, want an error")
+	}
+	y, err := Duration(1500 * time.Millisecond).MarshalYAML()
+	if err != nil || y != "1.5s" {
+		t.Errorf("MarshalYAML() = %v, %v, want 1.5s, nil", y, err)
+	}
+}

@@ -1,0 +1,371 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/ferrymesh/ferry/sidecar/balancer"
+)
+
+// Validate checks c as it is, without applying defaults, and returns Errors listing every
+// problem, or nil. Load and Parse already validate what they return; Validate is for a
+// Config built or changed in code. Its Errors carry no line numbers. It only reads c, so it
+// is safe to call concurrently on a Config nobody modifies.
+func (c *Config) Validate() error {
+	col := &collector{file: c.File, loc: &locator{}}
+	validate(c, col)
+	return col.result()
+}
+
+// Upstream returns the upstream named name, or nil. It scans the list (configs hold few
+// upstreams and this is not on the request path) and only reads c, so it is safe to call
+// concurrently.
+func (c *Config) Upstream(name string) *Upstream {
+	for i := range c.Upstreams {
+		if c.Upstreams[i].Name == name {
+			return &c.Upstreams[i]
+		}
+	}
+	return nil
+}
+
+// validate records every problem of c in col.
+func validate(c *Config, col *collector) {
+	l := col.loc
+
+	switch {
+	case c.Service == "":
+		col.add(path{"service"}, "missing service name (this service's name in the mesh)")
+	case !validName(c.Service):
+		col.add(path{"service"}, "invalid name %q (%s)", c.Service, nameRule)
+	}
+
+	var ls listeners
+	ls.check(col, path{"admin", "address"}, c.Admin.Address)
+
+	if in := c.Inbound; in != nil {
+		p := path{"inbound"}
+		checkListener(col, &ls, p, &in.Listener)
+		checkAddress(col, p.with("target"), "target", in.Target, false)
+		positive(col, p.with("connect_timeout"), in.ConnectTimeout)
+		notNegative(col, p.with("request_timeout"), in.RequestTimeout)
+	}
+
+	names := make(map[string]int) // upstream name → decoded index
+	for i := range c.Upstreams {
+		checkUpstream(col, i, &c.Upstreams[i], names)
+	}
+
+	for i := range c.Outbound {
+		o := &c.Outbound[i]
+		p := l.outbound(i)
+		checkListener(col, &ls, p, &o.Listener)
+		switch _, ok := names[o.Upstream]; {
+		case o.Upstream == "":
+			col.add(p.with("upstream"), "missing upstream (the name of an entry of upstreams)")
+		case !ok:
+			col.addRef(p.with("upstream"), path{"upstreams"}, "unknown upstream %q (%s)", o.Upstream, knownUpstreams(c))
+		}
+	}
+
+	notNegative(col, path{"drain_timeout"}, c.DrainTimeout)
+	if strings.ContainsRune(c.Telemetry.AccessLog, 0) {
+		col.add(path{"telemetry", "access_log"}, "invalid file name %q", c.Telemetry.AccessLog)
+	}
+}
+
+// checkUpstream checks the i-th upstream and records its name in names.
+func checkUpstream(col *collector, i int, u *Upstream, names map[string]int) {
+	l := col.loc
+	p := l.upstream(i)
+	if u.Name == "" {
+		col.add(p.with("name"), "missing name")
+	} else {
+		if !validName(u.Name) {
+			col.add(p.with("name"), "invalid name %q (%s)", u.Name, nameRule)
+		}
+		if first, dup := names[u.Name]; dup {
+			col.add(p.with("name"), "duplicate upstream name %q (first at %s%s)", u.Name, l.upstream(first), lineNote(l, l.upstream(first).with("name")))
+		} else {
+			names[u.Name] = i
+		}
+	}
+
+	if len(u.Endpoints) == 0 {
+		col.addRef(p.with("endpoints"), p.with("endpoints"), "upstream %q has no endpoints", u.Name)
+	}
+	seen := make(map[string]int, len(u.Endpoints))
+	for j, e := range u.Endpoints {
+		ep := l.endpoint(i, j)
+		at := ep.with("address")
+		if checkAddressAt(col, ep, at, "endpoint address", e.Address, false) {
+			if first, dup := seen[e.Address]; dup {
+				col.addAt(ep, at, "duplicate endpoint %s (first at %s)", e.Address, l.endpoint(i, first))
+			} else {
+				seen[e.Address] = j
+			}
+		}
+		if e.Weight < 1 || e.Weight > MaxWeight {
+			col.add(ep.with("weight"), "weight must be from 1 to %d, got %d", MaxWeight, e.Weight)
+		}
+	}
+
+	knownLB := slices.Contains(balancer.Policies, u.LB)
+	hashing := u.LB == balancer.RingHash || u.LB == balancer.Maglev
+	if !knownLB {
+		col.add(p.with("lb"), "unknown policy %q (want %s)", u.LB, strings.Join(balancer.Policies, ", "))
+	}
+	if u.HashOn != "" {
+		if !validHashOn(u.HashOn) {
+			col.add(p.with("hash_on"), "invalid hash_on %q (want header:NAME, cookie:NAME or source_ip)", u.HashOn)
+		} else if knownLB && !hashing {
+			col.add(p.with("hash_on"), "hash_on needs lb %s or %s (lb is %s)", balancer.RingHash, balancer.Maglev, u.LB)
+		}
+	}
+	switch u.Protocol {
+	case ProtocolAuto, ProtocolHTTP1, ProtocolHTTP2:
+	default:
+		col.add(p.with("protocol"), "unknown protocol %q (want %s, %s or %s)", u.Protocol, ProtocolAuto, ProtocolHTTP1, ProtocolHTTP2)
+	}
+	positive(col, p.with("connect_timeout"), u.ConnectTimeout)
+	notNegative(col, p.with("request_timeout"), u.RequestTimeout)
+	positive(col, p.with("idle_timeout"), u.IdleTimeout)
+	if u.MaxIdleConnsPerEndpoint < 1 {
+		col.add(p.with("max_idle_connections_per_endpoint"), "must be at least 1, got %d", u.MaxIdleConnsPerEndpoint)
+	}
+}
+
+// checkListener checks the settings every listener shares and its address against the
+// other listeners'.
+func checkListener(col *collector, ls *listeners, p path, ln *Listener) {
+	ls.check(col, p.with("address"), ln.Address)
+	switch ln.Protocol {
+	case ProtocolHTTP, ProtocolTCP:
+	default:
+		col.add(p.with("protocol"), "unknown protocol %q (want %s or %s)", ln.Protocol, ProtocolHTTP, ProtocolTCP)
+	}
+	positive(col, p.with("idle_timeout"), ln.IdleTimeout)
+	positive(col, p.with("read_header_timeout"), ln.ReadHeaderTimeout)
+	if ln.MaxHeaderBytes < 1 {
+		col.add(p.with("max_header_bytes"), "must be positive, got %d", ln.MaxHeaderBytes)
+	}
+}
+
+// positive requires d > 0.
+func positive(col *collector, p path, d Duration) {
+	if d <= 0 {
+		col.add(p, "must be positive, got %s", d)
+	}
+}
+
+// notNegative requires d >= 0 (0 disables the timeout).
+func notNegative(col *collector, p path, d Duration) {
+	if d < 0 {
+		col.add(p, "must not be negative, got %s", d)
+	}
+}
+
+// lineNote returns ", line N" for "(first at X, line N)" when p is in the file.
+func lineNote(l *locator, p path) string {
+	if n := l.exactLine(p); n > 0 {
+		return fmt.Sprintf(", line %d", n)
+	}
+	return ""
+}
+
+// knownUpstreams describes the upstream names for an "unknown upstream" message.
+func knownUpstreams(c *Config) string {
+	var names []string
+	for _, u := range c.Upstreams {
+		if u.Name != "" {
+			names = append(names, u.Name)
+		}
+	}
+	switch {
+	case len(names) == 0:
+		return "no upstreams are defined"
+	case len(names) > 10:
+		names = append(names[:10], "...")
+	}
+	return "have " + strings.Join(names, ", ")
+}
+
+// boundAddr is a listen address already in use.
+type boundAddr struct {
+	host string
+	at   path
+	addr string
+}
+
+// listeners tracks the listen addresses of admin, inbound and outbound listeners, by port.
+type listeners map[string][]boundAddr
+
+// check validates addr as a listen address and reports it if it clashes with one checked
+// before: the same host and port, or the same port where either host is a wildcard.
+func (ls *listeners) check(col *collector, p path, addr string) {
+	if !checkAddress(col, p, "address", addr, true) {
+		return
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	if *ls == nil {
+		*ls = make(listeners)
+	}
+	for _, b := range (*ls)[port] {
+		if !hostsOverlap(host, b.host) {
+			continue
+		}
+		if b.addr == addr {
+			col.add(p, "address %s already used by %s%s", addr, b.at, lineNote(col.loc, b.at))
+		} else {
+			col.add(p, "address %s overlaps %s (%s%s)", addr, b.at, b.addr, lineNote(col.loc, b.at))
+		}
+		return
+	}
+	(*ls)[port] = append((*ls)[port], boundAddr{host: host, at: p, addr: addr})
+}
+
+// hostsOverlap reports whether listening on a and on b (same port) would clash. The empty
+// host and "::" listen on every address; "0.0.0.0" on every IPv4 address. Names are
+// compared as written, not resolved.
+func hostsOverlap(a, b string) bool {
+	if strings.EqualFold(a, b) {
+		return true
+	}
+	ipA, errA := netip.ParseAddr(a)
+	ipB, errB := netip.ParseAddr(b)
+	if errA == nil && errB == nil && ipA.Unmap() == ipB.Unmap() {
+		return true
+	}
+	any6 := func(h string, ip netip.Addr, err error) bool {
+		return h == "" || (err == nil && ip.Is6() && ip.IsUnspecified())
+	}
+	any4 := func(ip netip.Addr, err error) bool { return err == nil && ip.Unmap().Is4() && ip.IsUnspecified() }
+	v6 := func(ip netip.Addr, err error) bool { return err == nil && ip.Is6() && !ip.Is4In6() }
+	switch {
+	case any6(a, ipA, errA) || any6(b, ipB, errB):
+		return true
+	case any4(ipA, errA):
+		return !v6(ipB, errB)
+	case any4(ipB, errB):
+		return !v6(ipA, errA)
+	}
+	return false
+}
+
+// checkAddress reports whether addr is a valid host:port, recording a problem at p if not.
+// what names the value in messages. A listen address may leave the host empty (every
+// interface); a dial address may not.
+func checkAddress(col *collector, p path, what, addr string, listen bool) bool {
+	return checkAddressAt(col, p, p, what, addr, listen)
+}
+
+// checkAddressAt is checkAddress reporting at path p with the line of lineOf.
+func checkAddressAt(col *collector, p, lineOf path, what, addr string, listen bool) bool {
+	if addr == "" {
+		col.addAt(p, lineOf, "missing %s (want host:port)", what)
+		return false
+	}
+	if msg := addressProblem(addr, listen); msg != "" {
+		col.addAt(p, lineOf, "invalid %s %q: %s", what, addr, msg)
+		return false
+	}
+	return true
+}
+
+// addressProblem says what is wrong with addr as host:port, or returns "".
+func addressProblem(addr string, listen bool) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		if ae, ok := err.(*net.AddrError); ok {
+			return ae.Err + " (want host:port)"
+		}
+		return err.Error()
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "port must be a number from 1 to 65535"
+	}
+	if host == "" {
+		if listen {
+			return ""
+		}
+		return "missing host"
+	}
+	if !validHost(host) {
+		return fmt.Sprintf("invalid host %q (want an IP address or a DNS name)", host)
+	}
+	return ""
+}
+
+// validHost reports whether h is an IP address (IPv6 possibly with a zone) or a DNS name.
+func validHost(h string) bool {
+	if _, err := netip.ParseAddr(h); err == nil {
+		return true
+	}
+	if strings.Contains(h, ":") {
+		return false
+	}
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	allDigits := true
+	for label := range strings.SplitSeq(h, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			switch {
+			case r >= '0' && r <= '9':
+			case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r == '-', r == '_':
+				allDigits = false
+			default:
+				return false
+			}
+		}
+	}
+	// All-numeric names such as 10.0.0.300 are malformed IPv4 addresses, not names.
+	return !allDigits
+}
+
+const nameRule = "want letters, digits, '.', '-' and '_', starting and ending with a letter or digit, at most 253 characters"
+
+// validName reports whether s is a valid service or upstream name. Names appear in SPIFFE
+// IDs, metric labels and admin URLs, so they are kept to DNS-like characters.
+func validName(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	alnum := func(b byte) bool { return b >= '0' && b <= '9' || b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' }
+	if !alnum(s[0]) || !alnum(s[len(s)-1]) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if b := s[i]; !alnum(b) && b != '.' && b != '-' && b != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// validHashOn reports whether s is header:NAME, cookie:NAME or source_ip, NAME being an
+// HTTP token (RFC 9110).
+func validHashOn(s string) bool {
+	if s == "source_ip" {
+		return true
+	}
+	kind, name, ok := strings.Cut(s, ":")
+	if !ok || (kind != "header" && kind != "cookie") || name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		if !(b >= '0' && b <= '9' || b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || strings.IndexByte("!#$%&'*+-.^_`|~", b) >= 0) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,435 @@
+// Package sidecar runs Ferry's proxy: it turns a validated config into listeners, upstreams
+// and handlers, swaps them in atomically on reload, and drains them on shutdown.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferrymesh/ferry/discovery"
+	"github.com/ferrymesh/ferry/discovery/static"
+	"github.com/ferrymesh/ferry/sidecar/balancer"
+	"github.com/ferrymesh/ferry/sidecar/config"
+	"github.com/ferrymesh/ferry/sidecar/l4"
+	"github.com/ferrymesh/ferry/sidecar/l7"
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
+)
+
+// inboundUpstream is the internal name of the local application as an upstream.
+const inboundUpstream = "inbound|local"
+
+// Options are a Sidecar's dependencies.
+type Options struct {
+	Logger  *slog.Logger
+	Metrics *telemetry.Metrics
+}
+
+// Sidecar is one running proxy. Apply, Drain and Close are serialized internally; the
+// request path reads only atomics.
+type Sidecar struct {
+	log     *slog.Logger
+	metrics *telemetry.Metrics
+
+	snap     atomic.Pointer[snapshot]
+	draining atomic.Bool
+
+	mu         sync.Mutex // serializes Apply, Drain and Close; never taken per request
+	listeners  map[string]*listener
+	upstreams  map[string]*upstream
+	transports map[string]*l7.Transport
+	accessLog  *telemetry.AccessLog
+	accessDest string
+	retiring   sync.WaitGroup // old fronts, transports and logs being drained after a reload
+	stopping   context.Context // cancelled at the end of Drain: retiring work stops waiting
+	stop       context.CancelFunc
+}
+
+// snapshot is what one successful Apply put in place: the config and when.
+type snapshot struct {
+	cfg     *config.Config
+	applied time.Time
+}
+
+// New returns a Sidecar with nothing running; Apply starts it.
+func New(o Options) *Sidecar {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Metrics == nil {
+		o.Metrics = telemetry.NewMetrics()
+	}
+	stopping, stop := context.WithCancel(context.Background())
+	return &Sidecar{
+		log: o.Logger, metrics: o.Metrics, stopping: stopping, stop: stop,
+		listeners:  map[string]*listener{},
+		upstreams:  map[string]*upstream{},
+		transports: map[string]*l7.Transport{},
+	}
+}
+
+// Config returns the config in use, or nil before the first Apply.
+func (s *Sidecar) Config() *config.Config {
+	if sn := s.snap.Load(); sn != nil {
+		return sn.cfg
+	}
+	return nil
+}
+
+// Ready reports whether the sidecar serves: a config is applied, every upstream has
+// received its endpoints, and it is not draining.
+func (s *Sidecar) Ready() (bool, string) {
+	if s.draining.Load() {
+		return false, "draining"
+	}
+	if s.snap.Load() == nil {
+		return false, "no config applied"
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, u := range s.upstreams {
+		if !u.ready() {
+			return false, fmt.Sprintf("upstream %q has no endpoints yet", name)
+		}
+	}
+	return true, "ready"
+}
+
+// desired is one listener as the new config wants it.
+type desired struct {
+	addr    string
+	key     string
+	httpOpt l7.ServerOptions
+	http    http.Handler
+	tcp     *l4.Proxy
+}
+
+// Apply makes cfg (already validated) the running config. New listeners are bound first; if
+// any cannot be bound, nothing changes and the error says why. Otherwise handlers are swapped
+// in atomically: listeners whose address is unchanged keep their socket and their
+// connections, new connections and requests use cfg, and removed listeners drain in the
+// background for cfg.DrainTimeout.
+func (s *Sidecar) Apply(cfg *config.Config) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining.Load() {
+		return errors.New("draining: config not applied")
+	}
+	err := s.applyLocked(cfg)
+	if err != nil {
+		s.metrics.ConfigReloads.WithLabelValues("error").Inc()
+		return err
+	}
+	s.metrics.ConfigReloads.WithLabelValues("ok").Inc()
+	if old := s.snap.Load(); old != nil {
+		s.metrics.ConfigInfo.DeleteLabelValues(old.cfg.Version)
+	}
+	s.metrics.ConfigInfo.WithLabelValues(cfg.Version).Set(1)
+	s.metrics.ConfigTimestamp.SetToCurrentTime()
+	s.snap.Store(&snapshot{cfg: cfg, applied: time.Now()})
+	return nil
+}
+
+func (s *Sidecar) applyLocked(cfg *config.Config) error {
+	// 1. Bind every new address first, so a failure changes nothing.
+	fresh := map[string]*listener{}
+	var addrs []string
+	if cfg.Inbound != nil {
+		addrs = append(addrs, cfg.Inbound.Address)
+	}
+	for _, o := range cfg.Outbound {
+		addrs = append(addrs, o.Address)
+	}
+	for _, a := range addrs {
+		if s.listeners[a] != nil {
+			continue
+		}
+		l, err := listen(a, s.log, s.metrics.Listener(a))
+		if err != nil {
+			for _, f := range fresh {
+				_ = f.ln.Close()
+			}
+			return fmt.Errorf("listener %s: %w", a, err)
+		}
+		fresh[a] = l
+	}
+
+	// 2. Access log.
+	accessLog, oldLog := s.accessLog, (*telemetry.AccessLog)(nil)
+	if cfg.Telemetry.AccessLog != s.accessDest {
+		al, err := telemetry.OpenAccessLog(cfg.Telemetry.AccessLog)
+		if err != nil {
+			for _, f := range fresh {
+				_ = f.ln.Close()
+			}
+			return err
+		}
+		accessLog, oldLog = al, s.accessLog
+	}
+
+	// 3. Upstreams: policy and discovery; state per endpoint address is kept.
+	specs := map[string]upstreamSpec{}
+	for _, u := range cfg.Upstreams {
+		eps := make([]discovery.Endpoint, 0, len(u.Endpoints))
+		for _, e := range u.Endpoints {
+			eps = append(eps, discovery.Endpoint{Address: e.Address, Weight: e.Weight})
+		}
+		specs[u.Name] = upstreamSpec{policy: u.LB, endpoints: eps}
+	}
+	if cfg.Inbound != nil {
+		specs[inboundUpstream] = upstreamSpec{policy: balancer.RoundRobin,
+			endpoints: []discovery.Endpoint{{Address: cfg.Inbound.Target, Weight: 1}}}
+	}
+	for name, spec := range specs {
+		u := s.upstreams[name]
+		if u == nil {
+			u = newUpstream(name, s.metrics.SetEndpoints)
+			s.upstreams[name] = u
+		}
+		b, err := balancer.New(spec.policy)
+		if err != nil {
+			return err // unreachable: validation checked the policy
+		}
+		u.setPolicy(spec.policy, b)
+		src := static.New(map[string][]discovery.Endpoint{name: spec.endpoints})
+		name := name
+		u.watch(src, spec.key(), func(err error) {
+			s.log.Error("discovery failed", "upstream", name, "error", err)
+		})
+	}
+	// Static sources publish at once; wait briefly so new listeners do not answer 503.
+	for name := range specs {
+		select {
+		case <-s.upstreams[name].firstSet:
+		case <-time.After(2 * time.Second):
+		}
+	}
+
+	// 4. Handlers for every listener.
+	var want []desired
+	transports := map[string]*l7.Transport{}
+	if in := cfg.Inbound; in != nil {
+		d := desired{addr: in.Address}
+		u := s.upstreams[inboundUpstream]
+		if in.Protocol == "tcp" {
+			d.key = "tcp"
+			d.tcp = s.tcpProxy(telemetry.Inbound, cfg.Service, u, in.ConnectTimeout.D(), in.IdleTimeout.D(), accessLog)
+		} else {
+			d.key, d.httpOpt = httpKey(in.Listener, s.log)
+			t := s.transport(transports, inboundUpstream, l7.TransportOptions{
+				Protocol: l7.ProtocolAuto, ConnectTimeout: in.ConnectTimeout.D(),
+				IdleTimeout: 90 * time.Second, MaxIdleConnsPerHost: 1024})
+			d.http = l7.NewHandler(l7.Options{
+				Direction: telemetry.Inbound, Name: cfg.Service, Upstream: u, Transport: t,
+				RequestTimeout: in.RequestTimeout.D(), Metrics: s.metrics.HTTP(telemetry.Inbound, cfg.Service),
+				AccessLog: accessLog, Logger: s.log,
+			})
+		}
+		want = append(want, d)
+	}
+	for _, o := range cfg.Outbound {
+		uc := cfg.Upstream(o.Upstream)
+		u := s.upstreams[o.Upstream]
+		d := desired{addr: o.Address}
+		if o.Protocol == "tcp" {
+			d.key = "tcp"
+			d.tcp = s.tcpProxy(telemetry.Outbound, o.Upstream, u, uc.ConnectTimeout.D(), o.IdleTimeout.D(), accessLog)
+		} else {
+			d.key, d.httpOpt = httpKey(o.Listener, s.log)
+			t := s.transport(transports, o.Upstream, l7.TransportOptions{
+				Protocol: uc.Protocol, ConnectTimeout: uc.ConnectTimeout.D(),
+				IdleTimeout: uc.IdleTimeout.D(), MaxIdleConnsPerHost: uc.MaxIdleConnsPerEndpoint})
+			d.http = l7.NewHandler(l7.Options{
+				Direction: telemetry.Outbound, Name: o.Upstream, Upstream: u, Transport: t,
+				HashOn: uc.HashOn, RequestTimeout: uc.RequestTimeout.D(),
+				Metrics: s.metrics.HTTP(telemetry.Outbound, o.Upstream), AccessLog: accessLog, Logger: s.log,
+			})
+		}
+		want = append(want, d)
+	}
+
+	// 5. Swap. From here on nothing fails.
+	drain := cfg.DrainTimeout.D()
+	keep := map[string]bool{}
+	for _, d := range want {
+		keep[d.addr] = true
+		l := s.listeners[d.addr]
+		if l == nil {
+			l = fresh[d.addr]
+			s.listeners[d.addr] = l
+		}
+		old := l.front.Load()
+		if old != nil && old.key == d.key {
+			if d.tcp != nil {
+				old.tcp.Store(d.tcp)
+			} else {
+				old.handler.Store(&d.http)
+			}
+			continue
+		}
+		var f *front
+		if d.tcp != nil {
+			f = newTCPFront(d.key, d.tcp)
+		} else {
+			f = newHTTPFront(d.key, d.httpOpt, d.http, l.metrics, l.ln.Addr())
+		}
+		l.front.Store(f)
+		if old == nil {
+			go l.serve()
+			s.log.Info("listening", "address", d.addr, "protocol", protocolOf(d))
+		} else {
+			s.retire(drain, old.shutdown)
+		}
+	}
+	for addr, l := range s.listeners {
+		if keep[addr] {
+			continue
+		}
+		delete(s.listeners, addr)
+		l.close()
+		s.log.Info("listener removed; draining its connections", "address", addr, "drain_timeout", drain)
+		s.retire(drain, l.front.Load().shutdown)
+	}
+	for name, u := range s.upstreams {
+		if _, ok := specs[name]; !ok {
+			delete(s.upstreams, name)
+			s.metrics.ForgetUpstream(name)
+			go u.stop()
+		}
+	}
+	for name, t := range s.transports {
+		if transports[name] != t {
+			s.retire(drain, func(ctx context.Context) { <-ctx.Done(); t.CloseIdleConnections() })
+		}
+	}
+	s.transports = transports
+	if oldLog != nil {
+		s.retire(drain, func(ctx context.Context) { <-ctx.Done(); _ = oldLog.Close() })
+	}
+	s.accessLog, s.accessDest = accessLog, cfg.Telemetry.AccessLog
+	return nil
+}
+
+// retire runs fn in the background with a context that ends after the drain timeout, or
+// when the sidecar itself has finished draining.
+func (s *Sidecar) retire(timeout time.Duration, fn func(context.Context)) {
+	s.retiring.Add(1)
+	go func() {
+		defer s.retiring.Done()
+		ctx, cancel := context.WithTimeout(s.stopping, timeout)
+		defer cancel()
+		fn(ctx)
+	}()
+}
+
+// transport returns the pooled transport for an upstream, reusing the running one while its
+// options are unchanged so that reloads keep warm connections.
+func (s *Sidecar) transport(into map[string]*l7.Transport, name string, o l7.TransportOptions) *l7.Transport {
+	t := s.transports[name]
+	if t == nil || t.Options() != o {
+		t = l7.NewTransport(o)
+	}
+	into[name] = t
+	return t
+}
+
+func (s *Sidecar) tcpProxy(direction, name string, u *upstream, connect, idle time.Duration, al *telemetry.AccessLog) *l4.Proxy {
+	return l4.New(l4.Options{
+		Upstream: name, Picker: u.Picker, ConnectTimeout: connect, IdleTimeout: idle,
+		Observer: &tcpObserver{direction: direction, m: s.metrics.TCP(direction, name), log: al},
+		Logger:   s.log,
+	})
+}
+
+func httpKey(l config.Listener, log *slog.Logger) (string, l7.ServerOptions) {
+	o := l7.ServerOptions{ReadHeaderTimeout: l.ReadHeaderTimeout.D(), IdleTimeout: l.IdleTimeout.D(),
+		MaxHeaderBytes: l.MaxHeaderBytes, Logger: log}
+	return fmt.Sprintf("http/%v/%v/%d", o.ReadHeaderTimeout, o.IdleTimeout, o.MaxHeaderBytes), o
+}
+
+func protocolOf(d desired) string {
+	if d.tcp != nil {
+		return "tcp"
+	}
+	return "http"
+}
+
+type upstreamSpec struct {
+	policy    string
+	endpoints []discovery.Endpoint
+}
+
+func (u upstreamSpec) key() string {
+	eps := slices.Clone(u.endpoints)
+	slices.SortFunc(eps, func(a, b discovery.Endpoint) int {
+		if a.Address < b.Address {
+			return -1
+		}
+		if a.Address > b.Address {
+			return 1
+		}
+		return 0
+	})
+	return fmt.Sprint("static", eps)
+}
+
+// Unready makes /ready answer 503 (draining) while everything keeps serving: used while the
+// application started beside Ferry shuts down, so that peers stop sending first.
+func (s *Sidecar) Unready() { s.draining.Store(true) }
+
+// Drain stops the sidecar gracefully: /ready turns 503, listeners stop accepting,
+// in-flight requests and TCP sessions may finish until ctx is done, then the rest are cut.
+func (s *Sidecar) Drain(ctx context.Context) {
+	s.draining.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var wg sync.WaitGroup
+	for addr, l := range s.listeners {
+		l.close()
+		delete(s.listeners, addr)
+		f := l.front.Load()
+		wg.Go(func() { f.shutdown(ctx) })
+	}
+	wg.Wait()
+	for name, u := range s.upstreams {
+		u.stop()
+		delete(s.upstreams, name)
+	}
+	for _, t := range s.transports {
+		t.CloseIdleConnections()
+	}
+	s.stop()
+	s.retiring.Wait()
+	_ = s.accessLog.Close()
+}
+
+// tcpObserver turns TCP session events into metrics and access-log lines.
+type tcpObserver struct {
+	direction string
+	m         *telemetry.TCPMetrics
+	log       *telemetry.AccessLog
+}
+
+func (o *tcpObserver) SessionStarted(string) { o.m.Active.Inc() }
+
+func (o *tcpObserver) SessionEnded(upstream string, ss l4.Session) {
+	o.m.Active.Dec()
+	o.m.Received.Add(float64(ss.BytesIn))
+	o.m.Sent.Add(float64(ss.BytesOut))
+	errText := ""
+	if ss.Err != nil {
+		o.m.Failed.Inc()
+		errText = ss.Err.Error()
+	} else {
+		o.m.OK.Inc()
+	}
+	o.log.TCP(&telemetry.TCPRecord{Start: time.Now().Add(-ss.Duration), Direction: o.direction, Upstream: upstream,
+		Endpoint: ss.Endpoint, Downstream: ss.Downstream, BytesIn: ss.BytesIn, BytesOut: ss.BytesOut,
+		Duration: ss.Duration, Error: errText})
+}
