@@ -46,7 +46,7 @@ type Sidecar struct {
 	transports map[string]*l7.Transport
 	accessLog  *telemetry.AccessLog
 	accessDest string
-	retiring   sync.WaitGroup // old fronts, transports and logs being drained after a reload
+	retiring   sync.WaitGroup  // old fronts, transports and logs being drained after a reload
 	stopping   context.Context // cancelled at the end of Drain: retiring work stops waiting
 	stop       context.CancelFunc
 }
