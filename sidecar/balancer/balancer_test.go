@@ -111,7 +111,7 @@ func TestDistribution(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
-		weights []uint32
+		weights []uint32 // a weight of 0 is set after NewEndpoint, which would make it 1
 	}{
 		{"single", []uint32{1}},
 		{"weights 1:3", []uint32{1, 3}},
@@ -119,15 +119,15 @@ func TestDistribution(t *testing.T) {
 		{"equal weights", []uint32{1, 1, 1, 1, 1}},
 		{"equal weights 7", []uint32{7, 7, 7, 7}},
 		{"weights 1:2:3:4", []uint32{1, 2, 3, 4}},
-		{"weights 3:1 unsorted", []uint32{3, 1}},
-		{"zero weight counts as 1", []uint32{0, 1}},
+		{"weights 3:1", []uint32{3, 1}},
+		{"weight 0 counts as 1", []uint32{0, 1, 2}},
 	}
 	for _, pol := range policies {
 		for _, tt := range tests {
 			t.Run(pol.name+"/"+tt.name, func(t *testing.T) {
 				eps := endpointsWith(tt.weights...)
-				if tt.name == "zero weight counts as 1" {
-					eps[0].Weight = 0 // as if built without NewEndpoint
+				for i, w := range tt.weights {
+					eps[i].Weight = w
 				}
 				var sum float64
 				for _, w := range tt.weights {

@@ -38,8 +38,11 @@ func NewRoundRobin(endpoints []*Endpoint) Picker {
 // concurrent use.
 func (rr *roundRobin) Pick(PickInfo) (*Endpoint, error) {
 	n := uint64(len(rr.schedule))
-	if n == 0 {
+	switch n {
+	case 0:
 		return nil, ErrNoEndpoint
+	case 1:
+		return rr.schedule[0], nil
 	}
 	return rr.schedule[(rr.next.Add(1)-1)%n], nil
 }
