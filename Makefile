@@ -24,7 +24,7 @@ deps-apt:
 	fi
 
 deps-tools:
-	@command -v staticcheck >/dev/null || $(GO) install honnef.co/go/tools/cmd/staticcheck@2025.1.1
+	@staticcheck -version 2>/dev/null | grep -q "(0.8.2)" || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 deps: deps-apt deps-tools
 

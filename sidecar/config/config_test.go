@@ -2,6 +2,7 @@ package config
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf16"
 )
 
 // parse parses a test document: a raw string whose leading newline is dropped, so that
@@ -514,13 +516,15 @@ outbound:
   - {upstream: api, address: 127.0.0.1:9901}
   - {upstream: api, address: 0.0.0.0:9300}
   - {upstream: api, address: "127.0.0.1:9300"}
+  - {upstream: api, address: "127.0.0.1:09191"}
 upstreams:
   - {name: api, endpoints: [127.0.0.1:8081]}
 `,
 			want: []string{
 				`ferry.yaml:6: outbound[0].address: address 127.0.0.1:9191 already used by inbound.address, line 3`,
-				`ferry.yaml:7: outbound[1].address: address 127.0.0.1:9901 already used by admin.address`,
+				`ferry.yaml:7: outbound[1].address: address 127.0.0.1:9901 already used by admin.address (the default)`,
 				`ferry.yaml:9: outbound[3].address: address 127.0.0.1:9300 overlaps outbound[2].address (0.0.0.0:9300, line 8)`,
+				`ferry.yaml:10: outbound[4].address: address 127.0.0.1:09191 overlaps inbound.address (127.0.0.1:9191, line 3)`,
 			},
 		},
 		{
@@ -655,6 +659,7 @@ upstreams:
 				`ferry.yaml:7: upstreams[0].endpoints[0].zone: unknown key (known keys: address, weight)`,
 				`ferry.yaml:8: upstreams[0].endpoints[1]: want "host:port" or a mapping {address, weight}, got a list`,
 				`ferry.yaml:10: upstreams[0].endpoints[3].addr: unknown key (known keys: address, weight)`,
+				`ferry.yaml:10: upstreams[0].endpoints[3]: missing endpoint address (want host:port)`,
 			},
 		},
 		{
@@ -673,6 +678,88 @@ upstreams:
 				`ferry.yaml:3: outbound[0].address: duplicate key (first at line 3)`,
 				`ferry.yaml:8: upstreams[0].lb: duplicate key (first at line 7)`,
 			},
+		},
+		{
+			// A decoding problem elsewhere in upstreams does not hide an unknown upstream,
+			// and an endpoint with an unknown key still has its other problems reported.
+			name: "decoding problems do not hide other problems",
+			doc: `
+service: web
+outbound:
+  - {upstream: nope, address: 127.0.0.1:9191}
+upstreams:
+  - name: api
+    endpoints: [{address: "x", weight: 0, zone: b}, 127.0.0.1:8081, 127.0.0.1:8081]
+    retries: 3
+`,
+			want: []string{
+				`ferry.yaml:3: outbound[0].upstream: unknown upstream "nope" (have api)`,
+				`ferry.yaml:6: upstreams[0].endpoints[0].zone: unknown key`,
+				`ferry.yaml:6: upstreams[0].endpoints[0]: invalid endpoint address "x": missing port in address`,
+				`ferry.yaml:6: upstreams[0].endpoints[0].weight: weight must be from 1 to 1000000, got 0`,
+				`ferry.yaml:6: upstreams[0].endpoints[2]: duplicate endpoint 127.0.0.1:8081 (first at upstreams[0].endpoints[1])`,
+				`ferry.yaml:7: upstreams[0].retries: unknown key`,
+			},
+		},
+		{
+			name: "list given as a mapping on one line",
+			doc: `
+service: web
+outbound: {api: {address: 127.0.0.1:9191}}
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+`,
+			want: []string{`ferry.yaml:2: outbound: want a list, got a mapping`},
+		},
+		{
+			name: "endpoint mappings with merges, anchors and bad values",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+upstreams:
+  - name: api
+    endpoints:
+      - &heavy {address: 127.0.0.1:8081, weight: 7}
+      - {<<: *heavy, address: 127.0.0.1:8082}
+      - {<<: [*heavy, {zone: b}], address: 127.0.0.1:8083}
+      - {<<: 5, address: 127.0.0.1:8084}
+      - {address: [127.0.0.1:8085], weight: {w: 1}}
+      - {address: 127.0.0.1:8086, address: 127.0.0.1:8087}
+`,
+			want: []string{
+				`ferry.yaml:9: upstreams[0].endpoints[2].zone: unknown key (known keys: address, weight)`,
+				`ferry.yaml:10: upstreams[0].endpoints[3]: merge (<<) needs a mapping or a list of mappings, got 5`,
+				`ferry.yaml:11: upstreams[0].endpoints[4].address: want a string, got a list`,
+				`ferry.yaml:11: upstreams[0].endpoints[4].weight: want an integer from 1 to 1000000, got a mapping`,
+				`ferry.yaml:12: upstreams[0].endpoints[5].address: duplicate key (first at line 12)`,
+			},
+		},
+		{
+			name: "every endpoint failed to decode",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+upstreams:
+  - {name: api, endpoints: [{address: 127.0.0.1, zone: a}]}
+`,
+			want: []string{
+				`ferry.yaml:5: upstreams[0].endpoints[0].zone: unknown key`,
+				`ferry.yaml:5: upstreams[0].endpoints[0]: invalid endpoint address "127.0.0.1": missing port in address`,
+			},
+		},
+		{
+			// A name that failed to decode must not make outbounds naming it "unknown".
+			name: "upstream name of the wrong type",
+			doc: `
+service: web
+outbound:
+  - {upstream: api, address: 127.0.0.1:9191}
+upstreams:
+  - name: {first: api}
+    endpoints: [127.0.0.1:8081]
+`,
+			want: []string{`ferry.yaml:5: upstreams[0].name: want a string, got a mapping`},
 		},
 		{
 			// Items that fail to decode are left out of the slice by yaml.v3; later items
@@ -761,6 +848,33 @@ func TestLoadMissingFile(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "nope.yaml: cannot read config:") {
 		t.Errorf("Load() error = %v, want substring %q", err, "nope.yaml: cannot read config:")
+	}
+}
+
+func TestParseUTF16(t *testing.T) {
+	const doc = "service: web\noutbound: [{upstream: api, address: 127.0.0.1:9191}]\nupstreams: [{name: api, lb: fast, endpoints: [127.0.0.1:8081]}]\n"
+	for _, tc := range []struct {
+		name  string
+		order binary.AppendByteOrder
+		bom   []byte
+	}{
+		{"big endian", binary.BigEndian, []byte{0xfe, 0xff}},
+		{"little endian", binary.LittleEndian, []byte{0xff, 0xfe}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := tc.bom
+			for _, u := range utf16.Encode([]rune(doc)) {
+				data = tc.order.AppendUint16(data, u)
+			}
+			_, err := Parse("ferry.yaml", data)
+			want := `ferry.yaml:3: upstreams[0].lb: unknown policy "fast"`
+			if err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("Parse() error = %v, want substring %q", err, want)
+			}
+			if _, err := Parse("ferry.yaml", data[:len(data)-1]); err == nil || !strings.Contains(err.Error(), "ferry.yaml:1: invalid UTF-16") {
+				t.Errorf("Parse() of odd-length UTF-16 error = %v, want substring %q", err, "ferry.yaml:1: invalid UTF-16")
+			}
+		})
 	}
 }
 
@@ -882,5 +996,52 @@ func TestDurationMarshal(t *testing.T) {
 	y, err := Duration(1500 * time.Millisecond).MarshalYAML()
 	if err != nil || y != "1.5s" {
 		t.Errorf("MarshalYAML() = %v, %v, want 1.5s, nil", y, err)
+	}
+}
+
+func TestHostsOverlap(t *testing.T) {
+	tests := []struct {
+		a, b string
+		want bool
+	}{
+		{"127.0.0.1", "127.0.0.1", true},
+		{"127.0.0.1", "127.0.0.2", false},
+		{"localhost", "LOCALHOST", true},
+		{"localhost", "127.0.0.1", false},
+		{"", "127.0.0.1", true},
+		{"::", "127.0.0.1", true},
+		{"0.0.0.0", "10.0.0.1", true},
+		{"0.0.0.0", "db.internal", true},
+		{"0.0.0.0", "::1", false},
+		{"::ffff:127.0.0.1", "127.0.0.1", true},
+		{"::1", "0:0:0:0:0:0:0:1", true},
+		{"::1", "::2", false},
+	}
+	for _, tc := range tests {
+		if got := hostsOverlap(tc.a, tc.b); got != tc.want {
+			t.Errorf("hostsOverlap(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+		if got := hostsOverlap(tc.b, tc.a); got != tc.want {
+			t.Errorf("hostsOverlap(%q, %q) = %v, want %v", tc.b, tc.a, got, tc.want)
+		}
+	}
+}
+
+func TestCountLines(t *testing.T) {
+	tests := []struct {
+		in   string
+		want int
+	}{
+		{"", 1},
+		{"a", 1},
+		{"a\n", 2},
+		{"a\r\nb", 2},
+		{"a\rb\nc", 3},
+		{"a\u0085b\u2028c\u2029d", 4},
+	}
+	for _, tc := range tests {
+		if got := countLines([]byte(tc.in)); got != tc.want {
+			t.Errorf("countLines(%q) = %d, want %d", tc.in, got, tc.want)
+		}
 	}
 }

@@ -75,19 +75,7 @@ func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
 		return nil
 	case yaml.MappingNode:
 		var problems []string
-		unknownEndpointKeys(n, func(k *yaml.Node) {
-			problems = append(problems, fmt.Sprintf("line %d: field %s not found in type %s",
-				k.Line, k.Value, reflect.TypeFor[endpointFields]()))
-		})
-		var f endpointFields
-		if err := n.Decode(&f); err != nil {
-			var te *yaml.TypeError
-			if !errors.As(err, &te) {
-				return err
-			}
-			problems = append(problems, te.Errors...)
-		}
-		*e = Endpoint(f)
+		*e, problems = endpointFromMapping(n)
 		if len(problems) > 0 {
 			return &yaml.TypeError{Errors: problems}
 		}
@@ -96,34 +84,101 @@ func (e *Endpoint) UnmarshalYAML(n *yaml.Node) error {
 	return nodeError(n, "want \"host:port\" or a mapping {address, weight}, got %s", describe(n))
 }
 
-// unknownEndpointKeys calls report for each key of mapping n, or of the mappings it merges,
-// that an endpoint does not have. (n.Decode does not check keys: yaml.v3 offers strict
-// decoding only through a Decoder.)
-func unknownEndpointKeys(n *yaml.Node, report func(key *yaml.Node)) {
+// endpointFromMapping decodes the mapping form of an endpoint, returning what it could
+// decode and its problems as *yaml.TypeError messages. It walks the keys itself rather than
+// calling n.Decode: yaml.v3 checks keys only through a Decoder, and a nested decoder would
+// start a fresh alias budget for every use of an anchored endpoint. Keys merged with "<<"
+// count, with yaml.v3's precedence: a mapping's own keys first, then merged ones in order.
+func endpointFromMapping(n *yaml.Node) (Endpoint, []string) {
+	var (
+		e               Endpoint
+		problems        []string
+		address, weight *yaml.Node
+	)
+	problem := func(err error) {
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			problems = append(problems, te.Errors...)
+		}
+	}
 	seen := make(map[*yaml.Node]bool)
 	var scan func(m *yaml.Node)
 	scan = func(m *yaml.Node) {
-		m = resolve(m)
-		if m == nil || seen[m] {
+		if seen[m] {
 			return
 		}
 		seen[m] = true
-		switch m.Kind {
-		case yaml.SequenceNode:
-			for _, item := range m.Content {
-				scan(item)
+		type key struct {
+			kind  yaml.Kind
+			value string
+		}
+		firstLine := make(map[key]int) // duplicate keys, checked like yaml.v3 does
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			k := m.Content[i]
+			if line, dup := firstLine[key{k.Kind, k.Value}]; dup {
+				problems = append(problems, fmt.Sprintf("line %d: mapping key %q already defined at line %d", k.Line, k.Value, line))
+			} else {
+				firstLine[key{k.Kind, k.Value}] = k.Line
 			}
-		case yaml.MappingNode:
-			for i := 0; i+1 < len(m.Content); i += 2 {
-				k := m.Content[i]
-				switch {
-				case isMerge(k):
-					scan(m.Content[i+1])
-				case k.Kind == yaml.ScalarNode && k.Value != "address" && k.Value != "weight":
-					report(k)
+			switch {
+			case isMerge(k):
+			case k.Kind != yaml.ScalarNode:
+				problem(nodeError(k, "want a key (address or weight), got %s", describe(k)))
+			case k.Value == "address":
+				if address == nil {
+					address = m.Content[i+1]
 				}
+			case k.Value == "weight":
+				if weight == nil {
+					weight = m.Content[i+1]
+				}
+			default:
+				problems = append(problems, fmt.Sprintf("line %d: field %s not found in type %s",
+					k.Line, k.Value, reflect.TypeFor[endpointFields]()))
+			}
+		}
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			if !isMerge(m.Content[i]) {
+				continue
+			}
+			v := resolve(m.Content[i+1])
+			switch {
+			case v != nil && v.Kind == yaml.MappingNode:
+				scan(v)
+			case v != nil && v.Kind == yaml.SequenceNode:
+				for _, item := range v.Content {
+					if r := resolve(item); r != nil && r.Kind == yaml.MappingNode {
+						scan(r)
+					} else {
+						problem(nodeError(item, "merge (<<) needs mappings, got %s", describe(item)))
+					}
+				}
+			default:
+				problem(nodeError(m.Content[i+1], "merge (<<) needs a mapping or a list of mappings, got %s", describe(v)))
 			}
 		}
 	}
 	scan(n)
+
+	if r := resolve(address); r != nil && r.ShortTag() != "!!null" {
+		if r.Kind == yaml.ScalarNode {
+			e.Address = r.Value
+		} else {
+			problem(nodeError(r, "want a string, got %s", describe(r)))
+		}
+	}
+	if r := resolve(weight); r != nil && r.ShortTag() != "!!null" {
+		if r.Kind == yaml.ScalarNode {
+			// Decoding a scalar is cheap; its only errors are *yaml.TypeError.
+			if err := r.Decode(&e.Weight); err != nil {
+				problem(err)
+				if !errors.As(err, new(*yaml.TypeError)) {
+					problem(nodeError(r, "invalid weight: %v", err))
+				}
+			}
+		} else {
+			problem(nodeError(r, "want an integer from 1 to %d, got %s", MaxWeight, describe(r)))
+		}
+	}
+	return e, problems
 }

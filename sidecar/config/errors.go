@@ -85,7 +85,19 @@ func (p path) with(elems ...any) path {
 	return append(append(out, p...), elems...)
 }
 
-var simpleKey = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+// simpleKey reports whether a key can be written in a path without quotes.
+func simpleKey(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		b := k[i]
+		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_' || b == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // String formats p as "upstreams[1].lb". Keys that are not plain words are quoted.
 func (p path) String() string {
@@ -98,7 +110,7 @@ func (p path) String() string {
 			if b.Len() > 0 {
 				b.WriteByte('.')
 			}
-			if simpleKey.MatchString(e) {
+			if simpleKey(e) {
 				b.WriteString(e)
 			} else {
 				b.WriteString(strconv.Quote(e))
@@ -124,8 +136,8 @@ type collector struct {
 	file   string
 	loc    *locator
 	errs   Errors
-	broken []string
-	nodes  []entry // index of the document's nodes, built on first use
+	broken map[string]bool // formatted paths
+	byLine map[int][]entry // the document's nodes by line, built on first use
 }
 
 // fail records a problem found while reading or decoding the file, at line and path p.
@@ -135,25 +147,16 @@ func (c *collector) fail(line int, p path, msg string) {
 
 // mark marks p as broken: decoding failed there, so the decoded value is unreliable.
 func (c *collector) mark(p path) {
-	c.broken = append(c.broken, p.String())
+	if c.broken == nil {
+		c.broken = make(map[string]bool)
+	}
+	c.broken[p.String()] = true
 }
 
 // brokenUnder reports whether p is at or below a broken path.
 func (c *collector) brokenUnder(p path) bool {
-	s := p.String()
-	for _, b := range c.broken {
-		if under(s, b) {
-			return true
-		}
-	}
-	return false
-}
-
-// brokenBelow reports whether a broken path is at or below p.
-func (c *collector) brokenBelow(p path) bool {
-	s := p.String()
-	for _, b := range c.broken {
-		if under(b, s) {
+	for k := 0; k <= len(p) && len(c.broken) > 0; k++ {
+		if c.broken[p[:k].String()] {
 			return true
 		}
 	}
@@ -173,14 +176,14 @@ func (c *collector) addAt(p, lineOf path, format string, args ...any) {
 	c.errs = append(c.errs, &Error{File: c.file, Line: c.loc.line(lineOf), Path: p.String(), Msg: fmt.Sprintf(format, args...)})
 }
 
-// addRef records a problem at p that depends on the part of the file at dep (a reference
-// to an upstream depends on "upstreams"): it is dropped if anything at or below dep, or p
-// itself, failed to decode.
-func (c *collector) addRef(p, dep path, format string, args ...any) {
-	if c.brokenBelow(dep) {
-		return
+// brokenWhere reports whether any broken path satisfies match.
+func (c *collector) brokenWhere(match func(string) bool) bool {
+	for b := range c.broken {
+		if match(b) {
+			return true
+		}
 	}
-	c.add(p, format, args...)
+	return false
 }
 
 // result returns the problems, sorted by line and without repeats, or nil.
@@ -189,15 +192,19 @@ func (c *collector) result() error {
 		return nil
 	}
 	sort.SliceStable(c.errs, func(i, j int) bool { return c.errs[i].Line < c.errs[j].Line })
+	type key struct {
+		line      int
+		path, msg string
+	}
+	seen := make(map[key]bool, len(c.errs))
 	out := make(Errors, 0, len(c.errs))
 	for _, e := range c.errs {
-		if n := len(out); n > 0 {
-			last := out[n-1]
-			if last.Line == e.Line && last.Path == e.Path && last.Msg == e.Msg {
-				continue
-			}
+		// An anchored value used twice is decoded, and reported, twice.
+		k := key{e.Line, e.Path, e.Msg}
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, e)
 		}
-		out = append(out, e)
 	}
 	return out
 }
@@ -304,8 +311,11 @@ func (c *collector) decodeError(err error, root *yaml.Node) {
 		c.syntax(err, nil)
 		return
 	}
-	if c.nodes == nil {
-		c.nodes = index(root)
+	if c.byLine == nil {
+		c.byLine = make(map[int][]entry)
+		for _, e := range index(root) {
+			c.byLine[e.n.Line] = append(c.byLine[e.n.Line], e)
+		}
 	}
 	for _, s := range te.Errors {
 		c.typeError(s)
@@ -326,6 +336,9 @@ func (c *collector) typeError(s string) {
 		// Our own messages (Duration, Endpoint) carry the column to pin down the node.
 		col, _ := strconv.Atoi(cm[1])
 		e := c.find(line, func(e entry) bool { return !e.key && e.n.Column == col })
+		if e.n == nil || e.n.Column != col {
+			e = c.find(line, func(e entry) bool { return e.n.Column == col })
+		}
 		c.fail(line, e.p, cm[2])
 		c.mark(e.p)
 		return
@@ -363,7 +376,7 @@ func (c *collector) typeError(s string) {
 	}
 	if mm := reCannot.FindStringSubmatch(msg); mm != nil {
 		tag, val, goType := mm[1], mm[2], mm[3]
-		e := c.find(line, func(e entry) bool {
+		same := func(e entry) bool {
 			if e.n.Tag != tag && e.n.ShortTag() != tag {
 				return false
 			}
@@ -371,7 +384,16 @@ func (c *collector) typeError(s string) {
 				return true
 			}
 			return e.n.Value == val || (strings.HasSuffix(val, "...") && strings.HasPrefix(e.n.Value, strings.TrimSuffix(val, "...")))
+		}
+		// Several nodes on a line can look alike ({name: {a: 1}}): prefer the one whose
+		// place in the schema has the Go type the message names.
+		e := c.find(line, func(e entry) bool {
+			t := schemaType(e.p)
+			return same(e) && t != nil && t.String() == strings.TrimPrefix(goType, "*")
 		})
+		if !same(e) {
+			e = c.find(line, same)
+		}
 		got := describe(e.n)
 		if e.n == nil {
 			got = strings.TrimPrefix(tag, "!!")
@@ -389,11 +411,9 @@ func (c *collector) typeError(s string) {
 // node on the line; failing that an empty entry (the whole file).
 func (c *collector) find(line int, match func(entry) bool) entry {
 	var first *entry
-	for i := range c.nodes {
-		e := &c.nodes[i]
-		if e.n.Line != line {
-			continue
-		}
+	nodes := c.byLine[line]
+	for i := range nodes {
+		e := &nodes[i]
 		if match(*e) {
 			return *e
 		}
@@ -411,9 +431,10 @@ func (c *collector) find(line int, match func(entry) bool) entry {
 // duplicates, which yaml.v3 reports at the later occurrence).
 func (c *collector) findKey(line int, key string, last bool) entry {
 	var found *entry
-	for i := range c.nodes {
-		e := &c.nodes[i]
-		if e.key && e.n.Line == line && e.n.Value == key {
+	nodes := c.byLine[line]
+	for i := range nodes {
+		e := &nodes[i]
+		if e.key && e.n.Value == key {
 			found = e
 			if !last {
 				break
@@ -469,6 +490,56 @@ func describe(n *yaml.Node) string {
 		return v
 	}
 	return "an unsupported value"
+}
+
+// schemaType returns the Go type the schema decodes the value at p into (pointers
+// dereferenced), or nil if p is not in the schema.
+func schemaType(p path) reflect.Type {
+	t := reflect.TypeFor[Config]()
+	for _, e := range p {
+		switch e := e.(type) {
+		case int:
+			if t.Kind() != reflect.Slice {
+				return nil
+			}
+			t = t.Elem()
+		case string:
+			if t == reflect.TypeFor[Endpoint]() {
+				t = reflect.TypeFor[endpointFields]()
+			}
+			if t.Kind() != reflect.Struct {
+				return nil
+			}
+			f, ok := fieldByKey(t, e)
+			if !ok {
+				return nil
+			}
+			t = f.Type
+		}
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+	}
+	return t
+}
+
+// fieldByKey returns the field of struct type t that YAML key decodes into, following
+// inline fields.
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		switch {
+		case name == "-" || !f.IsExported():
+		case opts == "inline":
+			if g, ok := fieldByKey(f.Type, key); ok {
+				return g, true
+			}
+		case name == key || (name == "" && strings.ToLower(f.Name) == key):
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
 }
 
 // knownKeys lists the YAML keys of the schema type a yaml.v3 message names (e.g.

@@ -48,7 +48,11 @@ func FuzzParse(f *testing.F) {
 			if !errors.As(err, &errs) || len(errs) == 0 {
 				t.Fatalf("Parse() error = %T %v, want non-empty config.Errors", err, err)
 			}
-			lines := countLines(data)
+			text, err := utf8Text(data)
+			if err != nil {
+				text = data
+			}
+			lines := countLines(text)
 			for _, e := range errs {
 				if e.File != "fuzz.yaml" || e.Msg == "" || e.Line < 0 || e.Line > lines {
 					t.Errorf("Parse() error %q: want file fuzz.yaml, a message and a line in 0..%d", e, lines)

@@ -3,12 +3,14 @@ package config
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"unicode/utf16"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -59,9 +61,14 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, col.result()
 	}
 
-	docs, first, err := documents(data)
+	text, err := utf8Text(data)
 	if err != nil {
-		col.syntax(err, data)
+		col.fail(1, nil, err.Error())
+		return nil, col.result()
+	}
+	docs, first, err := documents(text)
+	if err != nil {
+		col.syntax(err, text)
 	}
 	if len(docs) == 0 {
 		if err == nil {
@@ -75,7 +82,7 @@ func Parse(file string, data []byte) (*Config, error) {
 	root := docs[0]
 
 	var c Config
-	if err := decodeStrict(data, first, &c); err != nil {
+	if err := decodeStrict(text, first, &c); err != nil {
 		col.decodeError(err, root)
 	}
 	if !col.brokenUnder(nil) {
@@ -90,6 +97,30 @@ func Parse(file string, data []byte) (*Config, error) {
 	sum := sha256.Sum256(data)
 	c.Version = hex.EncodeToString(sum[:])[:12]
 	return &c, nil
+}
+
+// utf8Text returns data as UTF-8. yaml.v3 reads UTF-16 when the file starts with a UTF-16
+// byte order mark; Parse converts such a file first, so that it counts lines in the same
+// text as yaml.v3.
+func utf8Text(data []byte) ([]byte, error) {
+	var order binary.ByteOrder
+	switch {
+	case bytes.HasPrefix(data, []byte{0xfe, 0xff}):
+		order = binary.BigEndian
+	case bytes.HasPrefix(data, []byte{0xff, 0xfe}):
+		order = binary.LittleEndian
+	default:
+		return data, nil
+	}
+	data = data[2:]
+	if len(data)%2 != 0 {
+		return nil, errors.New("invalid UTF-16: odd number of bytes")
+	}
+	units := make([]uint16, len(data)/2)
+	for i := range units {
+		units[i] = order.Uint16(data[2*i:])
+	}
+	return []byte(string(utf16.Decode(units))), nil
 }
 
 // documents returns the top nodes of the first two non-empty YAML documents in data (a

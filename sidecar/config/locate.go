@@ -163,7 +163,7 @@ func (l *locator) kept(p path, n int, keep func(*yaml.Node) bool) []int {
 	if !ok || seq == nil || seq.Kind != yaml.SequenceNode {
 		return nil
 	}
-	var idx []int
+	idx := make([]int, 0, len(seq.Content)) // non-nil: nil means "unknown"
 	for i, item := range seq.Content {
 		if keep(item) {
 			idx = append(idx, i)
@@ -216,6 +216,60 @@ func (l *locator) endpoint(i, j int) path {
 		idx = l.epIdx[i]
 	}
 	return l.upstream(i).with("endpoints", pick(idx, j))
+}
+
+// endpointItem is an endpoint to validate and its path.
+type endpointItem struct {
+	p path
+	e Endpoint
+}
+
+// endpointItems returns the endpoints of the i-th decoded upstream to validate, in file
+// order: the decoded ones, plus the items yaml.v3 left out because Endpoint.UnmarshalYAML
+// reported a problem (an unknown key, a weight of the wrong type). Those are decoded again
+// leniently, so that their other problems (a bad address, weight 0) are reported in the
+// same run; a problem at a path that failed to decode is dropped by the collector.
+func (l *locator) endpointItems(i int, decoded []Endpoint) []endpointItem {
+	items := make([]endpointItem, 0, len(decoded))
+	var idx []int
+	if i < len(l.epIdx) {
+		idx = l.epIdx[i]
+	}
+	seq, ok := l.find(l.upstream(i).with("endpoints"))
+	seq = resolve(seq)
+	if !ok || idx == nil || seq == nil || seq.Kind != yaml.SequenceNode {
+		for j, e := range decoded {
+			items = append(items, endpointItem{l.endpoint(i, j), e})
+		}
+		return items
+	}
+	next := 0 // next decoded endpoint
+	for j, item := range seq.Content {
+		p := l.upstream(i).with("endpoints", j)
+		if next < len(idx) && idx[next] == j {
+			items = append(items, endpointItem{p, decoded[next]})
+			next++
+			continue
+		}
+		r := resolve(item)
+		if r == nil || r.ShortTag() == "!!null" {
+			continue
+		}
+		var e Endpoint
+		switch r.Kind {
+		case yaml.ScalarNode:
+			e.Address = r.Value
+		case yaml.MappingNode:
+			e, _ = endpointFromMapping(r) // its problems are reported already
+		default:
+			continue
+		}
+		if !l.has(p.with("weight")) {
+			e.Weight = DefaultWeight
+		}
+		items = append(items, endpointItem{p, e})
+	}
+	return items
 }
 
 // find returns the node at p and true, or the node of p's deepest ancestor present in the

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -60,6 +61,7 @@ func validate(c *Config, col *collector) {
 		checkUpstream(col, i, &c.Upstreams[i], names)
 	}
 
+	namesHidden := col.brokenWhere(hidesUpstreamName)
 	for i := range c.Outbound {
 		o := &c.Outbound[i]
 		p := l.outbound(i)
@@ -67,8 +69,8 @@ func validate(c *Config, col *collector) {
 		switch _, ok := names[o.Upstream]; {
 		case o.Upstream == "":
 			col.add(p.with("upstream"), "missing upstream (the name of an entry of upstreams)")
-		case !ok:
-			col.addRef(p.with("upstream"), path{"upstreams"}, "unknown upstream %q (%s)", o.Upstream, knownUpstreams(c))
+		case !ok && !namesHidden:
+			col.add(p.with("upstream"), "unknown upstream %q (%s)", o.Upstream, knownUpstreams(c))
 		}
 	}
 
@@ -95,18 +97,22 @@ func checkUpstream(col *collector, i int, u *Upstream, names map[string]int) {
 		}
 	}
 
-	if len(u.Endpoints) == 0 {
-		col.addRef(p.with("endpoints"), p.with("endpoints"), "upstream %q has no endpoints", u.Name)
+	eps := p.with("endpoints")
+	if len(u.Endpoints) == 0 && !col.brokenWhere(func(b string) bool { return under(b, eps.String()) }) {
+		// (Items that failed to decode are not "no endpoints".)
+		col.add(eps, "upstream %q has no endpoints", u.Name)
 	}
-	seen := make(map[string]int, len(u.Endpoints))
-	for j, e := range u.Endpoints {
-		ep := l.endpoint(i, j)
+	seen := make(map[string]path, len(u.Endpoints))
+	for _, it := range l.endpointItems(i, u.Endpoints) {
+		ep, e := it.p, it.e
 		at := ep.with("address")
-		if checkAddressAt(col, ep, at, "endpoint address", e.Address, false) {
+		// Address problems are reported at the endpoint (the scalar form has no
+		// "address" key); one that failed to decode is reported at ep.address already.
+		if !col.brokenUnder(at) && checkAddressAt(col, ep, at, "endpoint address", e.Address, false) {
 			if first, dup := seen[e.Address]; dup {
-				col.addAt(ep, at, "duplicate endpoint %s (first at %s)", e.Address, l.endpoint(i, first))
+				col.addAt(ep, at, "duplicate endpoint %s (first at %s)", e.Address, first)
 			} else {
-				seen[e.Address] = j
+				seen[e.Address] = ep
 			}
 		}
 		if e.Weight < 1 || e.Weight > MaxWeight {
@@ -137,6 +143,15 @@ func checkUpstream(col *collector, i int, u *Upstream, names map[string]int) {
 	if u.MaxIdleConnsPerEndpoint < 1 {
 		col.add(p.with("max_idle_connections_per_endpoint"), "must be at least 1, got %d", u.MaxIdleConnsPerEndpoint)
 	}
+}
+
+var reUpstreamName = regexp.MustCompile(`^upstreams(\[\d+\](\.name)?)?$`)
+
+// hidesUpstreamName reports whether decoding failed at broken path b in a way that can
+// leave an upstream's name out of the decoded config (the list, an item or a name), so
+// that an outbound naming it must not be called unknown.
+func hidesUpstreamName(b string) bool {
+	return b == "" || reUpstreamName.MatchString(b)
 }
 
 // checkListener checks the settings every listener shares and its address against the
@@ -181,7 +196,7 @@ func lineNote(l *locator, p path) string {
 func knownUpstreams(c *Config) string {
 	var names []string
 	for _, u := range c.Upstreams {
-		if u.Name != "" {
+		if u.Name != "" && !slices.Contains(names, u.Name) {
 			names = append(names, u.Name)
 		}
 	}
@@ -199,10 +214,11 @@ type boundAddr struct {
 	host string
 	at   path
 	addr string
+	note string // ", line N" or " (the default)", for messages
 }
 
 // listeners tracks the listen addresses of admin, inbound and outbound listeners, by port.
-type listeners map[string][]boundAddr
+type listeners map[uint16][]boundAddr
 
 // check validates addr as a listen address and reports it if it clashes with one checked
 // before: the same host and port, or the same port where either host is a wildcard.
@@ -210,22 +226,27 @@ func (ls *listeners) check(col *collector, p path, addr string) {
 	if !checkAddress(col, p, "address", addr, true) {
 		return
 	}
-	host, port, _ := net.SplitHostPort(addr)
+	host, portStr, _ := net.SplitHostPort(addr)
+	port, _ := strconv.ParseUint(portStr, 10, 16) // valid: checked above
 	if *ls == nil {
 		*ls = make(listeners)
 	}
-	for _, b := range (*ls)[port] {
+	for _, b := range (*ls)[uint16(port)] {
 		if !hostsOverlap(host, b.host) {
 			continue
 		}
 		if b.addr == addr {
-			col.add(p, "address %s already used by %s%s", addr, b.at, lineNote(col.loc, b.at))
+			col.add(p, "address %s already used by %s%s", addr, b.at, b.note)
 		} else {
-			col.add(p, "address %s overlaps %s (%s%s)", addr, b.at, b.addr, lineNote(col.loc, b.at))
+			col.add(p, "address %s overlaps %s (%s%s)", addr, b.at, b.addr, b.note)
 		}
 		return
 	}
-	(*ls)[port] = append((*ls)[port], boundAddr{host: host, at: p, addr: addr})
+	note := lineNote(col.loc, p)
+	if note == "" && col.loc.root != nil {
+		note = " (the default)"
+	}
+	(*ls)[uint16(port)] = append((*ls)[uint16(port)], boundAddr{host: host, at: p, addr: addr, note: note})
 }
 
 // hostsOverlap reports whether listening on a and on b (same port) would clash. The empty
