@@ -27,6 +27,8 @@ type guardConn struct {
 	off        bool // HTTP/2 preface seen: nothing to scan
 	scanning   bool // inside a header section
 	pre        int  // bytes of the HTTP/2 preface matched so far; -1 once it cannot match
+	total      int  // bytes read, counted up to len(preface)
+	eof        bool // end the read stream: a complete request shorter than the preface
 	line       int  // line number within the header section (0 = request line)
 	lineLen    int
 	name       [20]byte // lower-cased start of the current line
@@ -62,6 +64,9 @@ func guardFrom(ctx context.Context) *guardConn {
 const preface = "PRI * HTTP/2.0"
 
 func (g *guardConn) Read(p []byte) (int, error) {
+	if g.eof {
+		return 0, io.EOF
+	}
 	n, err := g.Conn.Read(p)
 	if n > 0 && !g.off {
 		if g.rearm.Swap(false) {
@@ -88,6 +93,25 @@ func (g *guardConn) observe(b []byte) {
 	if g.scanning {
 		g.scan(b)
 	}
+	if g.total < len(preface) {
+		g.total += len(b)
+		// With h2c enabled, net/http waits for as many bytes as the HTTP/2 preface before it
+		// parses HTTP/1, so a complete but short (hence malformed: no valid request line
+		// fits) request would sit until read_header_timeout. Ending the stream here makes the
+		// server parse what it has and answer 400 at once.
+		if !g.scanning && g.total < len(preface) && g.pre < 0 {
+			g.eof = true
+		}
+	}
+}
+
+// CloseWrite half-closes the connection, so that net/http can finish an error response
+// (400, 431) with a clean close rather than a reset.
+func (g *guardConn) CloseWrite() error {
+	if cw, ok := g.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return g.Conn.Close()
 }
 
 func (g *guardConn) scan(b []byte) {
