@@ -7,7 +7,7 @@ BIN := bin
 DEPS := $(CURDIR)/.deps
 export PATH := $(DEPS)/bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: all build test test-unit test-e2e fuzz lint deps deps-apt deps-tools demo bench clean
+.PHONY: all build test test-unit test-e2e fuzz lint deps deps-apt deps-tools deps-consul demo bench clean
 
 all: build
 
@@ -26,9 +26,30 @@ deps-apt:
 deps-tools:
 	@staticcheck -version 2>/dev/null | grep -q "(0.8.2)" || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-deps: deps-apt deps-tools
+# Consul v1.16.6 (the last MPL-2.0 release) built from its Go module through a wrapper module,
+# as ../shared/REAL-COMPONENTS.md shows; tests start it as a real `consul agent -dev`.
+CONSUL_VERSION := 1.16.6
+deps-consul:
+	@if [ -x $(DEPS)/bin/consul ] && $(DEPS)/bin/consul version 2>/dev/null | grep -q '^Consul v$(CONSUL_VERSION)$$'; then exit 0; fi; \
+	set -euo pipefail; \
+	echo "building consul v$(CONSUL_VERSION) into $(DEPS)/bin/consul"; \
+	export GONOSUMDB=github.com/hashicorp/consul/envoyextensions,github.com/hashicorp/consul/troubleshoot; \
+	export GOFLAGS="-mod=mod -buildvcs=false"; \
+	rm -rf $(DEPS)/consul-build && mkdir -p $(DEPS)/consul-build $(DEPS)/bin && cd $(DEPS)/consul-build; \
+	$(GO) mod init consulbuild; \
+	dir() { $(GO) mod download -json "$$1" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p'; }; \
+	cp -r "$$(dir github.com/hashicorp/consul/troubleshoot@v0.3.1)" troubleshoot && chmod -R u+w troubleshoot; \
+	cp -r "$$(dir github.com/hashicorp/consul/troubleshoot@v0.6.0)/ports" troubleshoot/ && chmod -R u+w troubleshoot; \
+	rm -f troubleshoot/ports/*_test.go && sed -i '/^replace /d' troubleshoot/go.mod; \
+	$(GO) mod edit -replace github.com/hashicorp/consul/troubleshoot=./troubleshoot; \
+	$(GO) get github.com/hashicorp/consul@v$(CONSUL_VERSION); \
+	$(GO) build -o ../bin/consul.tmp github.com/hashicorp/consul; \
+	mv ../bin/consul.tmp ../bin/consul; \
+	../bin/consul version | sed -n 1p
 
-test: build deps-tools
+deps: deps-apt deps-tools deps-consul
+
+test: build deps-tools deps-consul
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	staticcheck ./...
