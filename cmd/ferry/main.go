@@ -21,6 +21,8 @@ Usage:
         SIGHUP reloads FILE; SIGTERM or SIGINT drain gracefully and exit.
   ferry validate --config FILE
         Check a config file; print every problem as file:line and exit 1 if there is one.
+  ferry ca create|issue ...
+        Development certificate authority: create a CA, issue SVIDs (ferry ca help).
   ferry version
         Print the version.
 `
@@ -39,6 +41,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return cmdRun(args[1:], stdout, stderr)
 	case "validate":
 		return cmdValidate(args[1:], stdout, stderr)
+	case "ca":
+		return cmdCA(args[1:], stdout, stderr)
 	case "version", "--version", "-v":
 		fmt.Fprintln(stdout, "ferry", versionString())
 		return 0
