@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/ferrymesh/ferry/discovery"
 	"github.com/ferrymesh/ferry/discovery/static"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
+	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/config"
 	"github.com/ferrymesh/ferry/sidecar/l4"
 	"github.com/ferrymesh/ferry/sidecar/l7"
@@ -173,30 +173,26 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		accessLog, oldLog = al, s.accessLog
 	}
 
-	// 3. Upstreams: policy and discovery; state per endpoint address is kept.
-	specs := map[string]upstreamSpec{}
-	for _, u := range cfg.Upstreams {
-		eps := make([]discovery.Endpoint, 0, len(u.Endpoints))
-		for _, e := range u.Endpoints {
-			eps = append(eps, discovery.Endpoint{Address: e.Address, Weight: e.Weight})
-		}
-		specs[u.Name] = upstreamSpec{policy: u.LB, endpoints: eps}
+	// 3. Upstreams: policy, resilience and discovery; state per endpoint address is kept.
+	specs := map[string]upstreamConfig{}
+	for i := range cfg.Upstreams {
+		specs[cfg.Upstreams[i].Name] = upstreamConfigOf(&cfg.Upstreams[i])
 	}
 	if cfg.Inbound != nil {
-		specs[inboundUpstream] = upstreamSpec{policy: balancer.RoundRobin,
+		specs[inboundUpstream] = upstreamConfig{policy: balancer.RoundRobin,
 			endpoints: []discovery.Endpoint{{Address: cfg.Inbound.Target, Weight: 1}}}
 	}
 	for name, spec := range specs {
 		u := s.upstreams[name]
 		if u == nil {
-			u = newUpstream(name, s.metrics.SetEndpoints)
+			u = newUpstream(name, s.log, s.metrics)
 			s.upstreams[name] = u
 		}
 		b, err := balancer.New(spec.policy)
 		if err != nil {
 			return err // unreachable: validation checked the policy
 		}
-		u.setPolicy(spec.policy, b)
+		u.configure(spec, b)
 		src := static.New(map[string][]discovery.Endpoint{name: spec.endpoints})
 		name := name
 		u.watch(src, spec.key(), func(err error) {
@@ -219,7 +215,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		u := s.upstreams[inboundUpstream]
 		if in.Protocol == "tcp" {
 			d.key = "tcp"
-			d.tcp = s.tcpProxy(telemetry.Inbound, cfg.Service, u, in.ConnectTimeout.D(), in.IdleTimeout.D(), accessLog)
+			d.tcp = s.tcpProxy(telemetry.Inbound, cfg.Service, u, in.ConnectTimeout.D(), in.IdleTimeout.D(), accessLog, nil, 1)
 		} else {
 			d.key, d.httpOpt = httpKey(in.Listener, s.log)
 			t := s.transport(transports, inboundUpstream, l7.TransportOptions{
@@ -239,16 +235,18 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		d := desired{addr: o.Address}
 		if o.Protocol == "tcp" {
 			d.key = "tcp"
-			d.tcp = s.tcpProxy(telemetry.Outbound, o.Upstream, u, uc.ConnectTimeout.D(), o.IdleTimeout.D(), accessLog)
+			d.tcp = s.tcpProxy(telemetry.Outbound, o.Upstream, u, uc.ConnectTimeout.D(), o.IdleTimeout.D(), accessLog,
+				u.breaker, connectAttempts(uc.Retries))
 		} else {
 			d.key, d.httpOpt = httpKey(o.Listener, s.log)
 			t := s.transport(transports, o.Upstream, l7.TransportOptions{
 				Protocol: uc.Protocol, ConnectTimeout: uc.ConnectTimeout.D(),
-				IdleTimeout: uc.IdleTimeout.D(), MaxIdleConnsPerHost: uc.MaxIdleConnsPerEndpoint})
+				IdleTimeout: uc.IdleTimeout.D(), MaxIdleConnsPerHost: uc.MaxIdleConnsPerEndpoint, Breaker: u.breaker})
 			d.http = l7.NewHandler(l7.Options{
 				Direction: telemetry.Outbound, Name: o.Upstream, Upstream: u, Transport: t,
 				HashOn: uc.HashOn, RequestTimeout: uc.RequestTimeout.D(),
 				Metrics: s.metrics.HTTP(telemetry.Outbound, o.Upstream), AccessLog: accessLog, Logger: s.log,
+				Retry: retryPolicy(uc.Retries), Breaker: u.breaker,
 			})
 		}
 		want = append(want, d)
@@ -299,8 +297,16 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	for name, u := range s.upstreams {
 		if _, ok := specs[name]; !ok {
 			delete(s.upstreams, name)
-			s.metrics.ForgetUpstream(name)
-			go u.stop()
+			go func() {
+				u.stop()
+				// Its gauges go once nothing can set them again, unless a reload brought
+				// the name back meanwhile.
+				s.mu.Lock()
+				if s.upstreams[name] == nil {
+					s.metrics.ForgetUpstream(name)
+				}
+				s.mu.Unlock()
+			}()
 		}
 	}
 	for name, t := range s.transports {
@@ -339,9 +345,11 @@ func (s *Sidecar) transport(into map[string]*l7.Transport, name string, o l7.Tra
 	return t
 }
 
-func (s *Sidecar) tcpProxy(direction, name string, u *upstream, connect, idle time.Duration, al *telemetry.AccessLog) *l4.Proxy {
+func (s *Sidecar) tcpProxy(direction, name string, u *upstream, connect, idle time.Duration, al *telemetry.AccessLog,
+	breaker *circuit.Breaker, attempts int) *l4.Proxy {
 	return l4.New(l4.Options{
-		Upstream: name, Picker: u.Picker, ConnectTimeout: connect, IdleTimeout: idle,
+		Upstream: name, Picker: u.Picker, Endpoints: u.Endpoints, ConnectTimeout: connect, IdleTimeout: idle,
+		ConnectAttempts: attempts, Breaker: breaker,
 		Observer: &tcpObserver{direction: direction, m: s.metrics.TCP(direction, name), log: al},
 		Logger:   s.log,
 	})
@@ -358,25 +366,6 @@ func protocolOf(d desired) string {
 		return "tcp"
 	}
 	return "http"
-}
-
-type upstreamSpec struct {
-	policy    string
-	endpoints []discovery.Endpoint
-}
-
-func (u upstreamSpec) key() string {
-	eps := slices.Clone(u.endpoints)
-	slices.SortFunc(eps, func(a, b discovery.Endpoint) int {
-		if a.Address < b.Address {
-			return -1
-		}
-		if a.Address > b.Address {
-			return 1
-		}
-		return 0
-	})
-	return fmt.Sprint("static", eps)
 }
 
 // Unready makes /ready answer 503 (draining) while everything keeps serving: used while the

@@ -18,24 +18,36 @@ import (
 // ErrNoEndpoint is returned by Pick when there is no endpoint to choose.
 var ErrNoEndpoint = errors.New("no endpoint")
 
-// EndpointState is the live state of one endpoint address. All fields are atomics: it is
-// safe for concurrent use and shared across pickers.
+// EndpointState is the live state of one endpoint address: its load, the outcomes of its
+// calls, and its health as active checks and outlier detection see it (see state.go). It is
+// shared by every picker built for the same address, so it survives picker rebuilds and
+// config reloads. The zero value is ready to use; all fields are atomics, so it is safe for
+// concurrent use.
 type EndpointState struct {
 	// Active counts calls in flight to the endpoint: incremented by the caller when it starts
 	// a call on a picked endpoint (see Endpoint.Begin) and decremented by Done.
 	Active atomic.Int64
 	// Total counts calls started on the endpoint.
 	Total atomic.Uint64
-	// Failures counts calls that ended in an error or a gateway failure.
+	// Failures counts calls that failed: an error below HTTP (connect failure, reset,
+	// timeout) or a 5xx status.
 	Failures atomic.Uint64
+
+	outcomes outcomeState
+	health   atomic.Pointer[HealthStatus]
+	outlier  atomic.Pointer[OutlierStatus]
 }
 
 // DoneInfo is the outcome of one call to an endpoint.
 type DoneInfo struct {
 	// Err is non-nil when the call failed below HTTP (connect failure, reset, timeout).
 	Err error
-	// Status is the HTTP status received, or 0 for TCP and for calls that failed with Err.
+	// Status is the HTTP status received (for gRPC, the grpc-status mapped to HTTP as
+	// Envoy does), or 0 for TCP and for calls that failed with Err.
 	Status int
+	// Dropped marks a call whose outcome says nothing about the endpoint: the client went
+	// away, or a local limit stopped it. It counts neither as a success nor as a failure.
+	Dropped bool
 }
 
 // Endpoint is an endpoint as a picker sees it: the discovered endpoint plus its live state.
@@ -62,11 +74,12 @@ func (e *Endpoint) Begin() {
 	e.State.Total.Add(1)
 }
 
-// Done records the end of a call started with Begin.
+// Done records the end of a call started with Begin and counts its outcome for outlier
+// detection. It takes no lock, does no I/O and does not allocate.
 func (e *Endpoint) Done(info DoneInfo) {
 	e.State.Active.Add(-1)
-	if info.Err != nil || info.Status == 502 || info.Status == 503 || info.Status == 504 {
-		e.State.Failures.Add(1)
+	if !info.Dropped {
+		e.State.count(info)
 	}
 }
 

@@ -55,6 +55,8 @@ func TestParseMinimalDefaults(t *testing.T) {
 			RequestTimeout:          Duration(15 * time.Second),
 			IdleTimeout:             Duration(90 * time.Second),
 			MaxIdleConnsPerEndpoint: 1024,
+			CircuitBreaker:          CircuitBreaker{MaxConnections: 1024, MaxPending: 1024, MaxRequests: 1024},
+			HealthyPanicThreshold:   50,
 		}},
 		DrainTimeout: Duration(30 * time.Second),
 		File:         filepath.Join("testdata", "minimal.yaml"),
@@ -104,6 +106,20 @@ func TestParseFull(t *testing.T) {
 		{"upstreams[1].request_timeout (default)", c.Upstreams[1].RequestTimeout, Duration(15 * time.Second)},
 		{"upstreams[1].hash_on", c.Upstreams[1].HashOn, "source_ip"},
 		{"upstreams[2].hash_on", c.Upstreams[2].HashOn, "header:x-user"},
+		{"upstreams[0].healthy_panic_threshold", c.Upstreams[0].HealthyPanicThreshold, 30},
+		{"upstreams[0].retries", c.Upstreams[0].Retries, &Retries{Attempts: 3, On: []string{"connect-failure", "5xx", "retriable-status-codes", "unavailable"},
+			RetriableStatusCodes: []int{409}, PerTryTimeout: Duration(500 * time.Millisecond),
+			Backoff: Backoff{Duration(10 * time.Millisecond), Duration(time.Second)}, BudgetPercent: 25.5, MinRetryConcurrency: 5, BufferLimit: 1024}},
+		{"upstreams[0].circuit_breaker", c.Upstreams[0].CircuitBreaker, CircuitBreaker{100, 50, 200, 10}},
+		{"upstreams[0].outlier_detection", c.Upstreams[0].OutlierDetection, &OutlierDetection{Interval: Duration(5 * time.Second),
+			BaseEjectionTime: Duration(10 * time.Second), MaxEjectionTime: Duration(time.Minute), MaxEjectionPercent: 50,
+			Consecutive5xx: 7, ConsecutiveGatewayFailure: 3, SuccessRate: &SuccessRate{3, 20, 1.5, 90},
+			FailurePercentage: &FailurePercentage{40, 2, 10, 80}}},
+		{"upstreams[0].health_check", c.Upstreams[0].HealthCheck, &HealthCheck{HTTP: "/healthz", ExpectedStatuses: []StatusRange{{200, 200}, {300, 399}},
+			Interval: Duration(2 * time.Second), IntervalJitter: Duration(100 * time.Millisecond), Timeout: Duration(300 * time.Millisecond),
+			UnhealthyThreshold: 4, HealthyThreshold: 1}},
+		{"upstreams[1].health_check.tcp", c.Upstreams[1].HealthCheck.TCP, true},
+		{"upstreams[2].health_check.grpc", *c.Upstreams[2].HealthCheck.GRPC, "cache.v1.Cache"},
 		{"drain_timeout", c.DrainTimeout, Duration(10 * time.Second)},
 		{"telemetry.access_log", c.Telemetry.AccessLog, "stdout"},
 	}
@@ -357,8 +373,8 @@ outbound:
 upstreams:
   - name: api
     endpoints: [127.0.0.1:8081]
-    retries: {attempts: 2}
-    circuit_breaker: {max_connections: 10}
+    tls: none
+    locality: {zone: a}
 mtls:
   mode: strict
 telemetry:
@@ -366,8 +382,8 @@ telemetry:
 `,
 			want: []string{
 				`ferry.yaml:3: outbound[0].tls: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, upstream)`,
-				`ferry.yaml:7: upstreams[0].retries: unknown key (known keys: name, endpoints, lb, hash_on, protocol, connect_timeout, request_timeout, idle_timeout, max_idle_connections_per_endpoint)`,
-				`ferry.yaml:8: upstreams[0].circuit_breaker: unknown key`,
+				`ferry.yaml:7: upstreams[0].tls: unknown key (known keys: name, endpoints, lb, hash_on, protocol, connect_timeout, request_timeout, idle_timeout, max_idle_connections_per_endpoint, retries, circuit_breaker, outlier_detection, health_check, healthy_panic_threshold)`,
+				`ferry.yaml:8: upstreams[0].locality: unknown key`,
 				`ferry.yaml:9: mtls: unknown key (known keys: service, admin, inbound, outbound, upstreams, drain_timeout, telemetry)`,
 				`ferry.yaml:12: telemetry.tracing: unknown key (known keys: access_log)`,
 			},
@@ -698,7 +714,7 @@ upstreams:
 				`ferry.yaml:6: upstreams[0].endpoints[0]: invalid endpoint address "x": missing port in address`,
 				`ferry.yaml:6: upstreams[0].endpoints[0].weight: weight must be from 1 to 1000000, got 0`,
 				`ferry.yaml:6: upstreams[0].endpoints[2]: duplicate endpoint 127.0.0.1:8081 (first at upstreams[0].endpoints[1])`,
-				`ferry.yaml:7: upstreams[0].retries: unknown key`,
+				`ferry.yaml:7: upstreams[0].retries: want a mapping, got 3`,
 			},
 		},
 		{
@@ -783,6 +799,119 @@ upstreams:
 				`ferry.yaml:9: upstreams[1].lb: unknown policy "fastest"`,
 			},
 		},
+		{
+			name: "retries",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081]
+    retries:
+      attempts: 0
+      on: [connect-failure, timeout, 5xx]
+      retriable_status_codes: [409, 700]
+      per_try_timeout: -1s
+      backoff: {base: 100ms, max: 50ms}
+      budget_percent: 120
+      min_retry_concurrency: -1
+      buffer_limit: -5
+  - name: b
+    endpoints: [127.0.0.1:8082]
+    retries: {on: [retriable-status-codes], unknown: 1}
+  - name: c
+    endpoints: [127.0.0.1:8083]
+    retries: {on: []}
+`,
+			want: []string{
+				`ferry.yaml:7: upstreams[0].retries.attempts: must be from 1 to 10, got 0`,
+				`ferry.yaml:8: upstreams[0].retries.on[1]: unknown retry condition "timeout" (want connect-failure, refused-stream, reset, gateway-error, 5xx, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)`,
+				`ferry.yaml:9: upstreams[0].retries.retriable_status_codes: codes are listed but on does not have retriable-status-codes`,
+				`ferry.yaml:9: upstreams[0].retries.retriable_status_codes[1]: must be an HTTP status from 100 to 599, got 700`,
+				`ferry.yaml:10: upstreams[0].retries.per_try_timeout: must not be negative, got -1s`,
+				`ferry.yaml:11: upstreams[0].retries.backoff.max: must be at least backoff.base (100ms), got 50ms`,
+				`ferry.yaml:12: upstreams[0].retries.budget_percent: must be from 0 to 100, got 120`,
+				`ferry.yaml:13: upstreams[0].retries.min_retry_concurrency: must not be negative, got -1`,
+				`ferry.yaml:14: upstreams[0].retries.buffer_limit: must not be negative, got -5`,
+				`ferry.yaml:17: upstreams[1].retries.unknown: unknown key (known keys: attempts, on, retriable_status_codes, per_try_timeout, backoff, budget_percent, min_retry_concurrency, buffer_limit)`,
+				`ferry.yaml:17: upstreams[1].retries.retriable_status_codes: on has retriable-status-codes but no codes are listed`,
+				`ferry.yaml:20: upstreams[2].retries.on: must list at least one condition`,
+			},
+		},
+		{
+			name: "circuit breaker, outlier detection and panic threshold",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams:
+  - name: api
+    endpoints: [127.0.0.1:8081]
+    healthy_panic_threshold: 101
+    circuit_breaker: {max_connections: -1, max_pending: -2, max_requests: lots, max_retries: -4}
+    outlier_detection:
+      interval: 0s
+      base_ejection_time: -1s
+      max_ejection_percent: 150
+      consecutive_5xx: -1
+      success_rate: {stdev_factor: 1900, enforcing: 200}
+      failure_percentage: {threshold: 101, minimum_hosts: -1, request_volume: many}
+`,
+			want: []string{
+				`ferry.yaml:6: upstreams[0].healthy_panic_threshold: must be a percentage from 0 to 100, got 101`,
+				`ferry.yaml:7: upstreams[0].circuit_breaker.max_requests: want an integer, got "lots"`,
+				`ferry.yaml:7: upstreams[0].circuit_breaker.max_connections: must not be negative, got -1`,
+				`ferry.yaml:7: upstreams[0].circuit_breaker.max_pending: must not be negative, got -2`,
+				`ferry.yaml:7: upstreams[0].circuit_breaker.max_retries: must not be negative, got -4`,
+				`ferry.yaml:9: upstreams[0].outlier_detection.interval: must be positive, got 0s`,
+				`ferry.yaml:10: upstreams[0].outlier_detection.base_ejection_time: must be positive, got -1s`,
+				`ferry.yaml:11: upstreams[0].outlier_detection.max_ejection_percent: must be a percentage from 0 to 100, got 150`,
+				`ferry.yaml:12: upstreams[0].outlier_detection.consecutive_5xx: must not be negative, got -1`,
+				`ferry.yaml:13: upstreams[0].outlier_detection.success_rate.stdev_factor: 1900 standard deviations can never be reached: write the factor itself (1.9), not Envoy's thousandths (1900)`,
+				`ferry.yaml:13: upstreams[0].outlier_detection.success_rate.enforcing: must be a percentage from 0 to 100, got 200`,
+				`ferry.yaml:14: upstreams[0].outlier_detection.failure_percentage.request_volume: want an integer, got "many"`,
+				`ferry.yaml:14: upstreams[0].outlier_detection.failure_percentage.threshold: must be a percentage from 0 to 100, got 101`,
+				`ferry.yaml:14: upstreams[0].outlier_detection.failure_percentage.minimum_hosts: must not be negative, got -1`,
+			},
+		},
+		{
+			name: "health checks",
+			doc: `
+service: web
+outbound: [{upstream: a, address: 127.0.0.1:9191}]
+upstreams:
+  - name: a
+    endpoints: [127.0.0.1:8081]
+    health_check: {interval: 1s}
+  - name: b
+    endpoints: [127.0.0.1:8082]
+    health_check: {http: /healthz, tcp: true, timeout: 0s, unhealthy_threshold: 0, healthy_threshold: -1}
+  - name: c
+    endpoints: [127.0.0.1:8083]
+    health_check: {http: healthz, expected_statuses: [200, "500-400", 99, "2xx", [1]]}
+  - name: d
+    endpoints: [127.0.0.1:8084]
+    health_check: {grpc: "", expected_statuses: [200], interval_jitter: -1s, interval: 0s}
+  - name: e
+    endpoints: [127.0.0.1:8085]
+    health_check: {http: /, expected_statuses: []}
+`,
+			want: []string{
+				`ferry.yaml:6: upstreams[0].health_check: want one of http: PATH, tcp: true or grpc: SERVICE`,
+				`ferry.yaml:9: upstreams[1].health_check.tcp: want only one of http, tcp and grpc, got http and tcp`,
+				`ferry.yaml:9: upstreams[1].health_check.timeout: must be positive, got 0s`,
+				`ferry.yaml:9: upstreams[1].health_check.unhealthy_threshold: must be at least 1, got 0`,
+				`ferry.yaml:9: upstreams[1].health_check.healthy_threshold: must be at least 1, got -1`,
+				`ferry.yaml:12: upstreams[2].health_check.expected_statuses[3]: invalid status "2xx" (want a code such as 200 or a range such as "200-299")`,
+				`ferry.yaml:12: upstreams[2].health_check.expected_statuses[4]: want a status code such as 200 or a range such as "200-299", got a list`,
+				`ferry.yaml:12: upstreams[2].health_check.http: invalid path "healthz" (want an absolute path such as /healthz)`,
+				`ferry.yaml:12: upstreams[2].health_check.expected_statuses[1]: invalid status range 500-400 (want codes from 100 to 599, low to high)`,
+				`ferry.yaml:12: upstreams[2].health_check.expected_statuses[2]: invalid status range 99 (want codes from 100 to 599, low to high)`,
+				`ferry.yaml:15: upstreams[3].health_check.expected_statuses: applies to http checks only`,
+				`ferry.yaml:15: upstreams[3].health_check.interval: must be positive, got 0s`,
+				`ferry.yaml:15: upstreams[3].health_check.interval_jitter: must not be negative, got -1s`,
+				`ferry.yaml:18: upstreams[4].health_check.expected_statuses: must list at least one status`,
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -819,7 +948,7 @@ func TestParseReportsEveryProblem(t *testing.T) {
 		t.Fatalf("Load() error = %v, want config.Errors", err)
 	}
 	want := []Error{
-		{File: "testdata/three_errors.yaml", Line: 7, Path: "upstreams[0].retries"},
+		{File: "testdata/three_errors.yaml", Line: 7, Path: "upstreams[0].retries.attempts"},
 		{File: "testdata/three_errors.yaml", Line: 8, Path: "upstreams[0].connect_timeout"},
 		{File: "testdata/three_errors.yaml", Line: 9, Path: "upstreams[0].lb"},
 	}

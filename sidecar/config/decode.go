@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -181,4 +183,63 @@ func endpointFromMapping(n *yaml.Node) (Endpoint, []string) {
 		}
 	}
 	return e, problems
+}
+
+// UnmarshalYAML decodes a status code (200) or an inclusive range ("200-299"). A bad value
+// is reported as a *yaml.TypeError so that decoding continues; the codes themselves are
+// checked by validation.
+func (r *StatusRange) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode {
+		return nodeError(n, "want a status code such as 200 or a range such as \"200-299\", got %s", describe(n))
+	}
+	v, ok := parseStatusRange(n.Value)
+	if !ok {
+		return nodeError(n, "invalid status %q (want a code such as 200 or a range such as \"200-299\")", n.Value)
+	}
+	*r = v
+	return nil
+}
+
+// parseStatusRange parses "200" or "200-299".
+func parseStatusRange(s string) (StatusRange, bool) {
+	lo, hi, isRange := strings.Cut(s, "-")
+	minCode, err := strconv.Atoi(strings.TrimSpace(lo))
+	if err != nil {
+		return StatusRange{}, false
+	}
+	maxCode := minCode
+	if isRange {
+		if maxCode, err = strconv.Atoi(strings.TrimSpace(hi)); err != nil {
+			return StatusRange{}, false
+		}
+	}
+	return StatusRange{Min: minCode, Max: maxCode}, true
+}
+
+// String returns "200" or "200-299".
+func (r StatusRange) String() string {
+	if r.Min == r.Max {
+		return strconv.Itoa(r.Min)
+	}
+	return fmt.Sprintf("%d-%d", r.Min, r.Max)
+}
+
+// MarshalYAML writes r as its string form.
+func (r StatusRange) MarshalYAML() (any, error) { return r.String(), nil }
+
+// MarshalJSON writes r as its string form, e.g. "200-299".
+func (r StatusRange) MarshalJSON() ([]byte, error) { return json.Marshal(r.String()) }
+
+// UnmarshalJSON reads the string form written by MarshalJSON.
+func (r *StatusRange) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("status range: want a string such as \"200-299\": %w", err)
+	}
+	v, ok := parseStatusRange(s)
+	if !ok {
+		return fmt.Errorf("invalid status range %q", s)
+	}
+	*r = v
+	return nil
 }

@@ -36,10 +36,71 @@ const (
 	DefaultMaxIdleConnsPerEndpoint = 1024
 	DefaultDrainTimeout            = 30 * time.Second
 	DefaultWeight                  = 1
+	DefaultHealthyPanicThreshold   = 50
+
+	DefaultRetryAttempts            = 1
+	DefaultRetryBackoffBase         = 25 * time.Millisecond
+	DefaultRetryBudgetPercent       = 20.0
+	DefaultRetryMinRetryConcurrency = 3
+	DefaultRetryBufferLimit         = 64 << 10
+
+	DefaultMaxConnections = 1024
+	DefaultMaxPending     = 1024
+	DefaultMaxRequests    = 1024
+
+	DefaultOutlierInterval           = 10 * time.Second
+	DefaultBaseEjectionTime          = 30 * time.Second
+	DefaultMaxEjectionTime           = 300 * time.Second
+	DefaultMaxEjectionPercent        = 10
+	DefaultConsecutive5xx            = 5
+	DefaultSuccessRateMinimumHosts   = 5
+	DefaultSuccessRateRequestVolume  = 100
+	DefaultSuccessRateStdevFactor    = 1.9
+	DefaultFailurePercentThreshold   = 85
+	DefaultFailurePercentMinimumHost = 5
+	DefaultFailurePercentVolume      = 50
+	DefaultEnforcing                 = 100
+
+	DefaultHealthInterval           = 5 * time.Second
+	DefaultHealthTimeout            = time.Second
+	DefaultHealthUnhealthyThreshold = 3
+	DefaultHealthHealthyThreshold   = 2
 )
+
+// Retry conditions, the values of retries.on.
+const (
+	RetryConnectFailure       = "connect-failure"
+	RetryRefusedStream        = "refused-stream"
+	RetryReset                = "reset"
+	RetryGatewayError         = "gateway-error"
+	Retry5xx                  = "5xx"
+	RetryRetriableStatusCodes = "retriable-status-codes"
+	RetryCancelled            = "cancelled"
+	RetryDeadlineExceeded     = "deadline-exceeded"
+	RetryInternal             = "internal"
+	RetryResourceExhausted    = "resource-exhausted"
+	RetryUnavailable          = "unavailable"
+)
+
+// RetryConditions lists every value retries.on accepts.
+var RetryConditions = []string{RetryConnectFailure, RetryRefusedStream, RetryReset, RetryGatewayError, Retry5xx,
+	RetryRetriableStatusCodes, RetryCancelled, RetryDeadlineExceeded, RetryInternal, RetryResourceExhausted, RetryUnavailable}
+
+// DefaultRetryOn is retries.on when the file leaves it out: failures where the upstream
+// cannot have acted on the request, or did not answer.
+func DefaultRetryOn() []string {
+	return []string{RetryConnectFailure, RetryRefusedStream, RetryReset}
+}
+
+// DefaultExpectedStatuses is health_check.expected_statuses of an HTTP check when the file
+// leaves it out.
+func DefaultExpectedStatuses() []StatusRange { return []StatusRange{{200, 299}} }
 
 // MaxWeight is the largest endpoint weight.
 const MaxWeight = 1_000_000
+
+// MaxRetryAttempts is the largest retries.attempts.
+const MaxRetryAttempts = 10
 
 // applyDefaults fills in what the file leaves out.
 //
@@ -59,6 +120,11 @@ func applyDefaults(c *Config, l *locator) {
 	num := func(n *int, p path, def int) {
 		if !l.has(p) {
 			*n = def
+		}
+	}
+	float := func(f *float64, p path, def float64) {
+		if !l.has(p) {
+			*f = def
 		}
 	}
 	listener := func(ln *Listener, p path) {
@@ -110,6 +176,65 @@ func applyDefaults(c *Config, l *locator) {
 			if !l.has(l.endpoint(i, j).with("weight")) {
 				u.Endpoints[j].Weight = DefaultWeight
 			}
+		}
+		num(&u.HealthyPanicThreshold, p.with("healthy_panic_threshold"), DefaultHealthyPanicThreshold)
+		if r := u.Retries; r != nil {
+			rp := p.with("retries")
+			num(&r.Attempts, rp.with("attempts"), DefaultRetryAttempts)
+			if !l.has(rp.with("on")) {
+				r.On = DefaultRetryOn()
+			}
+			if r.RetriableStatusCodes == nil {
+				r.RetriableStatusCodes = []int{}
+			}
+			dur(&r.Backoff.Base, rp.with("backoff", "base"), DefaultRetryBackoffBase)
+			dur(&r.Backoff.Max, rp.with("backoff", "max"), 10*r.Backoff.Base.D())
+			float(&r.BudgetPercent, rp.with("budget_percent"), DefaultRetryBudgetPercent)
+			num(&r.MinRetryConcurrency, rp.with("min_retry_concurrency"), DefaultRetryMinRetryConcurrency)
+			num(&r.BufferLimit, rp.with("buffer_limit"), DefaultRetryBufferLimit)
+		}
+		cb, cp := &u.CircuitBreaker, p.with("circuit_breaker")
+		num(&cb.MaxConnections, cp.with("max_connections"), DefaultMaxConnections)
+		num(&cb.MaxPending, cp.with("max_pending"), DefaultMaxPending)
+		num(&cb.MaxRequests, cp.with("max_requests"), DefaultMaxRequests)
+		if od := u.OutlierDetection; od != nil {
+			op := p.with("outlier_detection")
+			dur(&od.Interval, op.with("interval"), DefaultOutlierInterval)
+			dur(&od.BaseEjectionTime, op.with("base_ejection_time"), DefaultBaseEjectionTime)
+			dur(&od.MaxEjectionTime, op.with("max_ejection_time"), DefaultMaxEjectionTime)
+			num(&od.MaxEjectionPercent, op.with("max_ejection_percent"), DefaultMaxEjectionPercent)
+			num(&od.Consecutive5xx, op.with("consecutive_5xx"), DefaultConsecutive5xx)
+			// success_rate is on unless turned off, as in Envoy; failure_percentage is off
+			// unless present.
+			if od.SuccessRate == nil {
+				od.SuccessRate = &SuccessRate{}
+			}
+			sr, sp := od.SuccessRate, op.with("success_rate")
+			num(&sr.MinimumHosts, sp.with("minimum_hosts"), DefaultSuccessRateMinimumHosts)
+			num(&sr.RequestVolume, sp.with("request_volume"), DefaultSuccessRateRequestVolume)
+			float(&sr.StdevFactor, sp.with("stdev_factor"), DefaultSuccessRateStdevFactor)
+			num(&sr.Enforcing, sp.with("enforcing"), DefaultEnforcing)
+			if fp := od.FailurePercentage; fp != nil {
+				fpp := op.with("failure_percentage")
+				num(&fp.Threshold, fpp.with("threshold"), DefaultFailurePercentThreshold)
+				num(&fp.MinimumHosts, fpp.with("minimum_hosts"), DefaultFailurePercentMinimumHost)
+				num(&fp.RequestVolume, fpp.with("request_volume"), DefaultFailurePercentVolume)
+				num(&fp.Enforcing, fpp.with("enforcing"), DefaultEnforcing)
+			}
+		}
+		if hc := u.HealthCheck; hc != nil {
+			hp := p.with("health_check")
+			if hc.HTTP != "" && !l.has(hp.with("expected_statuses")) {
+				hc.ExpectedStatuses = DefaultExpectedStatuses()
+			}
+			if hc.ExpectedStatuses == nil {
+				hc.ExpectedStatuses = []StatusRange{}
+			}
+			dur(&hc.Interval, hp.with("interval"), DefaultHealthInterval)
+			dur(&hc.IntervalJitter, hp.with("interval_jitter"), hc.Interval.D()/10)
+			dur(&hc.Timeout, hp.with("timeout"), DefaultHealthTimeout)
+			num(&hc.UnhealthyThreshold, hp.with("unhealthy_threshold"), DefaultHealthUnhealthyThreshold)
+			num(&hc.HealthyThreshold, hp.with("healthy_threshold"), DefaultHealthHealthyThreshold)
 		}
 	}
 	dur(&c.DrainTimeout, path{"drain_timeout"}, DefaultDrainTimeout)

@@ -454,6 +454,10 @@ func wantFor(goType string) string {
 		return "a string"
 	case goType == "int":
 		return "an integer"
+	case goType == "float64":
+		return "a number"
+	case goType == "bool":
+		return "true or false"
 	case goType == "uint32":
 		// Only Endpoint.Weight is a uint32.
 		return fmt.Sprintf("an integer from 1 to %d", MaxWeight)
@@ -549,6 +553,9 @@ func knownKeys(typeName string) []string {
 	for _, t := range []reflect.Type{
 		reflect.TypeFor[Config](), reflect.TypeFor[Admin](), reflect.TypeFor[Telemetry](), reflect.TypeFor[Inbound](),
 		reflect.TypeFor[Outbound](), reflect.TypeFor[Upstream](), reflect.TypeFor[endpointFields](),
+		reflect.TypeFor[Retries](), reflect.TypeFor[Backoff](), reflect.TypeFor[CircuitBreaker](),
+		reflect.TypeFor[OutlierDetection](), reflect.TypeFor[SuccessRate](), reflect.TypeFor[FailurePercentage](),
+		reflect.TypeFor[HealthCheck](),
 	} {
 		if t.String() == typeName {
 			return yamlKeys(t)

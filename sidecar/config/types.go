@@ -102,6 +102,153 @@ type Upstream struct {
 	// MaxIdleConnsPerEndpoint bounds the pool of idle HTTP/1.1 connections kept per
 	// endpoint. Default 1024.
 	MaxIdleConnsPerEndpoint int `yaml:"max_idle_connections_per_endpoint" json:"max_idle_connections_per_endpoint"`
+	// Retries, if present, retries failed requests (HTTP) and connection attempts (TCP) on
+	// another endpoint. Absent: no retries.
+	Retries *Retries `yaml:"retries" json:"retries,omitempty"`
+	// CircuitBreaker bounds what may be in flight to the upstream; always in force, with
+	// Envoy's defaults.
+	CircuitBreaker CircuitBreaker `yaml:"circuit_breaker" json:"circuit_breaker"`
+	// OutlierDetection, if present, ejects endpoints that fail (passive health checking).
+	OutlierDetection *OutlierDetection `yaml:"outlier_detection" json:"outlier_detection,omitempty"`
+	// HealthCheck, if present, checks every endpoint actively.
+	HealthCheck *HealthCheck `yaml:"health_check" json:"health_check,omitempty"`
+	// HealthyPanicThreshold is Envoy's panic threshold, a percentage: when fewer endpoints
+	// than this are available (neither ejected nor failing health checks), traffic is
+	// balanced over all of them. 0 disables panic mode. Default 50.
+	HealthyPanicThreshold int `yaml:"healthy_panic_threshold" json:"healthy_panic_threshold"`
+}
+
+// Retries is an upstream's retry policy.
+type Retries struct {
+	// Attempts is how many times a failed request may be retried (so up to Attempts+1
+	// tries in all); for TCP, how many more endpoints a failed connect may try. Default 1.
+	Attempts int `yaml:"attempts" json:"attempts"`
+	// On lists the failures that are retried: connect-failure, refused-stream, reset,
+	// gateway-error (502, 503, 504 and no response), 5xx (any 5xx and no response),
+	// retriable-status-codes, and the gRPC statuses cancelled, deadline-exceeded, internal,
+	// resource-exhausted, unavailable. Default [connect-failure, refused-stream, reset].
+	On []string `yaml:"on" json:"on"`
+	// RetriableStatusCodes are retried when On has retriable-status-codes.
+	RetriableStatusCodes []int `yaml:"retriable_status_codes" json:"retriable_status_codes,omitempty"`
+	// PerTryTimeout bounds the wait for response headers of each try; request_timeout still
+	// bounds them all. 0 (the default): no limit per try.
+	PerTryTimeout Duration `yaml:"per_try_timeout" json:"per_try_timeout"`
+	// Backoff is the wait between tries: a random time up to base × 2^(retry-1), capped by
+	// max (exponential backoff with full jitter).
+	Backoff Backoff `yaml:"backoff" json:"backoff"`
+	// BudgetPercent is the retry budget: the requests retrying at once may be at most this
+	// percentage of the requests in flight to the upstream. Default 20.
+	BudgetPercent float64 `yaml:"budget_percent" json:"budget_percent"`
+	// MinRetryConcurrency is how many requests may always retry at once, whatever the
+	// budget. Default 3.
+	MinRetryConcurrency int `yaml:"min_retry_concurrency" json:"min_retry_concurrency"`
+	// BufferLimit is the largest request body, in bytes, kept to be sent again; a request
+	// whose body is larger is retried only after a connect failure. Default 65536.
+	BufferLimit int `yaml:"buffer_limit" json:"buffer_limit"`
+}
+
+// Backoff is the wait between retries.
+type Backoff struct {
+	// Base is the first retry's longest wait. Default 25ms.
+	Base Duration `yaml:"base" json:"base"`
+	// Max caps the wait. Default 10 × base.
+	Max Duration `yaml:"max" json:"max"`
+}
+
+// CircuitBreaker holds an upstream's limits. Over a limit, Ferry answers 503 at once with
+// Proxy-Status connection_limit_reached. 0 is no limit.
+type CircuitBreaker struct {
+	// MaxConnections bounds the connections open to the upstream's endpoints. Default 1024.
+	MaxConnections int `yaml:"max_connections" json:"max_connections"`
+	// MaxPending bounds the connection attempts in progress (requests waiting for a new
+	// connection). Default 1024.
+	MaxPending int `yaml:"max_pending" json:"max_pending"`
+	// MaxRequests bounds the HTTP requests in flight. Default 1024.
+	MaxRequests int `yaml:"max_requests" json:"max_requests"`
+	// MaxRetries bounds the requests retrying at once, on top of the retry budget.
+	// Default 0: the budget alone decides.
+	MaxRetries int `yaml:"max_retries" json:"max_retries"`
+}
+
+// OutlierDetection is Envoy's outlier detection for an upstream.
+type OutlierDetection struct {
+	// Interval is how often success rates and failure percentages are evaluated. Default 10s.
+	Interval Duration `yaml:"interval" json:"interval"`
+	// BaseEjectionTime is how long a first ejection lasts; the n-th lasts n times as long.
+	// Default 30s.
+	BaseEjectionTime Duration `yaml:"base_ejection_time" json:"base_ejection_time"`
+	// MaxEjectionTime caps an ejection (at least base_ejection_time). Default 300s.
+	MaxEjectionTime Duration `yaml:"max_ejection_time" json:"max_ejection_time"`
+	// MaxEjectionPercent is the largest share of endpoints ejected at once. Default 10.
+	MaxEjectionPercent int `yaml:"max_ejection_percent" json:"max_ejection_percent"`
+	// Consecutive5xx ejects after this many failures in a row (5xx, connect failures,
+	// resets, timeouts); 0 disables. Default 5.
+	Consecutive5xx int `yaml:"consecutive_5xx" json:"consecutive_5xx"`
+	// ConsecutiveGatewayFailure ejects after this many gateway failures in a row (502, 503,
+	// 504, connect failures, resets, timeouts); 0 (the default) disables.
+	ConsecutiveGatewayFailure int `yaml:"consecutive_gateway_failure" json:"consecutive_gateway_failure"`
+	// SuccessRate is success-rate ejection; on by default, as in Envoy (enforcing: 0
+	// turns it off).
+	SuccessRate *SuccessRate `yaml:"success_rate" json:"success_rate,omitempty"`
+	// FailurePercentage is failure-percentage ejection; off unless present.
+	FailurePercentage *FailurePercentage `yaml:"failure_percentage" json:"failure_percentage,omitempty"`
+}
+
+// SuccessRate ejects an endpoint whose success rate is below the mean of its peers' by more
+// than stdev_factor standard deviations.
+type SuccessRate struct {
+	// MinimumHosts endpoints must have request_volume calls in the interval. Default 5.
+	MinimumHosts int `yaml:"minimum_hosts" json:"minimum_hosts"`
+	// RequestVolume is the calls an endpoint needs in the interval to count. Default 100.
+	RequestVolume int `yaml:"request_volume" json:"request_volume"`
+	// StdevFactor multiplies the standard deviation (1.9 here is Envoy's 1900). Default 1.9.
+	StdevFactor float64 `yaml:"stdev_factor" json:"stdev_factor"`
+	// Enforcing is the chance, in percent, that a detected outlier is ejected. Default 100.
+	Enforcing int `yaml:"enforcing" json:"enforcing"`
+}
+
+// FailurePercentage ejects an endpoint more than threshold percent of whose calls failed.
+type FailurePercentage struct {
+	// Threshold is a percentage. Default 85.
+	Threshold int `yaml:"threshold" json:"threshold"`
+	// MinimumHosts endpoints must have request_volume calls in the interval. Default 5.
+	MinimumHosts int `yaml:"minimum_hosts" json:"minimum_hosts"`
+	// RequestVolume is the calls an endpoint needs in the interval to count. Default 50.
+	RequestVolume int `yaml:"request_volume" json:"request_volume"`
+	// Enforcing is the chance, in percent, that a detected outlier is ejected. Default 100.
+	Enforcing int `yaml:"enforcing" json:"enforcing"`
+}
+
+// HealthCheck is an upstream's active health check: exactly one of HTTP, TCP and GRPC.
+type HealthCheck struct {
+	// HTTP is the path of an HTTP GET check, e.g. /healthz.
+	HTTP string `yaml:"http" json:"http,omitempty"`
+	// TCP: a check that connects and closes.
+	TCP bool `yaml:"tcp" json:"tcp,omitempty"`
+	// GRPC, if set, is the service named in a grpc.health.v1 check ("" checks the whole
+	// server).
+	GRPC *string `yaml:"grpc" json:"grpc,omitempty"`
+	// ExpectedStatuses are the statuses that pass an HTTP check: codes (200) or ranges
+	// ("200-299"). Default ["200-299"].
+	ExpectedStatuses []StatusRange `yaml:"expected_statuses" json:"expected_statuses,omitempty"`
+	// Interval is the time between checks of an endpoint. Default 5s.
+	Interval Duration `yaml:"interval" json:"interval"`
+	// IntervalJitter is the largest random time added to each interval. Default 10 % of
+	// interval.
+	IntervalJitter Duration `yaml:"interval_jitter" json:"interval_jitter"`
+	// Timeout bounds one check. Default 1s.
+	Timeout Duration `yaml:"timeout" json:"timeout"`
+	// UnhealthyThreshold is how many failed checks in a row mark an endpoint unhealthy.
+	// Default 3.
+	UnhealthyThreshold int `yaml:"unhealthy_threshold" json:"unhealthy_threshold"`
+	// HealthyThreshold is how many passed checks in a row mark an unhealthy endpoint healthy
+	// again. Default 2.
+	HealthyThreshold int `yaml:"healthy_threshold" json:"healthy_threshold"`
+}
+
+// StatusRange is an inclusive range of HTTP status codes, written 200 or "200-299".
+type StatusRange struct {
+	Min, Max int
 }
 
 // Endpoint is one static endpoint. In YAML it is either a "host:port" string or a mapping

@@ -143,6 +143,144 @@ func checkUpstream(col *collector, i int, u *Upstream, names map[string]int) {
 	if u.MaxIdleConnsPerEndpoint < 1 {
 		col.add(p.with("max_idle_connections_per_endpoint"), "must be at least 1, got %d", u.MaxIdleConnsPerEndpoint)
 	}
+	percent(col, p.with("healthy_panic_threshold"), u.HealthyPanicThreshold)
+	if u.Retries != nil {
+		checkRetries(col, p.with("retries"), u.Retries)
+	}
+	cb, cp := &u.CircuitBreaker, p.with("circuit_breaker")
+	notNegativeInt(col, cp.with("max_connections"), cb.MaxConnections)
+	notNegativeInt(col, cp.with("max_pending"), cb.MaxPending)
+	notNegativeInt(col, cp.with("max_requests"), cb.MaxRequests)
+	notNegativeInt(col, cp.with("max_retries"), cb.MaxRetries)
+	if u.OutlierDetection != nil {
+		checkOutlier(col, p.with("outlier_detection"), u.OutlierDetection)
+	}
+	if u.HealthCheck != nil {
+		checkHealthCheck(col, p.with("health_check"), u.HealthCheck)
+	}
+}
+
+// checkRetries checks an upstream's retry policy.
+func checkRetries(col *collector, p path, r *Retries) {
+	if r.Attempts < 1 || r.Attempts > MaxRetryAttempts {
+		col.add(p.with("attempts"), "must be from 1 to %d, got %d", MaxRetryAttempts, r.Attempts)
+	}
+	if len(r.On) == 0 && !col.brokenUnder(p.with("on")) {
+		col.add(p.with("on"), "must list at least one condition (%s)", strings.Join(RetryConditions, ", "))
+	}
+	for i, c := range r.On {
+		if !slices.Contains(RetryConditions, c) {
+			col.add(p.with("on", i), "unknown retry condition %q (want %s)", c, strings.Join(RetryConditions, ", "))
+		}
+	}
+	byCode := slices.Contains(r.On, RetryRetriableStatusCodes)
+	switch {
+	case byCode && len(r.RetriableStatusCodes) == 0:
+		col.add(p.with("retriable_status_codes"), "on has %s but no codes are listed", RetryRetriableStatusCodes)
+	case !byCode && len(r.RetriableStatusCodes) > 0:
+		col.add(p.with("retriable_status_codes"), "codes are listed but on does not have %s", RetryRetriableStatusCodes)
+	}
+	for i, c := range r.RetriableStatusCodes {
+		if c < 100 || c > 599 {
+			col.add(p.with("retriable_status_codes", i), "must be an HTTP status from 100 to 599, got %d", c)
+		}
+	}
+	notNegative(col, p.with("per_try_timeout"), r.PerTryTimeout)
+	positive(col, p.with("backoff", "base"), r.Backoff.Base)
+	if r.Backoff.Max < r.Backoff.Base && r.Backoff.Base > 0 {
+		col.add(p.with("backoff", "max"), "must be at least backoff.base (%s), got %s", r.Backoff.Base, r.Backoff.Max)
+	}
+	if r.BudgetPercent < 0 || r.BudgetPercent > 100 {
+		col.add(p.with("budget_percent"), "must be from 0 to 100, got %g", r.BudgetPercent)
+	}
+	notNegativeInt(col, p.with("min_retry_concurrency"), r.MinRetryConcurrency)
+	notNegativeInt(col, p.with("buffer_limit"), r.BufferLimit)
+}
+
+// checkOutlier checks an upstream's outlier detection.
+func checkOutlier(col *collector, p path, od *OutlierDetection) {
+	positive(col, p.with("interval"), od.Interval)
+	positive(col, p.with("base_ejection_time"), od.BaseEjectionTime)
+	notNegative(col, p.with("max_ejection_time"), od.MaxEjectionTime)
+	percent(col, p.with("max_ejection_percent"), od.MaxEjectionPercent)
+	notNegativeInt(col, p.with("consecutive_5xx"), od.Consecutive5xx)
+	notNegativeInt(col, p.with("consecutive_gateway_failure"), od.ConsecutiveGatewayFailure)
+	if sr := od.SuccessRate; sr != nil {
+		sp := p.with("success_rate")
+		notNegativeInt(col, sp.with("minimum_hosts"), sr.MinimumHosts)
+		notNegativeInt(col, sp.with("request_volume"), sr.RequestVolume)
+		switch {
+		case sr.StdevFactor <= 0:
+			col.add(sp.with("stdev_factor"), "must be positive, got %g", sr.StdevFactor)
+		case sr.StdevFactor >= 100:
+			col.add(sp.with("stdev_factor"), "%g standard deviations can never be reached: write the factor itself (1.9), not Envoy's thousandths (1900)", sr.StdevFactor)
+		}
+		percent(col, sp.with("enforcing"), sr.Enforcing)
+	}
+	if fp := od.FailurePercentage; fp != nil {
+		fpp := p.with("failure_percentage")
+		percent(col, fpp.with("threshold"), fp.Threshold)
+		notNegativeInt(col, fpp.with("minimum_hosts"), fp.MinimumHosts)
+		notNegativeInt(col, fpp.with("request_volume"), fp.RequestVolume)
+		percent(col, fpp.with("enforcing"), fp.Enforcing)
+	}
+}
+
+// checkHealthCheck checks an upstream's active health check.
+func checkHealthCheck(col *collector, p path, hc *HealthCheck) {
+	var kinds []string
+	if hc.HTTP != "" {
+		kinds = append(kinds, "http")
+	}
+	if hc.TCP {
+		kinds = append(kinds, "tcp")
+	}
+	if hc.GRPC != nil {
+		kinds = append(kinds, "grpc")
+	}
+	switch {
+	case len(kinds) == 0:
+		col.add(p, "want one of http: PATH, tcp: true or grpc: SERVICE")
+	case len(kinds) > 1:
+		col.add(p.with(kinds[1]), "want only one of http, tcp and grpc, got %s", strings.Join(kinds, " and "))
+	}
+	if hc.HTTP != "" && (!strings.HasPrefix(hc.HTTP, "/") || strings.ContainsAny(hc.HTTP, " \t\r\n")) {
+		col.add(p.with("http"), "invalid path %q (want an absolute path such as /healthz)", hc.HTTP)
+	}
+	switch {
+	case hc.HTTP != "" && len(hc.ExpectedStatuses) == 0 && !col.brokenUnder(p.with("expected_statuses")):
+		col.add(p.with("expected_statuses"), "must list at least one status")
+	case hc.HTTP == "" && len(hc.ExpectedStatuses) > 0:
+		col.add(p.with("expected_statuses"), "applies to http checks only")
+	}
+	for i, r := range hc.ExpectedStatuses {
+		if r.Min < 100 || r.Max > 599 || r.Min > r.Max {
+			col.add(p.with("expected_statuses", i), "invalid status range %s (want codes from 100 to 599, low to high)", r)
+		}
+	}
+	positive(col, p.with("interval"), hc.Interval)
+	notNegative(col, p.with("interval_jitter"), hc.IntervalJitter)
+	positive(col, p.with("timeout"), hc.Timeout)
+	if hc.UnhealthyThreshold < 1 {
+		col.add(p.with("unhealthy_threshold"), "must be at least 1, got %d", hc.UnhealthyThreshold)
+	}
+	if hc.HealthyThreshold < 1 {
+		col.add(p.with("healthy_threshold"), "must be at least 1, got %d", hc.HealthyThreshold)
+	}
+}
+
+// percent requires 0 <= n <= 100.
+func percent(col *collector, p path, n int) {
+	if n < 0 || n > 100 {
+		col.add(p, "must be a percentage from 0 to 100, got %d", n)
+	}
+}
+
+// notNegativeInt requires n >= 0.
+func notNegativeInt(col *collector, p path, n int) {
+	if n < 0 {
+		col.add(p, "must not be negative, got %d", n)
+	}
 }
 
 var reUpstreamName = regexp.MustCompile(`^upstreams(\[\d+\](\.name)?)?$`)

@@ -17,12 +17,12 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ferrymesh/ferry/sidecar/balancer"
+	"github.com/ferrymesh/ferry/sidecar/circuit"
 )
 
 // ErrIdleTimeout is the Session.Err of a session that was closed because no bytes flowed
@@ -35,9 +35,6 @@ const (
 	// spliceChunk is how many bytes one splice call may move before the byte counters are
 	// updated, so that they show progress on long transfers.
 	spliceChunk = 256 << 10
-	// maxPicks bounds how many times a retry asks the picker for an endpoint it has not
-	// tried yet before it settles for one it has.
-	maxPicks = 8
 )
 
 // Options configures a Proxy. Only Picker is required.
@@ -54,8 +51,15 @@ type Options struct {
 	// long. A session where only one direction is active is not idle. 0 disables it.
 	IdleTimeout time.Duration
 	// ConnectAttempts is how many dial attempts a session makes before it gives up, each to
-	// an endpoint not tried yet when the picker offers one. Values below 1 mean 1.
+	// an endpoint not tried yet when there is one. Values below 1 mean 1.
 	ConnectAttempts int
+	// Endpoints, if not nil, returns the endpoints the current picker was built from; a
+	// retry scans them for one not tried yet when the picker keeps offering tried ones.
+	Endpoints func() []*balancer.Endpoint
+	// Breaker, if not nil, is the upstream's circuit breaker: each dial is admitted through
+	// it (max_pending, max_connections) and each upstream connection counted until the
+	// session ends. A session over a limit is closed at once.
+	Breaker *circuit.Breaker
 	// Dial connects to an endpoint. It must honour ctx, which carries the ConnectTimeout,
 	// and be safe for concurrent use. The default dials TCP to ep.Address with a
 	// net.Dialer whose Timeout is ConnectTimeout.
@@ -107,6 +111,8 @@ type Proxy struct {
 	connectTimeout time.Duration
 	idleTimeout    time.Duration
 	attempts       int
+	endpoints      func() []*balancer.Endpoint
+	breaker        *circuit.Breaker
 	dial           func(ctx context.Context, ep *balancer.Endpoint) (net.Conn, error)
 	observer       Observer
 	log            *slog.Logger
@@ -124,6 +130,8 @@ func New(o Options) *Proxy {
 		connectTimeout: max(o.ConnectTimeout, 0),
 		idleTimeout:    max(o.IdleTimeout, 0),
 		attempts:       max(o.ConnectAttempts, 1),
+		endpoints:      o.Endpoints,
+		breaker:        o.Breaker,
 		dial:           o.Dial,
 		observer:       o.Observer,
 		log:            o.Logger,
@@ -169,6 +177,9 @@ func (p *Proxy) ServeConn(ctx context.Context, down net.Conn) {
 
 	c := &pipe{p: p, down: down, up: up, start: time.Now()}
 	s.Err = c.run(ctx)
+	if p.breaker != nil {
+		p.breaker.EndConnection()
+	}
 	ep.Done(balancer.DoneInfo{})
 	s.BytesIn = c.in.Load()
 	s.BytesOut = c.out.Load()
@@ -207,14 +218,22 @@ func (p *Proxy) connect(ctx context.Context, s *Session) (net.Conn, *balancer.En
 		s.Endpoint = ep.Address
 		tried = append(tried, ep.Address)
 
+		if p.breaker != nil {
+			if err := p.breaker.StartConnect(); err != nil {
+				return nil, nil, err
+			}
+		}
 		ep.Begin()
 		up, err := p.dialOnce(ctx, ep)
+		if p.breaker != nil {
+			p.breaker.EndConnect(err == nil)
+		}
 		if err == nil {
 			return up, ep, nil
 		}
 		if ctx.Err() != nil {
 			// The caller gave up (shutdown): not the endpoint's failure.
-			ep.Done(balancer.DoneInfo{})
+			ep.Done(balancer.DoneInfo{Err: err, Dropped: true})
 			return nil, nil, err
 		}
 		ep.Done(balancer.DoneInfo{Err: err})
@@ -234,21 +253,15 @@ func (p *Proxy) pick(tried []string) (*balancer.Endpoint, error) {
 	if pk == nil {
 		return nil, balancer.ErrNoEndpoint
 	}
-	var seen *balancer.Endpoint
-	for range maxPicks {
-		ep, err := pk.Pick(balancer.PickInfo{})
-		if err != nil {
-			return nil, err
-		}
-		if ep == nil {
-			return nil, balancer.ErrNoEndpoint
-		}
-		if !slices.Contains(tried, ep.Address) {
-			return ep, nil
-		}
-		seen = ep
+	var candidates []*balancer.Endpoint
+	if len(tried) > 0 && p.endpoints != nil {
+		candidates = p.endpoints()
 	}
-	return seen, nil
+	ep, err := balancer.PickAvoiding(pk, candidates, balancer.PickInfo{}, tried)
+	if err == nil && ep == nil {
+		err = balancer.ErrNoEndpoint
+	}
+	return ep, err
 }
 
 // dialOnce makes one dial attempt bounded by the connect timeout.

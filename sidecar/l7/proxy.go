@@ -1,10 +1,14 @@
 // Package l7 proxies HTTP: HTTP/1.1 with keep-alive, HTTP/2 cleartext, gRPC (all streaming
 // kinds, trailers) and WebSocket upgrades, on top of net/http's server and
-// httputil.ReverseProxy with per-upstream pooled transports.
+// httputil.ReverseProxy with per-upstream pooled transports. Around the pick and the round
+// trip sit the upstream's circuit breaker (sidecar/circuit) and an optional retry loop
+// (retry.go) with per-try timeouts, backoff and a retry budget; every try's outcome, gRPC
+// status included, is reported to the endpoint's health model through Endpoint.Done.
 package l7
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log"
 	"log/slog"
@@ -18,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/sidecar/balancer"
+	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
 )
 
@@ -26,6 +31,13 @@ type Upstream interface {
 	// Picker returns the upstream's current picker. It is called once per attempt and must
 	// be cheap (an atomic load).
 	Picker() balancer.Picker
+}
+
+// endpointLister is an Upstream that can also list the endpoints its current picker was
+// built from. Retries use it to find an endpoint not tried yet when the picker keeps
+// offering tried ones.
+type endpointLister interface {
+	Endpoints() []*balancer.Endpoint
 }
 
 // Options configures a Handler.
@@ -48,15 +60,23 @@ type Options struct {
 	AccessLog *telemetry.AccessLog
 	// Logger receives proxy errors; nil discards them.
 	Logger *slog.Logger
+	// Retry, if not nil, retries failed requests on other endpoints.
+	Retry *RetryPolicy
+	// Breaker, if not nil, is the upstream's circuit breaker: the Handler admits requests
+	// (max_requests) and retries (budget, max_retries) through it. Connection limits are
+	// the Transport's.
+	Breaker *circuit.Breaker
 }
 
 // Handler proxies every request it serves to one upstream. It is immutable after NewHandler
 // and safe for concurrent use; a config change builds a new Handler.
 type Handler struct {
-	o      Options
-	rp     *httputil.ReverseProxy
-	hash   func(*http.Request) (uint64, bool)
-	logger *slog.Logger
+	o          Options
+	rp         *httputil.ReverseProxy
+	hash       func(*http.Request) (uint64, bool)
+	logger     *slog.Logger
+	lister     endpointLister // nil if the Upstream cannot list its endpoints
+	setAttempt bool           // outbound: send X-Ferry-Attempt
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -68,6 +88,8 @@ func NewHandler(o Options) *Handler {
 		h.logger = slog.New(slog.DiscardHandler)
 	}
 	h.hash = hashFunc(o.HashOn)
+	h.lister, _ = o.Upstream.(endpointLister)
+	h.setAttempt = o.Direction == telemetry.Outbound
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:      h.rewrite,
 		Transport:    roundTripper{h},
@@ -89,6 +111,7 @@ type state struct {
 	requestID   string
 	proxyStatus string
 	reply       *LocalReply
+	attempts    int // tries made
 }
 
 type stateKey struct{}
@@ -130,8 +153,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.localReply(st, r, &LocalReply{Status: http.StatusBadRequest, Type: ErrHTTPRequestError,
 			Details: "ambiguous message framing (Transfer-Encoding with Content-Length, or on HTTP/1.0)"})
 		w.Header().Set("Connection", "close")
+	} else if err := h.admit(); err != nil {
+		h.localReply(st, r, classify(r.Context(), err))
 	} else {
 		h.rp.ServeHTTP(st, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+		h.release()
 	}
 	h.o.Metrics.Active.Dec()
 	if st.status == 0 {
@@ -146,6 +172,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
 			Status: st.status, ProxyStatus: st.proxyStatus, BytesIn: max(r.ContentLength, 0),
 			BytesOut: st.written, Duration: d, RequestID: st.requestID, Downstream: r.RemoteAddr,
+			Attempts: st.attempts,
 		})
 	}
 }
@@ -177,26 +204,46 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	}
 }
 
+// admit asks the circuit breaker to let one more request in.
+func (h *Handler) admit() error {
+	if h.o.Breaker == nil {
+		return nil
+	}
+	return h.o.Breaker.StartRequest()
+}
+
+// release gives back what admit took.
+func (h *Handler) release() {
+	if b := h.o.Breaker; b != nil {
+		b.EndRequest()
+	}
+}
+
 type roundTripper struct{ h *Handler }
 
-// RoundTrip picks an endpoint and sends the request to it.
+// RoundTrip picks an endpoint and sends the request to it, retrying on other endpoints when
+// a retry policy is set.
 func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	h := rt.h
 	st, _ := req.Context().Value(stateKey{}).(*state)
+	if st == nil {
+		st = &state{}
+	}
 	var info balancer.PickInfo
 	info.Hash, info.HasHash = h.hash(req)
+	if h.o.Retry != nil {
+		return h.roundTripRetrying(req, st, info)
+	}
 	ep, err := h.o.Upstream.Picker().Pick(info)
 	if err != nil {
 		return nil, classify(req.Context(), err)
 	}
-	req.URL.Host = ep.Address
-	if st != nil {
-		st.endpoint = ep.Address
-	}
+	down := req.Context()
+	h.prepare(req, st, ep, 1)
 	ep.Begin()
 	var timer *time.Timer
 	if to := h.timeout(req); to > 0 {
-		ctx, cancel := context.WithCancelCause(req.Context())
+		ctx, cancel := context.WithCancelCause(down)
 		timer = time.AfterFunc(to, func() { cancel(errResponseTimeout) })
 		req = req.WithContext(ctx)
 	}
@@ -205,16 +252,194 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 		timer.Stop()
 	}
 	if err != nil {
-		ep.Done(balancer.DoneInfo{Err: err})
+		ep.Done(failure(err, down))
 		return nil, classify(req.Context(), err)
 	}
-	d := &doneBody{ReadCloser: resp.Body, ep: ep, status: resp.StatusCode}
+	return h.deliver(resp, ep, down), nil
+}
+
+// roundTripRetrying is RoundTrip with a retry policy: it tries endpoints until a try
+// succeeds, fails in a way the policy does not retry, may not be repeated safely, runs out
+// of attempts or of retry budget, or request_timeout (which spans all tries) expires.
+func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.PickInfo) (*http.Response, error) {
+	pol := h.o.Retry
+	down := req.Context()
+	// request_timeout spans all tries: each try gets one timer, for whichever of its
+	// per-try timeout and the time left comes first.
+	var deadline time.Time
+	if to := h.timeout(req); to > 0 {
+		deadline = time.Now().Add(to)
+	}
+	var rb *replayBody
+	if req.Body != nil && req.Body != http.NoBody {
+		rb = newReplayBody(req.Body, pol.BufferLimit, req.ContentLength)
+	}
+	// The request holds a retry slot of the circuit breaker from its first retry until its
+	// last try is answered.
+	retrying := false
+	defer func() {
+		if retrying {
+			h.o.Breaker.EndRetry()
+		}
+	}()
+	var triedBuf [4]string
+	tried := triedBuf[:0]
+	for n := 1; ; n++ {
+		limit, cause := pol.PerTryTimeout, errPerTryTimeout
+		if !deadline.IsZero() {
+			left := time.Until(deadline)
+			if left <= 0 {
+				return nil, classify(down, timeoutCause{})
+			}
+			if limit == 0 || left <= limit {
+				limit, cause = left, errResponseTimeout
+			}
+		}
+		var candidates []*balancer.Endpoint
+		if n > 1 && h.lister != nil {
+			candidates = h.lister.Endpoints()
+		}
+		ep, err := balancer.PickAvoiding(h.o.Upstream.Picker(), candidates, info, tried)
+		if err != nil {
+			return nil, classify(down, err)
+		}
+		tried = append(tried, ep.Address)
+		treq, tctx := req, down
+		var cancelTry context.CancelCauseFunc
+		var timer *time.Timer
+		if limit > 0 {
+			tctx, cancelTry = context.WithCancelCause(down)
+			timer = time.AfterFunc(limit, func() { cancelTry(cause) })
+			treq = req.WithContext(tctx)
+		}
+		var body *attemptBody
+		if rb != nil {
+			if treq == req {
+				treq = req.WithContext(tctx)
+			}
+			body = rb.attempt()
+			treq.Body = body
+		}
+		h.prepare(treq, st, ep, n)
+		ep.Begin()
+		resp, err := h.o.Transport.RoundTrip(treq)
+		if timer != nil {
+			timer.Stop()
+		}
+
+		var cond RetryOn
+		nothingSent := false
+		if err != nil {
+			cond, nothingSent = failureConditions(err, tctx)
+		} else {
+			cond = pol.responseConditions(resp)
+		}
+		cond &= pol.On
+		retry := cond != 0 && n <= pol.Retries && down.Err() == nil &&
+			!errors.Is(context.Cause(tctx), errResponseTimeout) && safeToRepeat(req.Method, rb, nothingSent)
+		if retry && h.o.Breaker != nil {
+			if h.o.Breaker.StartRetry(retrying) != nil {
+				retry = false
+			} else {
+				retrying = true
+			}
+		}
+		if !retry {
+			if err != nil {
+				ep.Done(failure(err, down))
+				if cancelTry != nil {
+					cancelTry(nil)
+				}
+				return nil, classify(tctx, err)
+			}
+			// tctx stays alive: the body streams under it.
+			return h.deliver(resp, ep, down), nil
+		}
+
+		// Abandon this try and go on with the next.
+		if body != nil {
+			body.abandon()
+		}
+		if err != nil {
+			ep.Done(balancer.DoneInfo{Err: err})
+		} else {
+			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10) // a short body keeps its connection
+			resp.Body.Close()
+			ep.Done(balancer.DoneInfo{Status: outcomeStatus(resp)})
+		}
+		if cancelTry != nil {
+			cancelTry(nil)
+		}
+		h.o.Metrics.Retry(cond.name())
+		h.logger.Debug("retrying upstream request", "direction", h.o.Direction, "upstream", h.o.Name,
+			"endpoint", ep.Address, "attempt", n, "condition", cond.name(), "request_id", st.requestID)
+		if d := pol.backoff(n); d > 0 {
+			if !deadline.IsZero() && time.Until(deadline) <= d {
+				return nil, classify(down, timeoutCause{})
+			}
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-down.Done():
+				t.Stop()
+				return nil, classify(down, down.Err())
+			}
+		}
+	}
+}
+
+// timeoutCause is the error of a request whose request_timeout ran out between tries.
+type timeoutCause struct{}
+
+func (timeoutCause) Error() string        { return errResponseTimeout.Error() }
+func (timeoutCause) Is(target error) bool { return target == errResponseTimeout }
+
+// safeToRepeat reports whether a request may be sent again: its body (if any) can be sent
+// again, and either nothing reached the upstream or the method is idempotent or the body
+// was buffered whole.
+func safeToRepeat(method string, rb *replayBody, nothingSent bool) bool {
+	switch {
+	case rb == nil:
+		return nothingSent || idempotent(method)
+	case rb.complete.Load():
+		return true
+	default:
+		return nothingSent && rb.untouched()
+	}
+}
+
+// prepare points req at ep and records the try.
+func (h *Handler) prepare(req *http.Request, st *state, ep *balancer.Endpoint, n int) {
+	req.URL.Host = ep.Address
+	st.endpoint = ep.Address
+	st.attempts = n
+	if h.setAttempt {
+		req.Header["X-Ferry-Attempt"] = attemptValue(n)
+	}
+}
+
+// failure is the outcome of a try that failed with err, for outlier detection: a failure
+// of the endpoint, unless the client went away or a local limit stopped it.
+func failure(err error, down context.Context) balancer.DoneInfo {
+	var oe *circuit.OverflowError
+	if down.Err() != nil || errors.As(err, &oe) {
+		return balancer.DoneInfo{Err: err, Dropped: true}
+	}
+	return balancer.DoneInfo{Err: err}
+}
+
+// deliver hands resp to the reverse proxy with a body that reports the end of the call.
+func (h *Handler) deliver(resp *http.Response, ep *balancer.Endpoint, down context.Context) *http.Response {
+	d := &doneBody{ReadCloser: resp.Body, ep: ep, resp: resp, ctx: down}
+	if ct := resp.Header["Content-Type"]; len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
+		d.grpc = true
+	}
 	if rwc, ok := resp.Body.(io.ReadWriteCloser); ok && resp.StatusCode == http.StatusSwitchingProtocols {
 		resp.Body = &doneRWBody{doneBody: d, w: rwc}
 	} else {
 		resp.Body = d
 	}
-	return resp, nil
+	return resp
 }
 
 // timeout is the wait allowed for response headers: request_timeout, or for a gRPC call
@@ -246,18 +471,73 @@ func parseGRPCTimeout(s string) (time.Duration, bool) {
 }
 
 // doneBody reports the end of the call to the endpoint once the response body is finished,
-// so least_request sees streams as active for as long as they last.
+// so least_request sees streams as active for as long as they last, and outlier detection
+// sees a gRPC call's status, which comes in the trailers.
 type doneBody struct {
 	io.ReadCloser
-	ep     *balancer.Endpoint
-	status int
-	done   atomic.Bool
+	ep   *balancer.Endpoint
+	resp *http.Response
+	ctx  context.Context // the downstream request's
+	grpc bool
+	done atomic.Bool
 }
 
 func (b *doneBody) finish(err error) {
-	if b.done.CompareAndSwap(false, true) {
-		b.ep.Done(balancer.DoneInfo{Err: err, Status: b.status})
+	if !b.done.CompareAndSwap(false, true) {
+		return
 	}
+	info := balancer.DoneInfo{Err: err, Status: b.resp.StatusCode}
+	switch {
+	case b.ctx.Err() != nil:
+		info.Dropped = true // the client went away: says nothing about the endpoint
+	case b.grpc && err == nil:
+		info.Status = outcomeStatus(b.resp)
+	}
+	b.ep.Done(info)
+}
+
+// outcomeStatus is the status of a response for outlier detection: for gRPC, the
+// grpc-status (trailers, or headers of a trailers-only response) mapped to HTTP as Envoy
+// does; otherwise the HTTP status.
+func outcomeStatus(resp *http.Response) int {
+	gs := resp.Trailer["Grpc-Status"]
+	if len(gs) == 0 {
+		gs = resp.Header["Grpc-Status"]
+	}
+	if len(gs) == 0 || resp.StatusCode != http.StatusOK {
+		return resp.StatusCode
+	}
+	return grpcToHTTP(gs[0])
+}
+
+// grpcToHTTP maps a gRPC status code to an HTTP status as Envoy's
+// Grpc::Utility::grpcToHttpStatus does.
+func grpcToHTTP(code string) int {
+	switch code {
+	case "0":
+		return 200
+	case "1":
+		return 499
+	case "3", "9", "11":
+		return 400
+	case "4":
+		return 504
+	case "5":
+		return 404
+	case "6", "10":
+		return 409
+	case "7":
+		return 403
+	case "8":
+		return 429
+	case "12":
+		return 501
+	case "14":
+		return 503
+	case "16":
+		return 401
+	}
+	return 500 // unknown (2), internal (13), data loss (15), anything else
 }
 
 func (b *doneBody) Read(p []byte) (int, error) {

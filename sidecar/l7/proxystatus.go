@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/ferrymesh/ferry/sidecar/balancer"
+	"github.com/ferrymesh/ferry/sidecar/circuit"
 )
 
 // RFC 9209 Proxy-Status error types Ferry uses.
@@ -22,6 +23,7 @@ const (
 	ErrHTTPProtocolError      = "http_protocol_error"
 	ErrHTTPRequestError       = "http_request_error"
 	ErrProxyInternalError     = "proxy_internal_error"
+	ErrConnectionLimit        = "connection_limit_reached"
 )
 
 // ProxyName is the name Ferry gives itself in Proxy-Status headers.
@@ -68,13 +70,18 @@ var errResponseTimeout = errors.New("upstream response timeout")
 // classify turns an error from picking or from the upstream round trip into a local reply.
 func classify(ctx context.Context, err error) *LocalReply {
 	var lr *LocalReply
+	var oe *circuit.OverflowError
 	switch {
 	case errors.As(err, &lr):
 		return lr
+	case errors.As(err, &oe):
+		return &LocalReply{Status: http.StatusServiceUnavailable, Type: ErrConnectionLimit, Details: oe.Error(), GRPCCode: grpcUnavailable, Err: err}
 	case errors.Is(err, balancer.ErrNoEndpoint):
 		return &LocalReply{Status: http.StatusServiceUnavailable, Type: ErrDestinationUnavailable, Details: "no endpoint", GRPCCode: grpcUnavailable, Err: err}
-	case errors.Is(context.Cause(ctx), errResponseTimeout):
+	case errors.Is(context.Cause(ctx), errResponseTimeout) || errors.Is(err, errResponseTimeout):
 		return &LocalReply{Status: http.StatusGatewayTimeout, Type: ErrHTTPResponseTimeout, Details: "no response headers within request_timeout", GRPCCode: grpcDeadlineExceeded, Err: err}
+	case errors.Is(context.Cause(ctx), errPerTryTimeout):
+		return &LocalReply{Status: http.StatusGatewayTimeout, Type: ErrHTTPResponseTimeout, Details: "no response headers within per_try_timeout", GRPCCode: grpcDeadlineExceeded, Err: err}
 	case IsDialError(err):
 		var ne net.Error
 		switch {

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
+
+	"github.com/ferrymesh/ferry/sidecar/circuit"
 )
 
 // Upstream protocols, as in the config's upstreams[].protocol.
@@ -25,6 +28,10 @@ type TransportOptions struct {
 	IdleTimeout time.Duration
 	// MaxIdleConnsPerHost bounds the idle HTTP/1.1 connections kept per endpoint.
 	MaxIdleConnsPerHost int
+	// Breaker, if not nil, is the upstream's circuit breaker: every dial is admitted
+	// through it (max_pending, max_connections) and every connection counted until it
+	// closes. An attempt over a limit fails with a *circuit.OverflowError.
+	Breaker *circuit.Breaker
 }
 
 // Transport holds an upstream's pooled connections: HTTP/1.1 connections kept alive per
@@ -44,9 +51,21 @@ func NewTransport(o TransportOptions) *Transport {
 	t := &Transport{opts: o}
 	dialer := &net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: 30 * time.Second}
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		b := o.Breaker
+		if b != nil {
+			if err := b.StartConnect(); err != nil {
+				return nil, err
+			}
+		}
 		c, err := dialer.DialContext(ctx, network, addr)
+		if b != nil {
+			b.EndConnect(err == nil)
+		}
 		if err != nil {
 			return nil, &DialError{Err: err}
+		}
+		if b != nil {
+			return &countedConn{Conn: c, b: b}, nil
 		}
 		return c, nil
 	}
@@ -113,6 +132,20 @@ func (t *Transport) CloseIdleConnections() {
 	if t.h2 != nil {
 		t.h2.CloseIdleConnections()
 	}
+}
+
+// countedConn is an upstream connection counted by the circuit breaker until it closes.
+type countedConn struct {
+	net.Conn
+	b      *circuit.Breaker
+	closed atomic.Bool
+}
+
+func (c *countedConn) Close() error {
+	if c.closed.CompareAndSwap(false, true) {
+		c.b.EndConnection()
+	}
+	return c.Conn.Close()
 }
 
 // DialError marks an error that happened while connecting to an endpoint, before any byte of

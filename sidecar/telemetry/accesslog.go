@@ -74,6 +74,8 @@ type HTTPRecord struct {
 	Duration    time.Duration
 	RequestID   string
 	Downstream  string
+	// Attempts is how many tries the request took (1 without retries).
+	Attempts int
 }
 
 // HTTP writes r.
@@ -97,6 +99,7 @@ func (a *AccessLog) HTTP(r *HTTPRecord) {
 		slog.Float64("duration_ms", float64(r.Duration.Microseconds())/1000),
 		slog.String("request_id", r.RequestID),
 		slog.String("downstream", r.Downstream),
+		slog.Int("attempts", r.Attempts),
 	)
 }
 

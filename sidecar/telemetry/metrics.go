@@ -31,6 +31,14 @@ type Metrics struct {
 	tcpActive       *prometheus.GaugeVec
 	tcpBytes        *prometheus.CounterVec
 	endpoints       *prometheus.GaugeVec
+	available       *prometheus.GaugeVec
+	ejected         *prometheus.GaugeVec
+	panicMode       *prometheus.GaugeVec
+	retries         *prometheus.CounterVec
+	rejections      *prometheus.CounterVec
+	ejections       *prometheus.CounterVec
+	notEjected      *prometheus.CounterVec
+	healthChanges   *prometheus.CounterVec
 	ConfigReloads   *prometheus.CounterVec
 	ConfigInfo      *prometheus.GaugeVec
 	ConfigTimestamp prometheus.Gauge
@@ -72,6 +80,30 @@ func NewMetrics() *Metrics {
 		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ferry_upstream_endpoints", Help: "Endpoints known per upstream.",
 		}, []string{"upstream"}),
+		available: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_upstream_available_endpoints", Help: "Endpoints per upstream that take traffic: neither ejected nor failing active health checks.",
+		}, []string{"upstream"}),
+		ejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_outlier_ejected_endpoints", Help: "Endpoints per upstream currently ejected by outlier detection.",
+		}, []string{"upstream"}),
+		panicMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ferry_upstream_panic", Help: "1 while an upstream is in panic mode (too few available endpoints: traffic goes to all of them).",
+		}, []string{"upstream"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_retries_total", Help: "Requests retried, by the retry condition that matched.",
+		}, []string{"direction", "upstream", "condition"}),
+		rejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_circuit_breaker_rejections_total", Help: "Requests, connections and retries refused by an upstream's circuit breaker, by limit.",
+		}, []string{"upstream", "limit"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_outlier_ejections_total", Help: "Endpoints ejected by outlier detection, by detector.",
+		}, []string{"upstream", "detector"}),
+		notEjected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_outlier_ejections_skipped_total", Help: "Outliers detected but not ejected, by detector and why (overflow: max_ejection_percent; unenforced: enforcing percentage).",
+		}, []string{"upstream", "detector", "reason"}),
+		healthChanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_health_check_transitions_total", Help: "Changes of endpoint health by active health checks, by new state.",
+		}, []string{"upstream", "to"}),
 		ConfigReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_config_reloads_total", Help: "Config loads, by result (ok or error).",
 		}, []string{"result"}),
@@ -83,7 +115,8 @@ func NewMetrics() *Metrics {
 		}),
 	}
 	r.MustRegister(m.requests, m.duration, m.activeRequests, m.proxyErrors, m.connsActive, m.connsTotal,
-		m.tcpSessions, m.tcpActive, m.tcpBytes, m.endpoints, m.ConfigReloads, m.ConfigInfo, m.ConfigTimestamp,
+		m.tcpSessions, m.tcpActive, m.tcpBytes, m.endpoints, m.available, m.ejected, m.panicMode, m.retries,
+		m.rejections, m.ejections, m.notEjected, m.healthChanges, m.ConfigReloads, m.ConfigInfo, m.ConfigTimestamp,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -93,8 +126,47 @@ func (m *Metrics) SetEndpoints(upstream string, n int) {
 	m.endpoints.WithLabelValues(upstream).Set(float64(n))
 }
 
-// ForgetUpstream removes an upstream's endpoint gauge when it leaves the config.
-func (m *Metrics) ForgetUpstream(upstream string) { m.endpoints.DeleteLabelValues(upstream) }
+// SetUpstreamHealth records how many of an upstream's endpoints take traffic, how many are
+// ejected, and whether it is in panic mode.
+func (m *Metrics) SetUpstreamHealth(upstream string, available, ejected int, panic bool) {
+	m.available.WithLabelValues(upstream).Set(float64(available))
+	m.ejected.WithLabelValues(upstream).Set(float64(ejected))
+	p := 0.0
+	if panic {
+		p = 1
+	}
+	m.panicMode.WithLabelValues(upstream).Set(p)
+}
+
+// CircuitRejection counts something an upstream's circuit breaker refused, by limit
+// (max_requests, max_pending, max_connections, max_retries, retry_budget).
+func (m *Metrics) CircuitRejection(upstream, limit string) {
+	m.rejections.WithLabelValues(upstream, limit).Inc()
+}
+
+// OutlierEjection counts an ejection by a detector.
+func (m *Metrics) OutlierEjection(upstream, detector string) {
+	m.ejections.WithLabelValues(upstream, detector).Inc()
+}
+
+// OutlierNotEjected counts an outlier that was not ejected, and why ("overflow" or
+// "unenforced").
+func (m *Metrics) OutlierNotEjected(upstream, detector, reason string) {
+	m.notEjected.WithLabelValues(upstream, detector, reason).Inc()
+}
+
+// HealthTransition counts a change of an endpoint's health to state to.
+func (m *Metrics) HealthTransition(upstream, to string) {
+	m.healthChanges.WithLabelValues(upstream, to).Inc()
+}
+
+// ForgetUpstream removes an upstream's gauges when it leaves the config.
+func (m *Metrics) ForgetUpstream(upstream string) {
+	m.endpoints.DeleteLabelValues(upstream)
+	m.available.DeleteLabelValues(upstream)
+	m.ejected.DeleteLabelValues(upstream)
+	m.panicMode.DeleteLabelValues(upstream)
+}
 
 // Listener returns the connection metrics of one listener address.
 func (m *Metrics) Listener(address string) ListenerMetrics {
@@ -142,6 +214,11 @@ func (h *HTTPMetrics) Request(code int) {
 	c := h.m.requests.WithLabelValues(h.direction, h.upstream, strconv.Itoa(code))
 	h.codes[code].Store(&c)
 	c.Inc()
+}
+
+// Retry counts a retry, by the condition that matched (connect-failure, 5xx, ...).
+func (h *HTTPMetrics) Retry(condition string) {
+	h.m.retries.WithLabelValues(h.direction, h.upstream, condition).Inc()
 }
 
 // ProxyError counts a response Ferry generated itself, by Proxy-Status error type.
