@@ -7,7 +7,7 @@ BIN := bin
 DEPS := $(CURDIR)/.deps
 export PATH := $(DEPS)/bin:$(HOME)/go/bin:$(PATH)
 
-.PHONY: all build test test-unit test-e2e fuzz lint deps deps-apt deps-tools deps-consul demo bench clean
+.PHONY: all build test test-unit test-e2e fuzz lint deps deps-apt deps-tools deps-consul deps-jaeger demo bench clean
 
 all: build
 
@@ -47,9 +47,27 @@ deps-consul:
 	mv ../bin/consul.tmp ../bin/consul; \
 	../bin/consul version | sed -n 1p
 
-deps: deps-apt deps-tools deps-consul
+# Jaeger all-in-one v1.62.0 built from its Go module through a wrapper module, as
+# ../shared/REAL-COMPONENTS.md shows; tracing tests start it as a real OTLP receiver.
+# The version is stamped with -ldflags so `jaeger-all-in-one version` reports it.
+JAEGER_VERSION := 1.62.0
+deps-jaeger:
+	@if [ -x $(DEPS)/bin/jaeger-all-in-one ] && $(DEPS)/bin/jaeger-all-in-one version 2>/dev/null | grep -q '"gitVersion":"v$(JAEGER_VERSION)"'; then exit 0; fi; \
+	set -euo pipefail; \
+	echo "building jaeger all-in-one v$(JAEGER_VERSION) into $(DEPS)/bin/jaeger-all-in-one"; \
+	export GOFLAGS="-mod=mod -buildvcs=false"; \
+	mkdir -p $(DEPS)/bin; \
+	tmp=$$(mktemp -d $(DEPS)/jaeger-build.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; cd "$$tmp"; \
+	$(GO) mod init jaegerbuild; \
+	$(GO) get github.com/jaegertracing/jaeger/cmd/all-in-one@v$(JAEGER_VERSION); \
+	$(GO) build -ldflags "-X github.com/jaegertracing/jaeger/pkg/version.latestVersion=v$(JAEGER_VERSION)" \
+	  -o jaeger-all-in-one github.com/jaegertracing/jaeger/cmd/all-in-one; \
+	mv jaeger-all-in-one $(DEPS)/bin/jaeger-all-in-one; \
+	$(DEPS)/bin/jaeger-all-in-one version 2>/dev/null
 
-test: build deps-tools deps-consul
+deps: deps-apt deps-tools deps-consul deps-jaeger
+
+test: build deps-tools deps-consul deps-jaeger
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go') 2>/dev/null); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	staticcheck ./...

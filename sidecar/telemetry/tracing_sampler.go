@@ -1,0 +1,59 @@
+package telemetry
+
+import (
+	"fmt"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/trace"
+)
+
+// errorSampler is parent-based sampling with a trace-ID ratio for new traces, which with
+// sampleErrors records (RecordOnly) what it does not sample, so that the export
+// processor can still export the spans that end in error:
+//
+//   - a sampled parent (remote or local): RecordAndSample, as ParentBased does;
+//   - an unsampled remote parent: RecordOnly with sampleErrors, else Drop;
+//   - an unsampled local parent: RecordOnly if that parent is recording (it was itself
+//     recorded for sampleErrors, so a failing attempt under it can be exported), else Drop;
+//   - no parent: the ratio decides; with sampleErrors a Drop becomes RecordOnly.
+//
+// A RecordOnly span keeps the unsampled flag in the context propagated downstream, so
+// the rest of the trace follows the ratio decision; only Ferry's own failing spans are
+// kept. It is immutable and safe for concurrent use.
+type errorSampler struct {
+	ratio        sdktrace.Sampler
+	sampleErrors bool
+	desc         string
+}
+
+var _ sdktrace.Sampler = errorSampler{}
+
+func newErrorSampler(ratio float64, sampleErrors bool) errorSampler {
+	return errorSampler{
+		ratio:        sdktrace.TraceIDRatioBased(ratio),
+		sampleErrors: sampleErrors,
+		desc:         fmt.Sprintf("FerryParentBased{ratio=%g,sample_errors=%t}", ratio, sampleErrors),
+	}
+}
+
+func (s errorSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {
+	psc := trace.SpanContextFromContext(p.ParentContext)
+	if psc.IsValid() {
+		res := sdktrace.SamplingResult{Decision: sdktrace.Drop, Tracestate: psc.TraceState()}
+		switch {
+		case psc.IsSampled():
+			res.Decision = sdktrace.RecordAndSample
+		case !s.sampleErrors:
+		case psc.IsRemote() || trace.SpanFromContext(p.ParentContext).IsRecording():
+			res.Decision = sdktrace.RecordOnly
+		}
+		return res
+	}
+	res := s.ratio.ShouldSample(p)
+	if res.Decision == sdktrace.Drop && s.sampleErrors {
+		res.Decision = sdktrace.RecordOnly
+	}
+	return res
+}
+
+func (s errorSampler) Description() string { return s.desc }
