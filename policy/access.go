@@ -1,0 +1,251 @@
+package policy
+
+import (
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+
+	"github.com/ferrymesh/ferry/policy/normalize"
+)
+
+// DefaultRule is the Rule name of a decision no access rule matched.
+const DefaultRule = "default"
+
+// access is the compiled access rules.
+type access struct {
+	enabled     bool
+	deny, allow ruleList
+	// the decision when no rule matches, with its counters
+	dflt       rule
+	dfltAllows bool
+	dryRun     bool
+}
+
+// rule is a compiled Rule.
+type rule struct {
+	name    string
+	from    sources
+	paths   pathSet
+	methods MethodSet
+	mbits   methodBits // methods as bits
+	headers []HeaderMatcher
+	ports   []uint16
+	l7      bool // has request conditions (paths, methods, headers)
+	counts  *counts
+	allowed Decision
+	refused Decision // denied, or dry-run: what the rule says when it denies
+}
+
+func (a *access) compile(c *Access, norm normalize.Options, cs *counters) []*FieldError {
+	var errs []*FieldError
+	base := path{"access"}
+	a.enabled = c.Default != "" || len(c.Rules) > 0
+	a.dryRun = c.DryRun
+
+	hasAllow := false
+	names := make(map[string]int)
+	for i := range c.Rules {
+		rc := &c.Rules[i]
+		p := base.with("rules", i)
+		r := rule{name: rc.Name}
+		if r.name == "" {
+			r.name = "rules[" + strconv.Itoa(i) + "]"
+		} else if !ValidName(r.name) {
+			errs = append(errs, fieldErr(p.with("name"), "invalid name %q (%s)", r.name, NameRule))
+		} else if r.name == DefaultRule {
+			errs = append(errs, fieldErr(p.with("name"), "the name %q is reserved for the default decision", DefaultRule))
+		}
+		if j, dup := names[r.name]; dup {
+			errs = append(errs, fieldErr(p.with("name"), "name %q already used by rules[%d]", r.name, j))
+		} else {
+			names[r.name] = i
+		}
+
+		var es []*FieldError
+		r.from, es = compileSources(rc.From, p.with("from"))
+		errs = append(errs, es...)
+		for j, s := range rc.Paths {
+			pp, err := CompilePath(s, norm)
+			if err != nil {
+				errs = append(errs, fieldErr(p.with("paths", j), "%v", err))
+				continue
+			}
+			r.paths = append(r.paths, pp)
+		}
+		r.methods, es = compileMethods(rc.Methods, p.with("methods"))
+		r.mbits = r.methods.bits()
+		errs = append(errs, es...)
+		for j := range rc.Headers {
+			h, es := CompileHeaderMatch(&rc.Headers[j])
+			errs = append(errs, under(p.with("headers", j), es)...)
+			r.headers = append(r.headers, h)
+		}
+		for j, port := range rc.Ports {
+			if port < 1 || port > 65535 {
+				errs = append(errs, fieldErr(p.with("ports", j), "invalid port %d (want 1 to 65535)", port))
+				continue
+			}
+			r.ports = append(r.ports, uint16(port))
+		}
+		r.l7 = len(rc.Paths) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
+
+		r.counts = cs.get(KindAccess, r.name)
+		r.allowed = Decision{Allowed: true, Kind: KindAccess, Rule: r.name}
+		r.refused = a.refusal(r.name)
+		switch rc.Action {
+		case "allow":
+			hasAllow = true
+			a.allow.rules = append(a.allow.rules, r)
+		case "deny":
+			a.deny.rules = append(a.deny.rules, r)
+		case "":
+			errs = append(errs, fieldErr(p.with("action"), "missing action (allow or deny)"))
+		default:
+			errs = append(errs, fieldErr(p.with("action"), "invalid action %q (want allow or deny)", rc.Action))
+		}
+	}
+
+	a.deny.index()
+	a.allow.index()
+
+	switch c.Default {
+	case "allow":
+		a.dfltAllows = true
+	case "deny":
+	case "":
+		a.dfltAllows = !hasAllow
+	default:
+		errs = append(errs, fieldErr(base.with("default"), "invalid default %q (want allow or deny)", c.Default))
+	}
+	a.dflt = rule{name: DefaultRule,
+		allowed: Decision{Allowed: true, Kind: KindAccess, Rule: DefaultRule}, refused: a.refusal(DefaultRule)}
+	if a.enabled {
+		a.dflt.counts = cs.get(KindAccess, DefaultRule)
+	}
+	return errs
+}
+
+// refusal is the decision of a rule named name that denies: 403, or with dry_run allowed
+// with the 403 it would have sent.
+func (a *access) refusal(name string) Decision {
+	d := Decision{Kind: KindAccess, Rule: name, Reply: newReply(http.StatusForbidden, ErrRequestDenied, "rule "+name)}
+	if a.dryRun {
+		d.Allowed, d.DryRun = true, true
+	}
+	return d
+}
+
+// evaluate decides on an HTTP request: deny rules first, then allow rules, then the default.
+func (a *access) evaluate(r *Request) Decision {
+	mb := methodBit(r.Method)
+	if ru := a.deny.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+		return a.refuse(ru)
+	}
+	if ru := a.allow.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+		ru.counts.allowed.Add(1)
+		return ru.allowed
+	}
+	return a.fallback()
+}
+
+// evaluateConn decides on a TCP connection, where only the caller and port are known.
+func (a *access) evaluateConn(id string, src netip.Addr, port uint16) Decision {
+	if ru := a.deny.first(id, func(ru *rule) bool { return ru.matchConn(id, src, port) }); ru != nil {
+		return a.refuse(ru)
+	}
+	if ru := a.allow.first(id, func(ru *rule) bool { return !ru.l7 && ru.matchConn(id, src, port) }); ru != nil {
+		ru.counts.allowed.Add(1)
+		return ru.allowed
+	}
+	return a.fallback()
+}
+
+// ruleList is rules of one action, in order, indexed by caller: most rules name their
+// callers by exact SPIFFE ID, so only the rules naming the request's caller and those that
+// can match callers not named exactly (any, wildcards, CIDRs) are tried. The index is built
+// once and only read afterwards.
+type ruleList struct {
+	rules []rule
+	byID  map[string][]int32 // exact SPIFFE ID → indexes of the rules naming it (exact-only rules)
+	rest  []int32            // indexes of the other rules
+}
+
+func (l *ruleList) index() {
+	for i := range l.rules {
+		f := &l.rules[i].from
+		exactOnly := !f.any && f.ips.empty() && len(f.ids) > 0
+		for _, id := range f.ids {
+			exactOnly = exactOnly && id.exact != ""
+		}
+		if !exactOnly {
+			l.rest = append(l.rest, int32(i))
+			continue
+		}
+		if l.byID == nil {
+			l.byID = make(map[string][]int32)
+		}
+		for _, id := range f.ids {
+			if ids := l.byID[id.exact]; len(ids) == 0 || ids[len(ids)-1] != int32(i) {
+				l.byID[id.exact] = append(ids, int32(i))
+			}
+		}
+	}
+}
+
+// first returns the first rule, in order, that may apply to caller id and for which match
+// holds, or nil. match does not escape, so the closures callers pass cost no allocation.
+func (l *ruleList) first(id string, match func(*rule) bool) *rule {
+	var named []int32
+	if id != "" && l.byID != nil {
+		named = l.byID[id]
+	}
+	rest := l.rest
+	for len(named) > 0 || len(rest) > 0 {
+		var k int32
+		if len(rest) == 0 || len(named) > 0 && named[0] < rest[0] {
+			k, named = named[0], named[1:]
+		} else {
+			k, rest = rest[0], rest[1:]
+		}
+		if ru := &l.rules[k]; match(ru) {
+			return ru
+		}
+	}
+	return nil
+}
+
+func (a *access) fallback() Decision {
+	if a.dfltAllows {
+		a.dflt.counts.allowed.Add(1)
+		return a.dflt.allowed
+	}
+	return a.refuse(&a.dflt)
+}
+
+func (a *access) refuse(ru *rule) Decision {
+	if a.dryRun {
+		ru.counts.dryRun.Add(1)
+	} else {
+		ru.counts.denied.Add(1)
+	}
+	return ru.refused
+}
+
+// matchHTTP reports whether every condition of ru holds for r, whose method has bit mb.
+func (ru *rule) matchHTTP(r *Request, mb methodBits) bool {
+	return ru.mbits&mb != 0 && (mb != bitOther || ru.methods.Match(r.Method)) &&
+		ru.matchPort(r.DestPort) &&
+		ru.from.match(r.SourceID, r.SourceIP) &&
+		ru.paths.match(r.Path) &&
+		matchAllHeaders(ru.headers, r)
+}
+
+// matchConn reports whether the caller and port conditions of ru hold.
+func (ru *rule) matchConn(id string, src netip.Addr, port uint16) bool {
+	return ru.matchPort(port) && ru.from.match(id, src)
+}
+
+func (ru *rule) matchPort(port uint16) bool {
+	return len(ru.ports) == 0 || slices.Contains(ru.ports, port)
+}

@@ -1,0 +1,113 @@
+package policy
+
+import (
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/ferrymesh/ferry/policy/normalize"
+)
+
+// Vocabulary the fuzzer builds rules and requests from.
+var (
+	fuzzIDs = []string{"spiffe://mesh.local/svc/a", "spiffe://mesh.local/svc/b", "spiffe://other.org/svc/a",
+		"spiffe://mesh.local/ns/x/sa/a", ""}
+	fuzzFrom = []string{"spiffe://mesh.local/svc/a", "spiffe://mesh.local/svc/b", "spiffe://mesh.local/svc/*",
+		"spiffe://*/svc/a", "spiffe://mesh.local/**", "10.0.0.0/8", "10.1.2.3", "any", "spiffe://other.org/svc/a"}
+	fuzzIPs      = []string{"10.1.2.3", "10.9.9.9", "192.168.0.1"}
+	fuzzPatterns = []string{"/a", "/a/*", "/a/*/c", "/**/c", "/b*", "/*", "/a/**"}
+	fuzzPaths    = []string{"/a", "/a/b", "/a/b/c", "/b", "/bc/d", "/c", "/x/y/c", "/"}
+	fuzzMethods  = []string{"GET", "POST", "PURGE"}
+)
+
+// refMatch is an independent, slow reference for one rule: regular expressions for paths
+// and identities, plain loops for the rest.
+func refMatch(rc *Rule, id string, ip netip.Addr, method, path string) bool {
+	from := len(rc.From) == 0
+	for _, f := range rc.From {
+		switch {
+		case f == "any":
+			from = true
+		case len(f) > 9 && f[:9] == "spiffe://":
+			from = from || idOracle(f).MatchString(id)
+		default:
+			p, _ := parsePrefix(f)
+			from = from || p.Contains(ip)
+		}
+	}
+	if !from {
+		return false
+	}
+	if len(rc.Methods) > 0 && !slices.Contains(rc.Methods, method) {
+		return false
+	}
+	if len(rc.Paths) == 0 {
+		return true
+	}
+	for _, p := range rc.Paths {
+		_, norm, _ := normalize.Options{}.Path(p)
+		if globOracle(norm).MatchString(path) {
+			return true
+		}
+	}
+	return false
+}
+
+// FuzzAccess builds a rule set and a request from the input and compares the evaluator
+// (with its caller index and deny-over-allow order) with the reference.
+func FuzzAccess(f *testing.F) {
+	f.Add([]byte{3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20})
+	f.Add([]byte{8, 2, 2, 0, 1, 7, 3, 1, 4, 5, 0, 1, 6, 2, 3, 1, 0, 4, 5, 2, 2, 2, 1, 0, 3, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		next := func(n int) int {
+			if len(data) == 0 {
+				return 0
+			}
+			b := data[0]
+			data = data[1:]
+			return int(b) % n
+		}
+		var rules []Rule
+		for n := 1 + next(12); n > 0; n-- {
+			var rc Rule
+			for k := next(3); k > 0; k-- {
+				rc.From = append(rc.From, fuzzFrom[next(len(fuzzFrom))])
+			}
+			for k := next(3); k > 0; k-- {
+				rc.Paths = append(rc.Paths, fuzzPatterns[next(len(fuzzPatterns))])
+			}
+			if m := fuzzMethods[next(len(fuzzMethods))]; next(2) == 0 {
+				rc.Methods = []string{m}
+			}
+			rc.Action = []string{"allow", "deny"}[next(2)]
+			rules = append(rules, rc)
+		}
+		dflt := []string{"allow", "deny"}[next(2)]
+		p, err := Compile(&Config{Access: Access{Default: dflt, Rules: rules}}, Options{})
+		if err != nil {
+			t.Fatalf("Compile() error = %v", err)
+		}
+		r := &Request{Method: fuzzMethods[next(len(fuzzMethods))], Path: fuzzPaths[next(len(fuzzPaths))],
+			SourceID: fuzzIDs[next(len(fuzzIDs))], SourceIP: netip.MustParseAddr(fuzzIPs[next(len(fuzzIPs))]), Header: http.Header{}}
+
+		want, wantAllowed := DefaultRule, dflt == "allow"
+		found := false
+		for _, action := range []string{"deny", "allow"} {
+			for i := range rules {
+				if rules[i].Action == action && refMatch(&rules[i], r.SourceID, r.SourceIP, r.Method, r.Path) {
+					want, wantAllowed, found = "rules["+strconv.Itoa(i)+"]", action == "allow", true
+					break
+				}
+			}
+			if found {
+				break
+			}
+		}
+		d := p.Access(r)
+		if d.Rule != want || d.Allowed != wantAllowed {
+			t.Fatalf("Access(%+v) = %s allowed %v, want %s allowed %v; rules %+v", *r, d.Rule, d.Allowed, want, wantAllowed, rules)
+		}
+	})
+}
