@@ -75,8 +75,13 @@ test: build deps-tools deps-consul deps-jaeger
 	$(MAKE) fuzz
 
 # Each fuzz target runs briefly; a failure leaves its input under testdata/fuzz.
+# The parsers and matchers Ferry exposes to untrusted input: config files, request framing,
+# paths and access rules.
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=15s ./sidecar/config/
+	$(GO) test -run='^$$' -fuzz='^FuzzGuardScan$$' -fuzztime=10s ./sidecar/l7/
+	$(GO) test -run='^$$' -fuzz='^FuzzPath$$' -fuzztime=10s ./policy/normalize/
+	$(GO) test -run='^$$' -fuzz='^FuzzAccess$$' -fuzztime=10s ./policy/
 
 demo: build
 	bash examples/static/demo.sh
