@@ -16,7 +16,7 @@ build:
 
 # Debian packages used by the benchmark (HAProxy, nginx, wrk, h2load) and the demo (curl).
 deps-apt:
-	@need=""; for p in haproxy nginx wrk nghttp2-client curl; do \
+	@need=""; for p in haproxy nginx wrk nghttp2-client curl valgrind; do \
 	  dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \
@@ -88,6 +88,7 @@ demo: build
 
 bench: build deps
 	bash bench/run.sh
+	bash bench/instructions.sh
 
 clean:
 	rm -rf $(BIN)

@@ -10,7 +10,7 @@
 #   BENCH_CONNECTIONS=50     client connections
 #   BENCH_H2_STREAMS=1       h2load max concurrent streams per connection (-m)
 #   BENCH_BACKEND=nginx      nginx | go   (the origin server; see README)
-#   BENCH_PROXIES="direct haproxy nginx reverseproxy ferry"   which paths to run
+#   BENCH_PROXIES="direct haproxy nginx reverseproxy ferry ferry_ha"   which paths to run
 #   BENCH_PROTOCOLS="h1 h2c"                     which protocols to run
 #   BENCH_PROFILE=1          also take a CPU profile of Ferry under h1 load
 #   BENCH_PROFILE_SECONDS=10 length of that profile
@@ -40,7 +40,7 @@ WARMUP=${BENCH_WARMUP:-2}
 CONNS=${BENCH_CONNECTIONS:-50}
 H2_STREAMS=${BENCH_H2_STREAMS:-1}
 BACKEND_KIND=${BENCH_BACKEND:-nginx}
-PROXIES=${BENCH_PROXIES:-direct haproxy nginx reverseproxy ferry}
+PROXIES=${BENCH_PROXIES:-direct haproxy nginx reverseproxy ferry ferry_ha}
 PROTOCOLS=${BENCH_PROTOCOLS:-h1 h2c}
 PROFILE=${BENCH_PROFILE:-0}
 PROFILE_SECONDS=${BENCH_PROFILE_SECONDS:-10}
@@ -384,8 +384,16 @@ start_reverseproxy() {
 	}
 }
 
+# start_ferry_ha PROTO: Ferry with the resilience features configured (retries with a
+# budget, circuit breaker, outlier detection, an active health check) on the same backend:
+# on the happy path none of them fires, so the difference with start_ferry is their cost.
+start_ferry_ha() {
+	FERRY_UPSTREAM_EXTRA="retries: {attempts: 2, on: [connect-failure, reset, gateway-error], per_try_timeout: 2s, budget_percent: 20}, circuit_breaker: {max_connections: 1024, max_pending: 1024, max_requests: 1024}, outlier_detection: {consecutive_5xx: 5, consecutive_gateway_failure: 5, interval: 10s, base_ejection_time: 30s, max_ejection_percent: 50}, health_check: {tcp: true, interval: 5s, timeout: 1s, unhealthy_threshold: 3, healthy_threshold: 2}, " \
+		start_ferry "$1"
+}
+
 start_ferry() {
-	local proto=$1 dir=$TMP/ferry-$1 endpoint
+	local proto=$1 dir=$TMP/ferry-$1${FERRY_UPSTREAM_EXTRA:+-ha} endpoint
 	mkdir -p "$dir"
 	TARGET_PORT=$FERRY_PORT
 	endpoint=127.0.0.1:$BACKEND_H1_PORT
@@ -400,7 +408,7 @@ admin: {address: $FERRY_ADMIN}
 outbound:
   - {upstream: backend, address: 127.0.0.1:$FERRY_PORT, protocol: http}
 upstreams:
-  - {name: backend, endpoints: [$endpoint], lb: round_robin, protocol: auto}
+  - {name: backend, endpoints: [$endpoint], lb: round_robin, ${FERRY_UPSTREAM_EXTRA:-}protocol: auto}
 EOF
 	port_free "$FERRY_PORT" || { NOTE="port $FERRY_PORT in use"; return 1; }
 	port_free "${FERRY_ADMIN##*:}" || { NOTE="port ${FERRY_ADMIN##*:} in use"; return 1; }
@@ -649,6 +657,13 @@ for proto in h1 h2c; do
 			run_case h1 "Ferry" ferry h1
 		else
 			run_case h2c "Ferry (h2c upstream)" ferry h2c
+		fi
+	fi
+	if want "$PROXIES" ferry_ha; then
+		if [ "$proto" = h1 ]; then
+			run_case h1 "Ferry + retries, breaker, outlier, health" ferry_ha h1
+		else
+			run_case h2c "Ferry + retries, breaker, outlier, health (h2c)" ferry_ha h2c
 		fi
 	fi
 done
