@@ -86,6 +86,11 @@ fuzz:
 demo: build
 	bash examples/static/demo.sh
 
+# The Consul example: a real dev agent, two services with Ferry sidecars registered in it.
+.PHONY: demo-consul
+demo-consul: build deps-consul
+	bash examples/consul/run.sh
+
 bench: build deps
 	bash bench/run.sh
 	bash bench/instructions.sh

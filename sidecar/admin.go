@@ -23,6 +23,7 @@ func (s *Sidecar) AdminHandler() http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics.Registry, promhttp.HandlerOpts{Registry: s.metrics.Registry}))
 	mux.HandleFunc("GET /clusters", s.serveClusters)
 	mux.HandleFunc("GET /config_dump", s.serveConfigDump)
+	mux.HandleFunc("GET /certs", s.serveCerts)
 	mux.HandleFunc("GET /{$}", s.serveStatusPage)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
@@ -51,8 +52,10 @@ type ClusterStatus struct {
 	// Panic is true while too few endpoints are available and traffic goes to all of them.
 	Panic bool `json:"panic"`
 	// CircuitBreaker is what is in flight against the upstream's limits.
-	CircuitBreaker CircuitStatus    `json:"circuit_breaker"`
-	Endpoints      []EndpointStatus `json:"endpoints"`
+	CircuitBreaker CircuitStatus `json:"circuit_breaker"`
+	// Discovery is where the endpoints come from and, for Consul, how fresh they are.
+	Discovery *DiscoveryStatus `json:"discovery,omitempty"`
+	Endpoints []EndpointStatus `json:"endpoints"`
 }
 
 // CircuitStatus is an upstream's circuit breaker in /clusters: what is in flight, and the
@@ -112,6 +115,7 @@ func (s *Sidecar) Clusters() []ClusterStatus {
 			Available: box.sel.Available, Panic: box.sel.Panic,
 			CircuitBreaker: CircuitStatus{InFlight: u.breaker.Stats(), MaxConnections: l.MaxConnections,
 				MaxPending: l.MaxPending, MaxRequests: l.MaxRequests, MaxRetries: l.MaxRetries}}
+		cs.Discovery = s.discoveryStatus(u.name, u.ready())
 		for _, e := range box.endpoints {
 			cs.Endpoints = append(cs.Endpoints, endpointStatus(e))
 		}
@@ -193,7 +197,7 @@ th,td{border:1px solid #bbb;padding:3px 8px;text-align:left} th{background:#e8ee
  · config version <code>{{.Version}}</code> applied {{.Applied}} · <a href="/config_dump">config_dump</a>
  · <a href="/clusters">clusters</a> · <a href="/metrics">metrics</a></p>
 {{range .Clusters}}
-<h2>{{.Name}} <span class="muted">({{.Policy}}, endpoints {{.EndpointVersion}}, {{.Available}} available)</span>{{if .Panic}} <span class="panic">panic mode</span>{{end}}</h2>
+<h2>{{.Name}} <span class="muted">({{.Policy}}, endpoints {{.EndpointVersion}}, {{.Available}} available)</span>{{if .Panic}} <span class="panic">panic mode</span>{{end}}{{with .Discovery}}{{if eq .Source "consul"}} <span class="muted">· Consul service {{.Service}}{{if not .Ready}}, waiting for its first answer{{end}}</span>{{if .StaleSince}} <span class="panic">Consul unreachable since {{.StaleSince.Format "15:04:05"}}: serving the last known endpoints</span>{{end}}{{end}}{{end}}</h2>
 <p class="muted">in flight: {{.CircuitBreaker.InFlight.Requests}} requests, {{.CircuitBreaker.InFlight.Connections}} connections, {{.CircuitBreaker.InFlight.Pending}} pending, {{.CircuitBreaker.InFlight.Retries}} retrying</p>
 <table><tr><th>endpoint</th><th>weight</th><th>status</th><th>health check</th><th>outlier</th><th>ejections</th><th>ejected until</th><th>reason</th><th>success rate</th><th>active</th><th>requests</th><th>failures</th></tr>
 {{range .Endpoints}}<tr class="{{.Status}}"><td>{{.Address}}</td><td>{{.Weight}}</td><td>{{.Status}}</td><td title="{{.HealthDetail}}">{{.Health}}</td><td>{{.Outlier}}</td><td>{{.Ejections}}</td><td>{{if .EjectedUntil}}{{.EjectedUntil.Format "15:04:05.000"}}{{end}}</td><td>{{.Reason}}</td><td>{{if .SuccessRate}}{{printf "%.1f%%" (percent .SuccessRate)}}{{end}}</td><td>{{.ActiveRequests}}</td><td>{{.TotalRequests}}</td><td>{{.Failures}}</td></tr>

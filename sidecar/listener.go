@@ -33,6 +33,8 @@ type listener struct {
 type front struct {
 	key string // protocol and downstream settings; equal keys share a front
 
+	tlsIn *tlsLayer // terminates (m)TLS before HTTP or TCP; nil for plaintext (see tls.go)
+
 	// HTTP
 	srv     *http.Server
 	conns   *chanListener
@@ -115,8 +117,9 @@ func newTCPFront(key string, p *l4.Proxy) *front {
 	return f
 }
 
-// serveConn hands c to the front; false means the front is shutting down and took nothing.
-func (f *front) serveConn(c net.Conn, m telemetry.ListenerMetrics) bool {
+// serveDecrypted hands c, plaintext or with its TLS handshake done, to the front; false
+// means the front is shutting down and took nothing.
+func (f *front) serveDecrypted(c net.Conn, m telemetry.ListenerMetrics) bool {
 	if f.srv != nil {
 		return f.conns.push(l7.GuardConn(c))
 	}
@@ -140,6 +143,9 @@ func (f *front) serveConn(c net.Conn, m telemetry.ListenerMetrics) bool {
 // keep-alive connections are closed; TCP: sessions run to their end) until ctx is done,
 // then cuts what is left.
 func (f *front) shutdown(ctx context.Context) {
+	if f.tlsIn != nil {
+		f.tlsIn.close()
+	}
 	if f.srv != nil {
 		if err := f.srv.Shutdown(ctx); err != nil {
 			_ = f.srv.Close()

@@ -29,6 +29,9 @@ const inboundUpstream = "inbound|local"
 type Options struct {
 	Logger  *slog.Logger
 	Metrics *telemetry.Metrics
+	// TracingInstance are attributes that identify this sidecar on its spans, recorded
+	// as ferry.sidecar.<key> (see telemetry.NewTracing); nil for none.
+	TracingInstance map[string]string
 }
 
 // Sidecar is one running proxy. Apply, Drain and Close are serialized internally; the
@@ -46,9 +49,13 @@ type Sidecar struct {
 	transports map[string]*l7.Transport
 	accessLog  *telemetry.AccessLog
 	accessDest string
-	retiring   sync.WaitGroup  // old fronts, transports and logs being drained after a reload
-	stopping   context.Context // cancelled at the end of Drain: retiring work stops waiting
+	tracing    tracingState      // the tracing provider; see tracing.go
+	instance   map[string]string // Options.TracingInstance
+	retiring   sync.WaitGroup    // old fronts, transports and logs being drained after a reload
+	stopping   context.Context   // cancelled at the end of Drain: retiring work stops waiting
 	stop       context.CancelFunc
+	consul     consulState // the Consul client, watches and registration; see consul.go
+	mesh       meshState   // the mTLS certificate source; see tls.go
 }
 
 // snapshot is what one successful Apply put in place: the config and when.
@@ -66,12 +73,19 @@ func New(o Options) *Sidecar {
 		o.Metrics = telemetry.NewMetrics()
 	}
 	stopping, stop := context.WithCancel(context.Background())
-	return &Sidecar{
-		log: o.Logger, metrics: o.Metrics, stopping: stopping, stop: stop,
+	s := &Sidecar{
+		log: o.Logger, metrics: o.Metrics, stopping: stopping, stop: stop, instance: o.TracingInstance,
 		listeners:  map[string]*listener{},
 		upstreams:  map[string]*upstream{},
 		transports: map[string]*l7.Transport{},
 	}
+	if err := o.Metrics.Registry.Register(discoveryCollector{s}); err != nil {
+		s.log.Warn("discovery metrics not registered", "error", err)
+	}
+	if err := o.Metrics.Registry.Register(certCollector{s}); err != nil {
+		s.log.Warn("certificate metrics not registered", "error", err)
+	}
+	return s
 }
 
 // Config returns the config in use, or nil before the first Apply.
@@ -91,10 +105,16 @@ func (s *Sidecar) Ready() (bool, string) {
 	if s.snap.Load() == nil {
 		return false, "no config applied"
 	}
+	if why := s.certsWaiting(); why != "" {
+		return false, why
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name, u := range s.upstreams {
 		if !u.ready() {
+			if why := s.consulWaiting(name); why != "" {
+				return false, why
+			}
 			return false, fmt.Sprintf("upstream %q has no endpoints yet", name)
 		}
 	}
@@ -108,6 +128,7 @@ type desired struct {
 	httpOpt l7.ServerOptions
 	http    http.Handler
 	tcp     *l4.Proxy
+	tlsIn   *inboundTLS // inbound (m)TLS termination; nil for plaintext
 }
 
 // Apply makes cfg (already validated) the running config. New listeners are bound first; if
@@ -137,6 +158,23 @@ func (s *Sidecar) Apply(cfg *config.Config) error {
 }
 
 func (s *Sidecar) applyLocked(cfg *config.Config) error {
+	// 0. The Consul client (the running one while its settings are unchanged).
+	cc, err := s.consulClient(cfg)
+	if err != nil {
+		return err
+	}
+	// 0b. The mTLS certificate source (the running one while its settings are unchanged)
+	// and how each upstream's connections are secured.
+	mesh, err := s.meshFor(cfg)
+	if err != nil {
+		return err
+	}
+	defer s.settleMesh(mesh)
+	upTLS, err := upstreamTLS(cfg, mesh)
+	if err != nil {
+		return err
+	}
+
 	// 1. Bind every new address first, so a failure changes nothing.
 	fresh := map[string]*listener{}
 	var addrs []string
@@ -162,8 +200,8 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 
 	// 2. Access log.
 	accessLog, oldLog := s.accessLog, (*telemetry.AccessLog)(nil)
-	if cfg.Telemetry.AccessLog != s.accessDest {
-		al, err := telemetry.OpenAccessLog(cfg.Telemetry.AccessLog)
+	if accessLogKey(cfg) != s.accessDest {
+		al, err := telemetry.OpenAccessLogFormat(cfg.Telemetry.AccessLog, cfg.Telemetry.AccessLogFormat)
 		if err != nil {
 			for _, f := range fresh {
 				_ = f.ln.Close()
@@ -171,6 +209,18 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 			return err
 		}
 		accessLog, oldLog = al, s.accessLog
+	}
+
+	// 2b. Tracing: the running provider unless its config changed.
+	tracing, tracingChanged, err := s.tracingFor(cfg)
+	if err != nil {
+		for _, f := range fresh {
+			_ = f.ln.Close()
+		}
+		if accessLog != s.accessLog {
+			_ = accessLog.Close()
+		}
+		return err
 	}
 
 	// 3. Upstreams: policy, resilience and discovery; state per endpoint address is kept.
@@ -193,17 +243,33 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 			return err // unreachable: validation checked the policy
 		}
 		u.configure(spec, b)
-		src := static.New(map[string][]discovery.Endpoint{name: spec.endpoints})
+		var src discovery.Source = static.New(map[string][]discovery.Endpoint{name: spec.endpoints})
+		key, consulSrc := spec.key(), (*consulSource)(nil)
+		if uc := cfg.Upstream(name); uc != nil && uc.Consul != nil {
+			cs, k, err := s.consulWatchSource(name, uc.Consul, cc)
+			if err != nil {
+				return err // unreachable: validation checked the service name
+			}
+			src, key, consulSrc = cs.src, k, cs
+		}
 		name := name
-		u.watch(src, spec.key(), func(err error) {
+		if u.watch(src, key, func(err error) {
 			s.log.Error("discovery failed", "upstream", name, "error", err)
-		})
+		}) {
+			s.setConsulSource(name, consulSrc)
+		}
 	}
-	// Static sources publish at once; wait briefly so new listeners do not answer 503.
+	// Static sources publish at once, Consul ones on their first answer; wait briefly so
+	// new listeners do not answer 503.
+	firstWait := time.Now().Add(2 * time.Second)
 	for name := range specs {
 		select {
 		case <-s.upstreams[name].firstSet:
-		case <-time.After(2 * time.Second):
+		case <-time.After(time.Until(firstWait)):
+		}
+		if why := s.consulWaiting(name); why != "" {
+			s.log.Warn("waiting for Consul: /ready answers 503 until every Consul upstream has had its first answer",
+				"upstream", name, "reason", why)
 		}
 	}
 
@@ -215,7 +281,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		u := s.upstreams[inboundUpstream]
 		if in.Protocol == "tcp" {
 			d.key = "tcp"
-			d.tcp = s.tcpProxy(telemetry.Inbound, cfg.Service, u, in.ConnectTimeout.D(), in.IdleTimeout.D(), accessLog, nil, 1)
+			d.tcp = s.tcpProxy(telemetry.Inbound, cfg.Service, u, in.ConnectTimeout.D(), in.IdleTimeout.D(), accessLog, nil, 1, tracing, nil)
 		} else {
 			d.key, d.httpOpt = httpKey(in.Listener, s.log)
 			t := s.transport(transports, inboundUpstream, l7.TransportOptions{
@@ -224,9 +290,12 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 			d.http = l7.NewHandler(l7.Options{
 				Direction: telemetry.Inbound, Name: cfg.Service, Upstream: u, Transport: t,
 				RequestTimeout: in.RequestTimeout.D(), Metrics: s.metrics.HTTP(telemetry.Inbound, cfg.Service),
-				AccessLog: accessLog, Logger: s.log,
+				AccessLog: accessLog, Logger: s.log, Tracing: tracing, MTLS: mesh.source(),
 			})
 		}
+		var tlsKey string
+		d.tlsIn, tlsKey = inboundTLSFor(cfg, mesh, in.Protocol == "tcp", s.log)
+		d.key += tlsKey
 		want = append(want, d)
 	}
 	for _, o := range cfg.Outbound {
@@ -236,17 +305,18 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		if o.Protocol == "tcp" {
 			d.key = "tcp"
 			d.tcp = s.tcpProxy(telemetry.Outbound, o.Upstream, u, uc.ConnectTimeout.D(), o.IdleTimeout.D(), accessLog,
-				u.breaker, connectAttempts(uc.Retries))
+				u.breaker, connectAttempts(uc.Retries), tracing, tcpDial(withIdentities(upTLS[o.Upstream], u)))
 		} else {
 			d.key, d.httpOpt = httpKey(o.Listener, s.log)
 			t := s.transport(transports, o.Upstream, l7.TransportOptions{
 				Protocol: uc.Protocol, ConnectTimeout: uc.ConnectTimeout.D(),
-				IdleTimeout: uc.IdleTimeout.D(), MaxIdleConnsPerHost: uc.MaxIdleConnsPerEndpoint, Breaker: u.breaker})
+				IdleTimeout: uc.IdleTimeout.D(), MaxIdleConnsPerHost: uc.MaxIdleConnsPerEndpoint, Breaker: u.breaker,
+				TLS: withIdentities(upTLS[o.Upstream], u)})
 			d.http = l7.NewHandler(l7.Options{
 				Direction: telemetry.Outbound, Name: o.Upstream, Upstream: u, Transport: t,
 				HashOn: uc.HashOn, RequestTimeout: uc.RequestTimeout.D(),
 				Metrics: s.metrics.HTTP(telemetry.Outbound, o.Upstream), AccessLog: accessLog, Logger: s.log,
-				Retry: retryPolicy(uc.Retries), Breaker: u.breaker,
+				Retry: retryPolicy(uc.Retries), Breaker: u.breaker, Tracing: tracing,
 			})
 		}
 		want = append(want, d)
@@ -277,6 +347,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		} else {
 			f = newHTTPFront(d.key, d.httpOpt, d.http, l.metrics, l.ln.Addr())
 		}
+		f.startTLS(d.tlsIn, l.metrics, l.ln.Addr())
 		l.front.Store(f)
 		if old == nil {
 			go l.serve()
@@ -318,7 +389,14 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	if oldLog != nil {
 		s.retire(drain, func(ctx context.Context) { <-ctx.Done(); _ = oldLog.Close() })
 	}
-	s.accessLog, s.accessDest = accessLog, cfg.Telemetry.AccessLog
+	s.accessLog, s.accessDest = accessLog, accessLogKey(cfg)
+	s.forgetConsulSources(specs)
+	s.useConsulClient(cc, drain)
+	s.consulRegister(cfg, cc.client)
+	if tracingChanged {
+		s.commitTracing(cfg, tracing, drain)
+	}
+	s.commitMesh(mesh, drain)
 	return nil
 }
 
@@ -346,12 +424,13 @@ func (s *Sidecar) transport(into map[string]*l7.Transport, name string, o l7.Tra
 }
 
 func (s *Sidecar) tcpProxy(direction, name string, u *upstream, connect, idle time.Duration, al *telemetry.AccessLog,
-	breaker *circuit.Breaker, attempts int) *l4.Proxy {
+	breaker *circuit.Breaker, attempts int, tracing *telemetry.Tracing, dial dialFunc) *l4.Proxy {
 	return l4.New(l4.Options{
 		Upstream: name, Picker: u.Picker, Endpoints: u.Endpoints, ConnectTimeout: connect, IdleTimeout: idle,
 		ConnectAttempts: attempts, Breaker: breaker,
 		Observer: &tcpObserver{direction: direction, m: s.metrics.TCP(direction, name), log: al},
 		Logger:   s.log,
+		Tracing:  tracing, Direction: direction, Dial: dial,
 	})
 }
 
@@ -370,7 +449,11 @@ func protocolOf(d desired) string {
 
 // Unready makes /ready answer 503 (draining) while everything keeps serving: used while the
 // application started beside Ferry shuts down, so that peers stop sending first.
-func (s *Sidecar) Unready() { s.draining.Store(true) }
+// With discovery.consul.register, it also deregisters from Consul.
+func (s *Sidecar) Unready() {
+	s.draining.Store(true)
+	s.consulDeregister(context.Background())
+}
 
 // Drain stops the sidecar gracefully: /ready turns 503, listeners stop accepting,
 // in-flight requests and TCP sessions may finish until ctx is done, then the rest are cut.
@@ -378,6 +461,7 @@ func (s *Sidecar) Drain(ctx context.Context) {
 	s.draining.Store(true)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.drainConsul(ctx) // peers stop sending before the listeners stop accepting
 	var wg sync.WaitGroup
 	for addr, l := range s.listeners {
 		l.close()
@@ -390,12 +474,17 @@ func (s *Sidecar) Drain(ctx context.Context) {
 		u.stop()
 		delete(s.upstreams, name)
 	}
+	s.closeConsul()
 	for _, t := range s.transports {
 		t.CloseIdleConnections()
 	}
 	s.stop()
 	s.retiring.Wait()
 	_ = s.accessLog.Close()
+	s.closeMesh()
+	if t := s.tracing.cur; t != nil {
+		shutdownTracing(t, s)
+	}
 }
 
 // tcpObserver turns TCP session events into metrics and access-log lines.
@@ -420,5 +509,5 @@ func (o *tcpObserver) SessionEnded(upstream string, ss l4.Session) {
 	}
 	o.log.TCP(&telemetry.TCPRecord{Start: time.Now().Add(-ss.Duration), Direction: o.direction, Upstream: upstream,
 		Endpoint: ss.Endpoint, Downstream: ss.Downstream, BytesIn: ss.BytesIn, BytesOut: ss.BytesOut,
-		Duration: ss.Duration, Error: errText})
+		Duration: ss.Duration, Error: errText, TraceID: ss.TraceID, PeerID: ss.PeerID})
 }

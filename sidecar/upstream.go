@@ -30,6 +30,8 @@ type upstream struct {
 	metrics *telemetry.Metrics
 	picker  atomic.Pointer[pickerBox]
 	breaker *circuit.Breaker
+	// identities maps endpoint addresses to the SPIFFE IDs discovery expects (see tls.go).
+	identities atomic.Pointer[identities]
 
 	mu             sync.Mutex // serializes discovery updates, Apply and rebuilds; never taken per request
 	policy         string
@@ -147,6 +149,7 @@ func (u *upstream) update(set *discovery.EndpointSet) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	defer u.firstOnce.Do(func() { close(u.firstSet) })
+	u.setIdentities(set)
 	if u.set != nil && u.set.SameEndpoints(set) {
 		u.set = set
 		return
@@ -260,12 +263,12 @@ func (u *upstream) rejected(limit string) {
 }
 
 // watch makes src the upstream's source of endpoints unless key says it already is;
-// the previous watch is stopped.
-func (u *upstream) watch(src discovery.Source, key string, report func(error)) {
+// the previous watch is stopped. It reports whether src's watch was started.
+func (u *upstream) watch(src discovery.Source, key string, report func(error)) bool {
 	u.mu.Lock()
 	if u.cancel != nil && key == u.watchKey {
 		u.mu.Unlock()
-		return
+		return false
 	}
 	if u.cancel != nil {
 		u.cancel()
@@ -280,6 +283,7 @@ func (u *upstream) watch(src discovery.Source, key string, report func(error)) {
 			report(err)
 		}
 	}()
+	return true
 }
 
 // stop ends the upstream's discovery watch, its outlier detection, its health checks and

@@ -51,10 +51,13 @@ func cmdRun(args []string, _ io.Writer, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	log.Warn("no mtls block: traffic between sidecars is plaintext")
+	if cfg.MTLS == nil {
+		log.Warn("no mtls block: traffic between sidecars is plaintext")
+	}
 
 	metrics := telemetry.NewMetrics()
-	sc := sidecar.New(sidecar.Options{Logger: log, Metrics: metrics})
+	sc := sidecar.New(sidecar.Options{Logger: log, Metrics: metrics,
+		TracingInstance: map[string]string{"version": versionString(), "admin": cfg.Admin.Address}})
 	adminLn, err := net.Listen("tcp", cfg.Admin.Address)
 	if err != nil {
 		log.Error("admin listener", "error", err)

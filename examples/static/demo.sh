@@ -4,12 +4,19 @@
 #   curl → web sidecar (inbound :21000) → web app (:8080)
 #          web app → web sidecar (outbound :9191) → api-N sidecar (inbound :2100N) → api-N app (:808N)
 #
+# Every hop between sidecars is mutual TLS: demo.sh makes a development CA with
+# `ferry ca create` and issues one certificate per service with `ferry ca issue` into its
+# temporary directory, where the sidecars run (their configs read ./demo-certs). The api
+# instances accept mTLS only; web also accepts plaintext (permissive) so that curl can
+# call it from outside the mesh.
+#
 # Four real Ferry processes and four application processes on 127.0.0.1. It sends a few
 # calls, shows how they were balanced and what the admin endpoints say, then keeps the mesh
 # running until Ctrl-C (or exits at once when DEMO_WAIT=0 or stdin is not a terminal).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-FERRY=${FERRY:-bin/ferry}
+repo=$(pwd)
+FERRY=$(realpath "${FERRY:-bin/ferry}")
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -26,12 +33,17 @@ for p in 8080 8081 8082 8083 9191 9901 9902 9903 9904 21000 21001 21002 21003; d
   fi
 done
 
+echo "== development CA and certificates (ferry ca) in $work/demo-certs"
+"$FERRY" ca create --dir "$work/demo-certs"
+for svc in web api; do "$FERRY" ca issue --dir "$work/demo-certs" --service "$svc"; done
+echo
+
 "$work/backend" -listen 127.0.0.1:8080 -name web -upstream http://127.0.0.1:9191 & pids+=($!)
 for i in 1 2 3; do
   "$work/backend" -listen 127.0.0.1:808$i -name api-$i & pids+=($!)
-  "$FERRY" run --config examples/static/api-$i.yaml >"$work/ferry-api-$i.log" 2>&1 & pids+=($!)
+  (cd "$work" && exec "$FERRY" run --config "$repo/examples/static/api-$i.yaml") >"$work/ferry-api-$i.log" 2>&1 & pids+=($!)
 done
-"$FERRY" run --config examples/static/web.yaml >"$work/access.log" 2>"$work/ferry-web.log" & pids+=($!)
+(cd "$work" && exec "$FERRY" run --config "$repo/examples/static/web.yaml") >"$work/access.log" 2>"$work/ferry-web.log" & pids+=($!)
 
 for port in 9901 9902 9903 9904; do
   for _ in $(seq 100); do
@@ -46,6 +58,17 @@ echo "== 12 calls: curl → web's sidecar → web → web's sidecar → an api s
 for i in $(seq 12); do
   curl -fsS "http://127.0.0.1:21000/call" | tee -a "$work/answers"
 done
+echo
+echo "== the caller's SPIFFE ID each api instance saw (X-Forwarded-Client-Cert, set by its sidecar):"
+grep -o 'caller [^ )]*' "$work/answers" | sort | uniq -c
+echo
+echo "== a plaintext call straight to api-1's sidecar is refused (mTLS only):"
+curl -s -D - -o /dev/null http://127.0.0.1:21001/hello | tr -d '\r' | grep -iE '^(HTTP/|proxy-status)' || true
+echo
+echo "== web sidecar /certs (its own certificate):"
+curl -fs http://127.0.0.1:9901/certs | grep -m1 -E '"spiffe_id"'
+curl -fs http://127.0.0.1:9901/certs | grep -m1 -E '"not_after"'
+curl -fs http://127.0.0.1:9901/certs | grep -m1 -E '"seconds_to_expiry"'
 echo
 echo "== how web's sidecar balanced them (least_request):"
 grep -o 'hello from api-[0-9]' "$work/answers" | sort | uniq -c
@@ -64,7 +87,7 @@ echo
 echo "== last access-log line of web's sidecar:"
 tail -n 1 "$work/access.log"
 echo
-echo "Admin pages: http://127.0.0.1:9901/ (status), /clusters, /config_dump, /metrics"
+echo "Admin pages: http://127.0.0.1:9901/ (status), /clusters, /certs, /config_dump, /metrics"
 if [ "${DEMO_WAIT:-1}" != 0 ] && [ -t 0 ]; then
   echo "The mesh keeps running; press Ctrl-C to stop it."
   while sleep 3600; do :; done

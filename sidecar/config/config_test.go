@@ -57,8 +57,10 @@ func TestParseMinimalDefaults(t *testing.T) {
 			MaxIdleConnsPerEndpoint: 1024,
 			CircuitBreaker:          CircuitBreaker{MaxConnections: 1024, MaxPending: 1024, MaxRequests: 1024},
 			HealthyPanicThreshold:   50,
+			TLS:                     "none",
 		}},
 		DrainTimeout: Duration(30 * time.Second),
+		Telemetry:    Telemetry{AccessLogFormat: AccessLogJSON},
 		File:         filepath.Join("testdata", "minimal.yaml"),
 		Version:      hex.EncodeToString(sum[:])[:12],
 	}
@@ -122,6 +124,15 @@ func TestParseFull(t *testing.T) {
 		{"upstreams[2].health_check.grpc", *c.Upstreams[2].HealthCheck.GRPC, "cache.v1.Cache"},
 		{"drain_timeout", c.DrainTimeout, Duration(10 * time.Second)},
 		{"telemetry.access_log", c.Telemetry.AccessLog, "stdout"},
+		{"mtls", c.MTLS, &MTLS{Mode: "permissive", TrustDomain: "example.org", Source: "files",
+			CertFile: "/etc/ferry/web.pem", KeyFile: "/etc/ferry/web-key.pem", CAFile: "/etc/ferry/bundle.pem"}},
+		{"upstreams[0].identity", c.Upstreams[0].Identity, "spiffe://example.org/ns/default/dc/dc1/svc/api"},
+		{"upstreams[0].tls (default with mtls)", c.Upstreams[0].TLS, "mesh"},
+		{"upstreams[1].tls", c.Upstreams[1].TLS, "none"},
+		{"upstreams[1].identity (none without mesh)", c.Upstreams[1].Identity, ""},
+		{"upstreams[2].tls", c.Upstreams[2].TLS, "simple"},
+		{"upstreams[2].tls_ca_file", c.Upstreams[2].TLSCAFile, "/etc/ferry/cache-ca.pem"},
+		{"upstreams[2].tls_server_name", c.Upstreams[2].TLSServerName, "cache.internal"},
 	}
 	for _, tc := range checks {
 		if !reflect.DeepEqual(tc.got, tc.want) {
@@ -251,6 +262,56 @@ upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
 # nothing here
 `,
 		},
+		{
+			name: "mtls defaults: strict, mesh.local, files; upstream identity derived",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+mtls: {cert_file: web.pem, key_file: web-key.pem, ca_file: ca.pem}
+`,
+			check: func(t *testing.T, c *Config) {
+				want := &MTLS{Mode: "strict", TrustDomain: "mesh.local", Source: "files", CertFile: "web.pem", KeyFile: "web-key.pem", CAFile: "ca.pem"}
+				if !reflect.DeepEqual(c.MTLS, want) {
+					t.Errorf("MTLS = %+v, want %+v", c.MTLS, want)
+				}
+				if u := c.Upstreams[0]; u.TLS != "mesh" || u.Identity != "spiffe://mesh.local/svc/api" {
+					t.Errorf("Upstreams[0] tls, identity = %q, %q, want mesh, spiffe://mesh.local/svc/api", u.TLS, u.Identity)
+				}
+			},
+		},
+		{
+			name: "mtls dev source in another trust domain; tls none and simple opt out",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}, {upstream: db, address: 127.0.0.1:9192, protocol: tcp}, {upstream: ext, address: 127.0.0.1:9193}]
+upstreams:
+  - {name: api, endpoints: [127.0.0.1:8081]}
+  - {name: db, endpoints: [127.0.0.1:5432], tls: none}
+  - {name: ext, endpoints: [example.com:443], tls: simple}
+mtls: {source: dev, dir: /tmp/ca, trust_domain: example.org, mode: disabled}
+`,
+			check: func(t *testing.T, c *Config) {
+				got := []string{c.Upstreams[0].TLS, c.Upstreams[0].Identity, c.Upstreams[1].TLS, c.Upstreams[1].Identity, c.Upstreams[2].TLS}
+				want := []string{"mesh", "spiffe://example.org/svc/api", "none", "", "simple"}
+				if !reflect.DeepEqual(got, want) {
+					t.Errorf("upstream tls, identity = %q, want %q", got, want)
+				}
+			},
+		},
+		{
+			name: "no mtls block: upstreams default to tls none",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+`,
+			check: func(t *testing.T, c *Config) {
+				if u := c.Upstreams[0]; c.MTLS != nil || u.TLS != "none" || u.Identity != "" {
+					t.Errorf("MTLS, tls, identity = %+v, %q, %q, want nil, none, empty", c.MTLS, u.TLS, u.Identity)
+				}
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -293,6 +354,69 @@ func TestParseErrors(t *testing.T) {
 		doc  string
 		want []string
 	}{
+		{
+			name: "mtls problems",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams:
+  - {name: api, endpoints: [127.0.0.1:8081], identity: "http://x", tls_ca_file: ca.pem}
+  - {name: db, endpoints: [127.0.0.1:5432], tls: none, identity: spiffe://mesh.local/svc/db}
+  - {name: ext, endpoints: [127.0.0.1:443], tls: bogus}
+mtls:
+  mode: lenient
+  trust_domain: "spiffe://mesh.local"
+  source: dev
+  cert_file: web.pem
+`,
+			want: []string{
+				`ferry.yaml:4: upstreams[0].identity: invalid SPIFFE ID "http://x"`,
+				`ferry.yaml:4: upstreams[0].tls_ca_file: tls_ca_file applies to tls simple only`,
+				`ferry.yaml:5: upstreams[1].identity: identity applies to tls mesh only (tls is none)`,
+				`ferry.yaml:6: upstreams[2].tls: unknown tls "bogus" (want mesh, none or simple)`,
+				`ferry.yaml:8: mtls.mode: unknown mode "lenient" (want strict, permissive or disabled)`,
+				`ferry.yaml:8: mtls.dir: missing dir`,
+				`ferry.yaml:9: mtls.trust_domain: invalid trust domain "spiffe://mesh.local": want a name such as mesh.local, not a URI`,
+				`ferry.yaml:11: mtls.cert_file: cert_file applies to source files only`,
+			},
+		},
+		{
+			name: "tls mesh without an mtls block",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081], tls: mesh}]
+`,
+			want: []string{
+				`ferry.yaml:3: upstreams[0].tls: tls mesh needs an mtls block (or use tls: none or simple)`,
+			},
+		},
+		{
+			name: "mtls consul source is not available yet",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+mtls: {source: consul}
+`,
+			want: []string{
+				`ferry.yaml:4: mtls.source: source consul is not available yet (use files or dev)`,
+			},
+		},
+		{
+			name: "mtls files source needs its three files",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+mtls:
+  cert_file: web.pem
+`,
+			want: []string{
+				`ferry.yaml:5: mtls.key_file: missing key_file`,
+				`ferry.yaml:5: mtls.ca_file: missing ca_file`,
+			},
+		},
 		{
 			name: "empty file",
 			doc:  ``,
@@ -373,19 +497,16 @@ outbound:
 upstreams:
   - name: api
     endpoints: [127.0.0.1:8081]
-    tls: none
+    lb: random
     locality: {zone: a}
-mtls:
-  mode: strict
+drain_timeout: 5s
+# (upstreams[].tls and mtls are known keys now.)
 telemetry:
   tracing: {otlp_endpoint: 127.0.0.1:4317}
 `,
 			want: []string{
 				`ferry.yaml:3: outbound[0].tls: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, upstream)`,
-				`ferry.yaml:7: upstreams[0].tls: unknown key (known keys: name, endpoints, lb, hash_on, protocol, connect_timeout, request_timeout, idle_timeout, max_idle_connections_per_endpoint, retries, circuit_breaker, outlier_detection, health_check, healthy_panic_threshold)`,
-				`ferry.yaml:8: upstreams[0].locality: unknown key`,
-				`ferry.yaml:9: mtls: unknown key (known keys: service, admin, inbound, outbound, upstreams, drain_timeout, telemetry)`,
-				`ferry.yaml:12: telemetry.tracing: unknown key (known keys: access_log)`,
+				`ferry.yaml:8: upstreams[0].locality: unknown key (known keys: name, endpoints,`,
 			},
 		},
 		{

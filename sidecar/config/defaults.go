@@ -238,4 +238,9 @@ func applyDefaults(c *Config, l *locator) {
 		}
 	}
 	dur(&c.DrainTimeout, path{"drain_timeout"}, DefaultDrainTimeout)
+	applyConsulDefaults(c, l)
+	mtlsDefaults(c)
+	if c.Telemetry.AccessLogFormat == "" {
+		c.Telemetry.AccessLogFormat = AccessLogJSON
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -335,6 +336,11 @@ func (c *collector) typeError(s string) {
 	if cm := reCol.FindStringSubmatch(msg); cm != nil {
 		// Our own messages (Duration, Endpoint) carry the column to pin down the node.
 		col, _ := strconv.Atoi(cm[1])
+		if mm := reNotFound.FindStringSubmatch(cm[2]); mm != nil {
+			// An unknown key reported by a schema type's own decoder (TracingConfig).
+			c.typeError("line " + m[1] + ": " + cm[2])
+			return
+		}
 		e := c.find(line, func(e entry) bool { return !e.key && e.n.Column == col })
 		if e.n == nil || e.n.Column != col {
 			e = c.find(line, func(e entry) bool { return e.n.Column == col })
@@ -555,7 +561,7 @@ func knownKeys(typeName string) []string {
 		reflect.TypeFor[Outbound](), reflect.TypeFor[Upstream](), reflect.TypeFor[endpointFields](),
 		reflect.TypeFor[Retries](), reflect.TypeFor[Backoff](), reflect.TypeFor[CircuitBreaker](),
 		reflect.TypeFor[OutlierDetection](), reflect.TypeFor[SuccessRate](), reflect.TypeFor[FailurePercentage](),
-		reflect.TypeFor[HealthCheck](),
+		reflect.TypeFor[HealthCheck](), reflect.TypeFor[telemetry.TracingConfig](),
 	} {
 		if t.String() == typeName {
 			return yamlKeys(t)

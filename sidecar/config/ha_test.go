@@ -46,7 +46,7 @@ func TestParseDesignHighAvailabilityKeys(t *testing.T) {
 			SuccessRate: &SuccessRate{MinimumHosts: 5, RequestVolume: 100, StdevFactor: 1.9, Enforcing: 100}},
 		HealthCheck: &HealthCheck{HTTP: "/healthz", ExpectedStatuses: []StatusRange{{200, 299}}, Interval: Duration(5 * time.Second),
 			IntervalJitter: Duration(500 * time.Millisecond), Timeout: Duration(time.Second), UnhealthyThreshold: 3, HealthyThreshold: 2},
-		HealthyPanicThreshold: 50,
+		HealthyPanicThreshold: 50, TLS: "none",
 	}
 	if !reflect.DeepEqual(u, want) {
 		t.Errorf("Upstreams[0] =\n%+v\nwant\n%+v", u, want)

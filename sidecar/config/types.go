@@ -5,6 +5,8 @@ package config
 
 import (
 	"time"
+
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
 )
 
 // Config is the whole file.
@@ -22,8 +24,13 @@ type Config struct {
 	// DrainTimeout bounds how long in-flight requests and TCP sessions may take to finish on
 	// SIGTERM/SIGINT and on listeners removed by a reload. Default 30s.
 	DrainTimeout Duration `yaml:"drain_timeout" json:"drain_timeout"`
-	// Telemetry configures access logs (tracing and more come with the telemetry work).
+	// Telemetry configures access logs and tracing.
 	Telemetry Telemetry `yaml:"telemetry" json:"telemetry"`
+	// Discovery says how to reach discovery services (Consul); optional.
+	Discovery *Discovery `yaml:"discovery" json:"discovery,omitempty"`
+	// MTLS, if present, secures every hop between sidecars with mutual TLS (see MTLS).
+	// Absent: plaintext on every hop, with a start-up warning.
+	MTLS *MTLS `yaml:"mtls" json:"mtls,omitempty"`
 
 	// File is the path the config was read from (not a YAML key).
 	File string `yaml:"-" json:"file"`
@@ -36,6 +43,13 @@ type Telemetry struct {
 	// AccessLog is where access logs go: "" or "off" (none, the default), "stdout",
 	// "stderr", or a file path.
 	AccessLog string `yaml:"access_log" json:"access_log,omitempty"`
+	// AccessLogFormat is the format of access-log lines: "json" (one JSON object per
+	// line, the default) or "text" (logfmt-style key=value pairs).
+	AccessLogFormat string `yaml:"access_log_format" json:"access_log_format,omitempty"`
+	// Tracing configures OpenTelemetry tracing; nil (the key left out) is tracing off.
+	// A block that is present turns it on with every key it leaves out at its default
+	// (OTLP/gRPC to 127.0.0.1:4317, sample_ratio 1, tracecontext and baggage).
+	Tracing *telemetry.TracingConfig `yaml:"tracing" json:"tracing,omitempty"`
 }
 
 // Admin is the admin HTTP listener.
@@ -84,6 +98,9 @@ type Upstream struct {
 	Name string `yaml:"name" json:"name"`
 	// Endpoints lists static endpoints: "host:port" or {address, weight}.
 	Endpoints []Endpoint `yaml:"endpoints" json:"endpoints"`
+	// Consul, instead of endpoints, takes the endpoints from a Consul service (see
+	// ConsulUpstream and the top-level discovery.consul block).
+	Consul *ConsulUpstream `yaml:"consul" json:"consul,omitempty"`
 	// LB is the load-balancing policy: round_robin (default), least_request, random,
 	// ring_hash, maglev.
 	LB string `yaml:"lb" json:"lb"`
@@ -116,6 +133,21 @@ type Upstream struct {
 	// than this are available (neither ejected nor failing health checks), traffic is
 	// balanced over all of them. 0 disables panic mode. Default 50.
 	HealthyPanicThreshold int `yaml:"healthy_panic_threshold" json:"healthy_panic_threshold"`
+	// TLS is how connections to the endpoints are secured: "mesh" (mutual TLS with the
+	// peer sidecar, verifying Identity; the default when the file has an mtls block),
+	// "none" (plaintext; the default without one, and the choice for a service outside
+	// the mesh) or "simple" (ordinary server TLS, verified against the system roots or
+	// TLSCAFile).
+	TLS string `yaml:"tls" json:"tls"`
+	// Identity is the SPIFFE ID the endpoints must present with tls: mesh. Default
+	// spiffe://<trust_domain>/svc/<name>.
+	Identity string `yaml:"identity" json:"identity,omitempty"`
+	// TLSCAFile, with tls: simple, is a PEM file of the CAs that verify the endpoints'
+	// certificates instead of the system roots.
+	TLSCAFile string `yaml:"tls_ca_file" json:"tls_ca_file,omitempty"`
+	// TLSServerName, with tls: simple, is the name verified in (and sent as SNI to) the
+	// endpoints' certificates. Default: each endpoint's host.
+	TLSServerName string `yaml:"tls_server_name" json:"tls_server_name,omitempty"`
 }
 
 // Retries is an upstream's retry policy.

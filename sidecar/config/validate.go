@@ -75,9 +75,12 @@ func validate(c *Config, col *collector) {
 	}
 
 	notNegative(col, path{"drain_timeout"}, c.DrainTimeout)
+	checkDiscovery(c, col)
 	if strings.ContainsRune(c.Telemetry.AccessLog, 0) {
 		col.add(path{"telemetry", "access_log"}, "invalid file name %q", c.Telemetry.AccessLog)
 	}
+	checkMTLS(c, col)
+	checkTelemetry(col, &c.Telemetry)
 }
 
 // checkUpstream checks the i-th upstream and records its name in names.
@@ -98,7 +101,12 @@ func checkUpstream(col *collector, i int, u *Upstream, names map[string]int) {
 	}
 
 	eps := p.with("endpoints")
-	if len(u.Endpoints) == 0 && !col.brokenWhere(func(b string) bool { return under(b, eps.String()) }) {
+	switch {
+	case u.Consul != nil && len(u.Endpoints) > 0:
+		col.add(eps, "upstream %q has both endpoints and consul (want exactly one)", u.Name)
+	case u.Consul != nil:
+		checkConsulUpstream(col, p, u.Consul)
+	case len(u.Endpoints) == 0 && !col.brokenWhere(func(b string) bool { return under(b, eps.String()) }):
 		// (Items that failed to decode are not "no endpoints".)
 		col.add(eps, "upstream %q has no endpoints", u.Name)
 	}

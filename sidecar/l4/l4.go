@@ -21,8 +21,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // ErrIdleTimeout is the Session.Err of a session that was closed because no bytes flowed
@@ -68,6 +71,11 @@ type Options struct {
 	Observer Observer
 	// Logger receives connect failures (Warn) and session summaries (Debug); nil discards.
 	Logger *slog.Logger
+	// Tracing, if not nil, records one span per session (see telemetry.Tracing.StartTCP)
+	// with the bytes each way; Direction (telemetry.Inbound or telemetry.Outbound) names
+	// the session's side on it.
+	Tracing   *telemetry.Tracing
+	Direction string
 }
 
 // Observer is told about the sessions of a Proxy, typically to record metrics and an
@@ -101,6 +109,11 @@ type Session struct {
 	// the cause of the context's cancellation, or the read or write error that broke the
 	// session.
 	Err error
+	// TraceID is the trace ID of the session's span, "" with tracing off.
+	TraceID string
+	// PeerID is the SPIFFE ID of the downstream peer when it connected over mTLS (its
+	// handshake done before ServeConn), "" otherwise.
+	PeerID string
 }
 
 // Proxy proxies TCP connections to one upstream. It is immutable after New and safe for
@@ -116,6 +129,8 @@ type Proxy struct {
 	dial           func(ctx context.Context, ep *balancer.Endpoint) (net.Conn, error)
 	observer       Observer
 	log            *slog.Logger
+	tracing        *telemetry.Tracing
+	direction      string
 	bufs           sync.Pool // of *[]byte, bufSize long
 }
 
@@ -135,6 +150,8 @@ func New(o Options) *Proxy {
 		dial:           o.Dial,
 		observer:       o.Observer,
 		log:            o.Logger,
+		tracing:        o.Tracing,
+		direction:      o.Direction,
 	}
 	if p.dial == nil {
 		d := &net.Dialer{Timeout: p.connectTimeout}
@@ -163,6 +180,14 @@ func (p *Proxy) ServeConn(ctx context.Context, down net.Conn) {
 		p.observer.SessionStarted(p.upstream)
 	}
 	s := Session{Downstream: addrString(down.RemoteAddr())}
+	if id, err := mtls.PeerIDFromConn(down); err == nil {
+		s.PeerID = id.String()
+	}
+	var span trace.Span
+	if p.tracing != nil {
+		_, span = p.tracing.StartTCP(ctx, p.direction, p.upstream, down.RemoteAddr())
+		s.TraceID = telemetry.TraceID(span)
+	}
 
 	up, ep, err := p.connect(ctx, &s)
 	if err != nil {
@@ -171,6 +196,7 @@ func (p *Proxy) ServeConn(ctx context.Context, down net.Conn) {
 		s.Duration = time.Since(start)
 		p.log.Warn("tcp connect failed", "upstream", p.upstream, "endpoint", s.Endpoint,
 			"downstream", s.Downstream, "err", err)
+		p.endSpan(span, s, true)
 		p.end(ctx, s)
 		return
 	}
@@ -184,6 +210,7 @@ func (p *Proxy) ServeConn(ctx context.Context, down net.Conn) {
 	s.BytesIn = c.in.Load()
 	s.BytesOut = c.out.Load()
 	s.Duration = time.Since(start)
+	p.endSpan(span, s, false)
 	p.end(ctx, s)
 }
 

@@ -21,9 +21,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Upstream is what a Handler sends requests to.
@@ -66,6 +68,14 @@ type Options struct {
 	// (max_requests) and retries (budget, max_retries) through it. Connection limits are
 	// the Transport's.
 	Breaker *circuit.Breaker
+	// Tracing, if not nil, records a server span per request and, outbound, a client
+	// span per attempt, and propagates the trace context to the upstream (outbound) or
+	// the local application (inbound). nil is tracing off.
+	Tracing *telemetry.Tracing
+	// MTLS, inbound, is this proxy's certificate source: its identity is the By of the
+	// X-Forwarded-Client-Cert header set for mTLS callers. Inbound handlers always remove
+	// an X-Forwarded-Client-Cert the caller sent, with or without MTLS.
+	MTLS mtls.Source
 }
 
 // Handler proxies every request it serves to one upstream. It is immutable after NewHandler
@@ -77,6 +87,8 @@ type Handler struct {
 	logger     *slog.Logger
 	lister     endpointLister // nil if the Upstream cannot list its endpoints
 	setAttempt bool           // outbound: send X-Ferry-Attempt
+	// spanUpstream is the upstream named on server spans: the upstream outbound, "" inbound.
+	spanUpstream string
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -90,6 +102,9 @@ func NewHandler(o Options) *Handler {
 	h.hash = hashFunc(o.HashOn)
 	h.lister, _ = o.Upstream.(endpointLister)
 	h.setAttempt = o.Direction == telemetry.Outbound
+	if o.Direction == telemetry.Outbound {
+		h.spanUpstream = o.Name
+	}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:      h.rewrite,
 		Transport:    roundTripper{h},
@@ -111,7 +126,9 @@ type state struct {
 	requestID   string
 	proxyStatus string
 	reply       *LocalReply
-	attempts    int // tries made
+	attempts    int        // tries made
+	span        trace.Span // the request's server span (a no-op span with tracing off)
+	peer        string     // inbound: the caller's SPIFFE ID from its mTLS certificate
 }
 
 type stateKey struct{}
@@ -149,6 +166,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header.Set("X-Request-Id", st.requestID)
 	}
 	h.o.Metrics.Active.Inc()
+	ctx, span := h.o.Tracing.StartServer(r.Context(), r, h.o.Direction, h.spanUpstream)
+	st.span = span
+	if h.o.Direction == telemetry.Inbound {
+		h.acceptPeer(st, r)
+	}
 	if g != nil && g.takeConflict() {
 		h.localReply(st, r, &LocalReply{Status: http.StatusBadRequest, Type: ErrHTTPRequestError,
 			Details: "ambiguous message framing (Transfer-Encoding with Content-Length, or on HTTP/1.0)"})
@@ -156,7 +178,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if err := h.admit(); err != nil {
 		h.localReply(st, r, classify(r.Context(), err))
 	} else {
-		h.rp.ServeHTTP(st, r.WithContext(context.WithValue(r.Context(), stateKey{}, st)))
+		h.rp.ServeHTTP(st, r.WithContext(context.WithValue(ctx, stateKey{}, st)))
 		h.release()
 	}
 	h.o.Metrics.Active.Dec()
@@ -166,13 +188,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.o.Metrics.Request(st.status)
 	d := time.Since(start)
 	h.o.Metrics.Duration.Observe(d.Seconds())
+	if span.IsRecording() {
+		h.endServerSpan(st)
+	} else {
+		span.End()
+	}
 	if h.o.AccessLog != nil {
 		h.o.AccessLog.HTTP(&telemetry.HTTPRecord{
 			Start: start, Direction: h.o.Direction, Upstream: h.o.Name, Endpoint: st.endpoint,
 			Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
 			Status: st.status, ProxyStatus: st.proxyStatus, BytesIn: max(r.ContentLength, 0),
 			BytesOut: st.written, Duration: d, RequestID: st.requestID, Downstream: r.RemoteAddr,
-			Attempts: st.attempts,
+			Attempts: st.attempts, TraceID: telemetry.TraceID(span), PeerID: st.peer,
 		})
 	}
 }
@@ -240,6 +267,7 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	down := req.Context()
 	h.prepare(req, st, ep, 1)
+	span := h.startAttempt(down, st.span, req, ep.Address, 1)
 	ep.Begin()
 	var timer *time.Timer
 	if to := h.timeout(req); to > 0 {
@@ -253,9 +281,11 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	if err != nil {
 		ep.Done(failure(err, down))
-		return nil, classify(req.Context(), err)
+		lr := classify(req.Context(), err)
+		h.endAttempt(span, ep.Address, nil, lr)
+		return nil, lr
 	}
-	return h.deliver(resp, ep, down), nil
+	return h.deliver(resp, ep, down, span), nil
 }
 
 // roundTripRetrying is RoundTrip with a retry policy: it tries endpoints until a try
@@ -321,6 +351,7 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 			treq.Body = body
 		}
 		h.prepare(treq, st, ep, n)
+		span := h.startAttempt(down, st.span, treq, ep.Address, n)
 		ep.Begin()
 		resp, err := h.o.Transport.RoundTrip(treq)
 		if timer != nil {
@@ -350,10 +381,12 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 				if cancelTry != nil {
 					cancelTry(nil)
 				}
-				return nil, classify(tctx, err)
+				lr := classify(tctx, err)
+				h.endAttempt(span, ep.Address, nil, lr)
+				return nil, lr
 			}
 			// tctx stays alive: the body streams under it.
-			return h.deliver(resp, ep, down), nil
+			return h.deliver(resp, ep, down, span), nil
 		}
 
 		// Abandon this try and go on with the next.
@@ -362,10 +395,12 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		}
 		if err != nil {
 			ep.Done(balancer.DoneInfo{Err: err})
+			h.endAttempt(span, ep.Address, nil, classify(tctx, err))
 		} else {
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10) // a short body keeps its connection
 			resp.Body.Close()
 			ep.Done(balancer.DoneInfo{Status: outcomeStatus(resp)})
+			h.endAttempt(span, ep.Address, resp, nil)
 		}
 		if cancelTry != nil {
 			cancelTry(nil)
@@ -429,8 +464,11 @@ func failure(err error, down context.Context) balancer.DoneInfo {
 }
 
 // deliver hands resp to the reverse proxy with a body that reports the end of the call.
-func (h *Handler) deliver(resp *http.Response, ep *balancer.Endpoint, down context.Context) *http.Response {
+func (h *Handler) deliver(resp *http.Response, ep *balancer.Endpoint, down context.Context, span trace.Span) *http.Response {
 	d := &doneBody{ReadCloser: resp.Body, ep: ep, resp: resp, ctx: down}
+	if span != nil {
+		d.span, d.tracing = span, h.o.Tracing
+	}
 	if ct := resp.Header["Content-Type"]; len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
 		d.grpc = true
 	}
@@ -480,6 +518,9 @@ type doneBody struct {
 	ctx  context.Context // the downstream request's
 	grpc bool
 	done atomic.Bool
+	// span is the attempt's client span, ended with the body (nil without one).
+	span    trace.Span
+	tracing *telemetry.Tracing
 }
 
 func (b *doneBody) finish(err error) {
@@ -494,6 +535,9 @@ func (b *doneBody) finish(err error) {
 		info.Status = outcomeStatus(b.resp)
 	}
 	b.ep.Done(info)
+	if b.span != nil {
+		b.tracing.EndHTTP(b.span, attemptResult(b.ep.Address, b.resp, err))
+	}
 }
 
 // outcomeStatus is the status of a response for outlier detection: for gRPC, the

@@ -76,6 +76,8 @@ func classify(ctx context.Context, err error) *LocalReply {
 		return lr
 	case errors.As(err, &oe):
 		return &LocalReply{Status: http.StatusServiceUnavailable, Type: ErrConnectionLimit, Details: oe.Error(), GRPCCode: grpcUnavailable, Err: err}
+	case classifyTLS(err) != nil:
+		return classifyTLS(err)
 	case errors.Is(err, balancer.ErrNoEndpoint):
 		return &LocalReply{Status: http.StatusServiceUnavailable, Type: ErrDestinationUnavailable, Details: "no endpoint", GRPCCode: grpcUnavailable, Err: err}
 	case errors.Is(context.Cause(ctx), errResponseTimeout) || errors.Is(err, errResponseTimeout):

@@ -32,7 +32,7 @@ func NewServer(o ServerOptions, handler http.Handler) *http.Server {
 		ReadHeaderTimeout: o.ReadHeaderTimeout,
 		IdleTimeout:       o.IdleTimeout,
 		MaxHeaderBytes:    o.MaxHeaderBytes,
-		ConnContext:       GuardContext,
+		ConnContext:       connContext,
 		ErrorLog:          log.New(slogWriter{lg}, "", 0),
 		HTTP2: &http.HTTP2Config{
 			MaxConcurrentStreams: 1000,

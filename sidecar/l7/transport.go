@@ -32,6 +32,10 @@ type TransportOptions struct {
 	// through it (max_pending, max_connections) and every connection counted until it
 	// closes. An attempt over a limit fails with a *circuit.OverflowError.
 	Breaker *circuit.Breaker
+	// TLS secures the connections (mesh mTLS or simple TLS); the zero value is plaintext.
+	// HTTP/1.1 connections offer ALPN http/1.1 and HTTP/2 ones h2, so that the protocol
+	// negotiated is the one spoken. A failed handshake is a connect failure (*DialError).
+	TLS UpstreamTLS
 }
 
 // Transport holds an upstream's pooled connections: HTTP/1.1 connections kept alive per
@@ -50,29 +54,46 @@ func NewTransport(o TransportOptions) *Transport {
 	}
 	t := &Transport{opts: o}
 	dialer := &net.Dialer{Timeout: o.ConnectTimeout, KeepAlive: 30 * time.Second}
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		b := o.Breaker
-		if b != nil {
-			if err := b.StartConnect(); err != nil {
-				return nil, err
+	dialWith := func(alpn []string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil || !o.TLS.Enabled() {
+				return c, err
 			}
+			if o.ConnectTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, o.ConnectTimeout)
+				defer cancel()
+			}
+			return o.TLS.Client(ctx, c, addr, alpn)
 		}
-		c, err := dialer.DialContext(ctx, network, addr)
-		if b != nil {
-			b.EndConnect(err == nil)
-		}
-		if err != nil {
-			return nil, &DialError{Err: err}
-		}
-		if b != nil {
-			return &countedConn{Conn: c, b: b}, nil
-		}
-		return c, nil
 	}
-	base := func(p *http.Protocols) *http.Transport {
+	mkDial := func(alpn []string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dialTLS := dialWith(alpn)
+		return func(ctx context.Context, network, addr string) (net.Conn, error) {
+			b := o.Breaker
+			if b != nil {
+				if err := b.StartConnect(); err != nil {
+					return nil, err
+				}
+			}
+			c, err := dialTLS(ctx, network, addr)
+			if b != nil {
+				b.EndConnect(err == nil)
+			}
+			if err != nil {
+				return nil, &DialError{Err: err}
+			}
+			if b != nil {
+				return &countedConn{Conn: c, b: b}, nil
+			}
+			return c, nil
+		}
+	}
+	base := func(p *http.Protocols, alpn string) *http.Transport {
 		return &http.Transport{
 			Proxy:                  nil, // a sidecar never honours HTTP_PROXY for mesh traffic
-			DialContext:            dial,
+			DialContext:            mkDial([]string{alpn}),
 			Protocols:              p,
 			MaxIdleConns:           0,
 			MaxIdleConnsPerHost:    o.MaxIdleConnsPerHost,
@@ -87,12 +108,12 @@ func NewTransport(o TransportOptions) *Transport {
 	if o.Protocol != ProtocolHTTP2 {
 		var p http.Protocols
 		p.SetHTTP1(true)
-		t.h1 = base(&p)
+		t.h1 = base(&p, "http/1.1")
 	}
 	if o.Protocol != ProtocolHTTP1 {
 		var p http.Protocols
 		p.SetUnencryptedHTTP2(true)
-		t.h2 = base(&p)
+		t.h2 = base(&p, "h2")
 		t.h2.HTTP2 = &http.HTTP2Config{
 			// Detect dead upstream connections instead of waiting on them forever.
 			SendPingTimeout: 15 * time.Second,

@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-// AccessLog writes one structured (JSON) line per request or TCP session. A nil
+// AccessLog writes one structured line (JSON, or key=value text) per request or TCP session. A nil
 // *AccessLog logs nothing. Safe for concurrent use.
 type AccessLog struct {
 	log    *slog.Logger
@@ -17,8 +17,18 @@ type AccessLog struct {
 }
 
 // OpenAccessLog opens the destination named in the config: "" or "off" (nil, no log),
-// "stdout", "stderr", or a file path (appended to, created 0644).
+// "stdout", "stderr", or a file path (appended to, created 0644). Lines are JSON; see
+// OpenAccessLogFormat for the text format.
 func OpenAccessLog(dest string) (*AccessLog, error) {
+	return OpenAccessLogFormat(dest, AccessLogJSON)
+}
+
+// OpenAccessLogFormat is OpenAccessLog with a line format: AccessLogJSON (or "") or
+// AccessLogText.
+func OpenAccessLogFormat(dest, format string) (*AccessLog, error) {
+	if format != "" && format != AccessLogJSON && format != AccessLogText {
+		return nil, fmt.Errorf("access log: unknown format %q", format)
+	}
 	var w io.Writer
 	var c io.Closer
 	switch dest {
@@ -35,7 +45,7 @@ func OpenAccessLog(dest string) (*AccessLog, error) {
 		}
 		w, c = f, f
 	}
-	h := slog.NewJSONHandler(w, &slog.HandlerOptions{
+	opts := &slog.HandlerOptions{
 		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
 			if len(groups) == 0 && a.Key == slog.LevelKey {
 				return slog.Attr{} // every line is an access record; the level says nothing
@@ -45,7 +55,11 @@ func OpenAccessLog(dest string) (*AccessLog, error) {
 			}
 			return a
 		},
-	})
+	}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
+	if format == AccessLogText {
+		h = slog.NewTextHandler(w, opts)
+	}
 	return &AccessLog{log: slog.New(h), closer: c}, nil
 }
 
@@ -56,6 +70,12 @@ func (a *AccessLog) Close() error {
 	}
 	return a.closer.Close()
 }
+
+// Access-log line formats.
+const (
+	AccessLogJSON = "json" // one JSON object per line
+	AccessLogText = "text" // slog's key=value text
+)
 
 // HTTPRecord is one access-log line for an HTTP request.
 type HTTPRecord struct {
@@ -76,6 +96,12 @@ type HTTPRecord struct {
 	Downstream  string
 	// Attempts is how many tries the request took (1 without retries).
 	Attempts int
+	// TraceID is the request's trace ID (32 hex digits), "" with tracing off.
+	TraceID string
+	// Route is the name of the route that matched, "" when none is named.
+	Route string
+	// PeerID is the peer sidecar's SPIFFE ID, "" without mTLS.
+	PeerID string
 }
 
 // HTTP writes r.
@@ -100,6 +126,9 @@ func (a *AccessLog) HTTP(r *HTTPRecord) {
 		slog.String("request_id", r.RequestID),
 		slog.String("downstream", r.Downstream),
 		slog.Int("attempts", r.Attempts),
+		slog.String("trace_id", r.TraceID),
+		slog.String("route", r.Route),
+		slog.String("peer_identity", r.PeerID),
 	)
 }
 
@@ -114,6 +143,10 @@ type TCPRecord struct {
 	BytesOut   int64
 	Duration   time.Duration
 	Error      string
+	// TraceID is the session's trace ID (32 hex digits), "" with tracing off.
+	TraceID string
+	// PeerID is the peer sidecar's SPIFFE ID (inbound over mTLS), "" otherwise.
+	PeerID string
 }
 
 // TCP writes r.
@@ -131,5 +164,7 @@ func (a *AccessLog) TCP(r *TCPRecord) {
 		slog.Int64("bytes_sent", r.BytesOut),
 		slog.Float64("duration_ms", float64(r.Duration.Microseconds())/1000),
 		slog.String("error", r.Error),
+		slog.String("trace_id", r.TraceID),
+		slog.String("peer_identity", r.PeerID),
 	)
 }

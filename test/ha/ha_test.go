@@ -223,10 +223,14 @@ func TestSuccessRateAndFailurePercentage(t *testing.T) {
 			// Six intervals with the load on: nothing may trip.
 			deadline := time.Now().Add(6 * interval)
 			maxCalls := uint64(0)
+			var bestSR *float64 // the success rate read in the interval with the most calls
 			for time.Now().Before(deadline) {
 				e := f.endpoint("api", bad.addr)
 				if e.Outlier != "ok" {
 					t.Fatalf("ejected: %+v", e)
+				}
+				if e.IntervalCalls >= maxCalls && e.SuccessRate != nil {
+					bestSR = e.SuccessRate
 				}
 				maxCalls = max(maxCalls, e.IntervalCalls)
 				time.Sleep(50 * time.Millisecond)
@@ -234,7 +238,9 @@ func TestSuccessRateAndFailurePercentage(t *testing.T) {
 			if maxCalls < uint64(tc.volume) || maxCalls == 0 {
 				t.Errorf("the failing backend had at most %d calls an interval, want at least %d: the test did not load it enough", maxCalls, tc.volume)
 			}
-			if sr := f.endpoint("api", bad.addr).SuccessRate; sr == nil || *sr > 0.8 || *sr < 0.6 {
+			// A single interval is a sample: a loaded machine can leave one thin, so judge the
+			// fullest one, with a band that 30 % errors over that volume stays inside.
+			if sr := bestSR; sr == nil || *sr > 0.85 || *sr < 0.55 {
 				t.Errorf("success rate of the failing backend = %v, want about 0.7", deref(sr))
 			}
 		})

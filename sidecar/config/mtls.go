@@ -1,0 +1,163 @@
+package config
+
+import (
+	"strings"
+
+	"github.com/ferrymesh/ferry/mtls"
+)
+
+// MTLS is the mtls block: this sidecar's identity, where its certificates come from, and
+// how its inbound listener treats TLS. With it, every upstream speaks mutual TLS unless
+// it opts out with tls: none or tls: simple.
+type MTLS struct {
+	// Mode is how the inbound listener treats TLS: strict (mTLS only, the default),
+	// permissive (mTLS and plaintext on the same port, for migrations) or disabled
+	// (plaintext; outbound connections still use mTLS).
+	Mode string `yaml:"mode" json:"mode"`
+	// TrustDomain is the SPIFFE trust domain: this service is
+	// spiffe://<trust_domain>/svc/<service>. Default mesh.local.
+	TrustDomain string `yaml:"trust_domain" json:"trust_domain"`
+	// Source is where the certificates come from: files (CertFile, KeyFile, CAFile; the
+	// default) or dev (the development CA of `ferry ca`, in Dir). consul and sds are
+	// reserved for the sources still to come.
+	Source string `yaml:"source" json:"source"`
+	// CertFile, KeyFile and CAFile are PEM files (source files): this sidecar's
+	// certificate chain, its private key and the trust bundle. They are re-read when
+	// they change.
+	CertFile string `yaml:"cert_file" json:"cert_file,omitempty"`
+	KeyFile  string `yaml:"key_file" json:"key_file,omitempty"`
+	CAFile   string `yaml:"ca_file" json:"ca_file,omitempty"`
+	// Dir is the directory `ferry ca create` or `ferry ca issue --out` wrote to
+	// (source dev).
+	Dir string `yaml:"dir" json:"dir,omitempty"`
+}
+
+// Values of mtls.source and of an upstream's tls key.
+const (
+	MTLSSourceFiles  = "files"
+	MTLSSourceDev    = "dev"
+	MTLSSourceConsul = "consul"
+	MTLSSourceSDS    = "sds"
+
+	UpstreamTLSMesh   = "mesh"
+	UpstreamTLSNone   = "none"
+	UpstreamTLSSimple = "simple"
+)
+
+// Defaults of the mtls block.
+const (
+	DefaultMTLSMode   = string(mtls.ModeStrict)
+	DefaultMTLSSource = MTLSSourceFiles
+)
+
+// mtlsDefaults fills in the mtls block and the upstreams' tls and identity keys. An
+// upstream's identity is derived only when it speaks mesh TLS and the trust domain is
+// valid (validation reports a bad one).
+func mtlsDefaults(c *Config) {
+	m := c.MTLS
+	if m != nil {
+		if m.Mode == "" {
+			m.Mode = DefaultMTLSMode
+		}
+		if m.TrustDomain == "" {
+			m.TrustDomain = mtls.DefaultTrustDomain
+		}
+		if m.Source == "" {
+			m.Source = DefaultMTLSSource
+		}
+	}
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		if u.TLS == "" {
+			u.TLS = UpstreamTLSNone
+			if m != nil {
+				u.TLS = UpstreamTLSMesh
+			}
+		}
+		if u.TLS != UpstreamTLSMesh || u.Identity != "" || m == nil || !validName(u.Name) {
+			continue
+		}
+		td, err := mtls.ParseTrustDomain(m.TrustDomain)
+		if err != nil {
+			continue
+		}
+		if id, err := mtls.ExpectedID(td, u.Name, ""); err == nil {
+			u.Identity = id.String()
+		}
+	}
+}
+
+// checkMTLS validates the mtls block and the upstreams' TLS keys.
+func checkMTLS(c *Config, col *collector) {
+	if m := c.MTLS; m != nil {
+		p := path{"mtls"}
+		if _, err := mtls.ParseMode(m.Mode); err != nil || m.Mode == "" {
+			col.add(p.with("mode"), "unknown mode %q (want strict, permissive or disabled)", m.Mode)
+		}
+		if _, err := mtls.ParseTrustDomain(m.TrustDomain); err != nil {
+			col.add(p.with("trust_domain"), "%s", strings.TrimPrefix(err.Error(), "mtls: "))
+		}
+		switch m.Source {
+		case MTLSSourceFiles:
+			for _, f := range []struct{ key, v string }{{"cert_file", m.CertFile}, {"key_file", m.KeyFile}, {"ca_file", m.CAFile}} {
+				if f.v == "" {
+					col.add(p.with(f.key), "missing %s (source files needs cert_file, key_file and ca_file)", f.key)
+				}
+			}
+			if m.Dir != "" {
+				col.add(p.with("dir"), "dir applies to source dev only")
+			}
+		case MTLSSourceDev:
+			if m.Dir == "" {
+				col.add(p.with("dir"), "missing dir (the directory of `ferry ca create` or `ferry ca issue --out`)")
+			}
+			for _, f := range []struct{ key, v string }{{"cert_file", m.CertFile}, {"key_file", m.KeyFile}, {"ca_file", m.CAFile}} {
+				if f.v != "" {
+					col.add(p.with(f.key), "%s applies to source files only", f.key)
+				}
+			}
+		case MTLSSourceConsul, MTLSSourceSDS:
+			col.add(p.with("source"), "source %s is not available yet (use files or dev)", m.Source)
+		default:
+			col.add(p.with("source"), "unknown source %q (want files or dev)", m.Source)
+		}
+		for _, f := range []struct{ key, v string }{{"cert_file", m.CertFile}, {"key_file", m.KeyFile}, {"ca_file", m.CAFile}, {"dir", m.Dir}} {
+			if strings.ContainsRune(f.v, 0) {
+				col.add(p.with(f.key), "invalid file name %q", f.v)
+			}
+		}
+	}
+	l := col.loc
+	for i := range c.Upstreams {
+		u := &c.Upstreams[i]
+		p := l.upstream(i)
+		switch u.TLS {
+		case UpstreamTLSMesh:
+			if c.MTLS == nil {
+				col.add(p.with("tls"), "tls mesh needs an mtls block (or use tls: none or simple)")
+			}
+		case UpstreamTLSNone, UpstreamTLSSimple:
+			if u.Identity != "" {
+				col.add(p.with("identity"), "identity applies to tls mesh only (tls is %s)", u.TLS)
+			}
+		default:
+			col.add(p.with("tls"), "unknown tls %q (want mesh, none or simple)", u.TLS)
+		}
+		if u.Identity != "" {
+			if _, err := mtls.ParseID(u.Identity); err != nil {
+				col.add(p.with("identity"), "%s", strings.TrimPrefix(err.Error(), "mtls: "))
+			}
+		}
+		if u.TLS != UpstreamTLSSimple {
+			if u.TLSCAFile != "" {
+				col.add(p.with("tls_ca_file"), "tls_ca_file applies to tls simple only")
+			}
+			if u.TLSServerName != "" {
+				col.add(p.with("tls_server_name"), "tls_server_name applies to tls simple only")
+			}
+		}
+		if strings.ContainsRune(u.TLSCAFile, 0) {
+			col.add(p.with("tls_ca_file"), "invalid file name %q", u.TLSCAFile)
+		}
+	}
+}

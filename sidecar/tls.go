@@ -1,0 +1,431 @@
+package sidecar
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/ferrymesh/ferry/discovery"
+	"github.com/ferrymesh/ferry/mtls"
+	"github.com/ferrymesh/ferry/sidecar/balancer"
+	"github.com/ferrymesh/ferry/sidecar/config"
+	"github.com/ferrymesh/ferry/sidecar/l7"
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
+)
+
+// maxExpiryWarning is how long before its certificate expires the sidecar starts warning,
+// at most: certificates living less than three times as long are warned about in their
+// last third.
+const maxExpiryWarning = 24 * time.Hour
+
+// meshState is the sidecar's mTLS certificate source. cur is changed by Apply (under
+// Sidecar.mu); live is what /ready, /certs and the metrics read.
+type meshState struct {
+	cur  *meshTLS
+	live atomic.Pointer[meshTLS]
+}
+
+// meshTLS is one certificate source with the settings it was built from. It is shared by
+// every config whose mtls source settings are the same, so a reload keeps it.
+type meshTLS struct {
+	key  string
+	src  mtls.Source
+	td   spiffeid.TrustDomain
+	stop context.CancelFunc // ends the expiry watch
+}
+
+// source returns the certificate source, nil without mTLS.
+func (m *meshTLS) source() mtls.Source {
+	if m == nil {
+		return nil
+	}
+	return m.src
+}
+
+// meshFor returns the certificate source cfg asks for: the running one while its settings
+// are unchanged, a new one otherwise (nil without an mtls block). A new one is used only
+// if commitMesh is called; settleMesh closes it otherwise.
+func (s *Sidecar) meshFor(cfg *config.Config) (*meshTLS, error) {
+	mc := cfg.MTLS
+	if mc == nil {
+		return nil, nil
+	}
+	key := fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s", mc.Source, mc.TrustDomain, cfg.Service, mc.CertFile, mc.KeyFile, mc.CAFile, mc.Dir)
+	if cur := s.mesh.cur; cur != nil && cur.key == key {
+		return cur, nil
+	}
+	td, err := mtls.ParseTrustDomain(mc.TrustDomain)
+	if err != nil {
+		return nil, err
+	}
+	var src mtls.Source
+	switch mc.Source {
+	case config.MTLSSourceFiles:
+		src, err = mtls.NewFileSource(mtls.FileOptions{CertFile: mc.CertFile, KeyFile: mc.KeyFile, CAFile: mc.CAFile,
+			TrustDomain: td, Logger: s.log})
+	case config.MTLSSourceDev:
+		src, err = mtls.NewDevSource(mtls.DevOptions{Dir: mc.Dir, Service: cfg.Service, TrustDomain: td, Logger: s.log})
+	default:
+		err = fmt.Errorf("mtls source %q is not available", mc.Source)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("mtls: %w", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	warn := maxExpiryWarning
+	if m, err := src.Current(); err == nil {
+		warn = min(warn, m.NotAfter().Sub(m.Leaf().NotBefore)/3)
+	} else {
+		s.log.Error("no valid certificate loaded yet: /ready answers 503 until one is", "source", mc.Source, "error", err)
+	}
+	go mtls.WatchExpiry(ctx, src, s.log, warn)
+	return &meshTLS{key: key, src: src, td: td, stop: stop}, nil
+}
+
+// settleMesh closes m if Apply did not commit it.
+func (s *Sidecar) settleMesh(m *meshTLS) {
+	if m != nil && m != s.mesh.cur {
+		m.close()
+	}
+}
+
+// commitMesh makes m the sidecar's source; the previous one is closed once connections
+// built with it have had the drain timeout to finish their handshakes.
+func (s *Sidecar) commitMesh(m *meshTLS, drain time.Duration) {
+	old := s.mesh.cur
+	s.mesh.cur = m
+	s.mesh.live.Store(m)
+	if old != nil && old != m {
+		s.retire(drain, func(ctx context.Context) { <-ctx.Done(); old.close() })
+	}
+}
+
+// closeMesh closes the source at the end of Drain.
+func (s *Sidecar) closeMesh() {
+	if m := s.mesh.cur; m != nil {
+		s.mesh.cur = nil
+		m.close()
+	}
+}
+
+func (m *meshTLS) close() {
+	m.stop()
+	_ = m.src.Close()
+}
+
+// certsWaiting says why the sidecar is not ready for want of a certificate, or "".
+func (s *Sidecar) certsWaiting() string {
+	m := s.mesh.live.Load()
+	if m == nil {
+		return ""
+	}
+	cur, err := m.src.Current()
+	if err != nil {
+		return "no valid certificate loaded: " + err.Error()
+	}
+	if err := cur.Valid(time.Now()); err != nil {
+		return "no valid certificate loaded: " + err.Error()
+	}
+	return ""
+}
+
+// upstreamTLS returns how each upstream's connections are secured, loading the CA files of
+// tls: simple upstreams. Mesh entries learn the identities discovery gives endpoints from
+// withIdentities.
+func upstreamTLS(cfg *config.Config, m *meshTLS) (map[string]l7.UpstreamTLS, error) {
+	out := make(map[string]l7.UpstreamTLS, len(cfg.Upstreams))
+	for i := range cfg.Upstreams {
+		uc := &cfg.Upstreams[i]
+		switch uc.TLS {
+		case config.UpstreamTLSMesh:
+			if m == nil {
+				return nil, fmt.Errorf("upstream %q: tls mesh needs an mtls block", uc.Name)
+			}
+			want, err := mtls.ExpectedID(m.td, uc.Name, uc.Identity)
+			if err != nil {
+				return nil, fmt.Errorf("upstream %q: %w", uc.Name, err)
+			}
+			out[uc.Name] = l7.UpstreamTLS{Source: m.src, Expected: want}
+		case config.UpstreamTLSSimple:
+			t := l7.UpstreamTLS{Simple: true, ServerName: uc.TLSServerName}
+			if uc.TLSCAFile != "" {
+				pem, err := os.ReadFile(uc.TLSCAFile)
+				if err != nil {
+					return nil, fmt.Errorf("upstream %q: tls_ca_file: %w", uc.Name, err)
+				}
+				t.RootCAs = x509.NewCertPool()
+				if !t.RootCAs.AppendCertsFromPEM(pem) {
+					return nil, fmt.Errorf("upstream %q: tls_ca_file %s: no PEM certificate", uc.Name, uc.TLSCAFile)
+				}
+			}
+			out[uc.Name] = t
+		}
+	}
+	return out, nil
+}
+
+// dialFunc is l4.Options.Dial.
+type dialFunc = func(ctx context.Context, ep *balancer.Endpoint) (net.Conn, error)
+
+// withIdentities makes t (mesh TLS) verify the identity discovery gives each of u's
+// endpoints, when it gives one.
+func withIdentities(t l7.UpstreamTLS, u *upstream) l7.UpstreamTLS {
+	if t.Source != nil && u != nil {
+		t.Identities = u
+	}
+	return t
+}
+
+// tcpDial returns the l4 dial function of a TCP upstream secured by t (mTLS or TLS, no
+// ALPN), nil for plaintext. l4 bounds ctx with the connect timeout, which so covers the
+// handshake too.
+func tcpDial(t l7.UpstreamTLS) dialFunc {
+	if !t.Enabled() {
+		return nil
+	}
+	d := &net.Dialer{KeepAlive: 30 * time.Second}
+	return func(ctx context.Context, ep *balancer.Endpoint) (net.Conn, error) { return t.Dial(ctx, d, ep.Address) }
+}
+
+// identities is an upstream's map of endpoint address to the SPIFFE ID discovery expects of
+// it; only endpoints whose discovery names one are in it.
+type identities = map[string]string
+
+// setIdentities records the identities discovery gave set's endpoints.
+func (u *upstream) setIdentities(set *discovery.EndpointSet) {
+	var ids identities
+	for _, e := range set.Endpoints() {
+		if e.Identity != "" {
+			if ids == nil {
+				ids = identities{}
+			}
+			ids[e.Address] = e.Identity
+		}
+	}
+	if ids == nil && u.identities.Load() == nil {
+		return
+	}
+	u.identities.Store(&ids)
+}
+
+// IdentityOf implements l7.IdentityLookup: the SPIFFE ID discovery expects of the endpoint
+// at addr, or "". Safe for concurrent use; one atomic load.
+func (u *upstream) IdentityOf(addr string) string {
+	if p := u.identities.Load(); p != nil {
+		return (*p)[addr]
+	}
+	return ""
+}
+
+// inboundTLS is how the inbound listener terminates TLS: the mode and the server config.
+type inboundTLS struct {
+	mode      mtls.Mode
+	config    *tls.Config
+	handshake time.Duration // bounds each handshake
+	log       *slog.Logger
+}
+
+// inboundTLSFor returns the inbound termination for cfg (nil: plaintext) and the part of
+// the front key it sets: a change of mode or source builds a new front.
+func inboundTLSFor(cfg *config.Config, m *meshTLS, tcp bool, log *slog.Logger) (*inboundTLS, string) {
+	if m == nil || cfg.Inbound == nil {
+		return nil, ""
+	}
+	mode, err := mtls.ParseMode(cfg.MTLS.Mode)
+	if err != nil || mode == mtls.ModeDisabled {
+		return nil, "/mtls-disabled"
+	}
+	sc := mtls.ServerConfig(m.src, nil)
+	if tcp {
+		sc.NextProtos = nil
+	}
+	return &inboundTLS{mode: mode, config: sc, handshake: cfg.Inbound.ReadHeaderTimeout.D(), log: log},
+		fmt.Sprintf("/mtls-%s-%p", mode, m)
+}
+
+// tlsLayer terminates TLS in front of a front: the listener's accept loop pushes raw
+// connections into raw; mtls.WrapListener (strict or permissive) turns them into *tls.Conn
+// (or, permissive, plaintext connections); the handshake runs on its own goroutine,
+// bounded, and the decrypted connection goes to the front (for HTTP, wrapped in the
+// framing guard, which so scans plaintext).
+type tlsLayer struct {
+	in      *inboundTLS
+	raw     *chanListener
+	ln      net.Listener
+	f       *front
+	m       telemetry.ListenerMetrics
+	pending sync.WaitGroup // accept loop and handshakes in progress
+}
+
+// startTLS puts a TLS layer in front of f; nil in leaves f plaintext.
+func (f *front) startTLS(in *inboundTLS, m telemetry.ListenerMetrics, addr net.Addr) {
+	if in == nil {
+		return
+	}
+	raw := newChanListener(addr)
+	ln, err := mtls.WrapListener(raw, in.mode, in.config)
+	if err != nil {
+		ln = tls.NewListener(raw, in.config) // unreachable: the mode was parsed
+	}
+	t := &tlsLayer{in: in, raw: raw, ln: ln, f: f, m: m}
+	f.tlsIn = t
+	t.pending.Add(1)
+	go t.accept()
+}
+
+func (t *tlsLayer) accept() {
+	defer t.pending.Done()
+	for {
+		c, err := t.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		tc, ok := c.(*tls.Conn)
+		if !ok {
+			t.deliver(c) // permissive: plaintext
+			continue
+		}
+		t.pending.Add(1)
+		go func() {
+			defer t.pending.Done()
+			t.handshake(tc)
+		}()
+	}
+}
+
+func (t *tlsLayer) deliver(c net.Conn) {
+	if !t.f.serveDecrypted(c, t.m) {
+		_ = c.Close()
+	}
+}
+
+// handshake completes the server handshake of c and hands it on, or refuses it: a
+// plaintext HTTP request gets a 400 with Proxy-Status, anything else a closed connection.
+func (t *tlsLayer) handshake(c *tls.Conn) {
+	ctx := context.Background()
+	if t.in.handshake > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, t.in.handshake)
+		defer cancel()
+	}
+	err := c.HandshakeContext(ctx)
+	if err == nil {
+		t.deliver(c)
+		return
+	}
+	var rhe tls.RecordHeaderError
+	var pe *mtls.PeerError
+	switch {
+	case errors.As(err, &rhe) && rhe.Conn != nil && looksLikeHTTP(rhe.RecordHeader):
+		body := "client sent a plaintext request to an mTLS listener\n"
+		_, _ = fmt.Fprintf(rhe.Conn, "HTTP/1.1 400 Bad Request\r\nProxy-Status: %s; error=tls_protocol_error; details=%q\r\n"+
+			"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
+			l7.ProxyName, "plaintext request to an mTLS listener", len(body), body)
+		_ = rhe.Conn.Close()
+		t.in.log.Info("mTLS handshake refused: plaintext request", "downstream", c.RemoteAddr().String())
+	case errors.As(err, &pe):
+		t.in.log.Info("mTLS handshake refused: peer certificate", "downstream", c.RemoteAddr().String(), "details", pe.Details())
+	default:
+		t.in.log.Debug("mTLS handshake failed", "downstream", c.RemoteAddr().String(), "error", err)
+	}
+	_ = c.Close()
+}
+
+// close stops the layer: no more connections are accepted, and handshakes in progress end
+// (bounded by the handshake timeout) before it returns.
+func (t *tlsLayer) close() {
+	_ = t.ln.Close()
+	_ = t.raw.Close()
+	t.pending.Wait()
+}
+
+// looksLikeHTTP reports whether a TLS record header is the start of a plaintext HTTP
+// request.
+func looksLikeHTTP(hdr [5]byte) bool {
+	switch string(hdr[:]) {
+	case "GET /", "HEAD ", "POST ", "PUT /", "OPTIO", "DELET", "PATCH", "CONNE", "PRI *":
+		return true
+	}
+	return false
+}
+
+// serveConn hands c to the front, through its TLS layer if it has one; false means the
+// front is shutting down and took nothing.
+func (f *front) serveConn(c net.Conn, m telemetry.ListenerMetrics) bool {
+	if f.tlsIn != nil {
+		return f.tlsIn.raw.push(c)
+	}
+	return f.serveDecrypted(c, m)
+}
+
+// CertsStatus is the /certs admin answer.
+type CertsStatus struct {
+	// Enabled is false when the config has no mtls block.
+	Enabled bool `json:"enabled"`
+	// SPIFFEID is this sidecar's identity, from its current certificate.
+	SPIFFEID string `json:"spiffe_id,omitempty"`
+	// Valid is true while a certificate is loaded and within its validity period.
+	Valid bool   `json:"valid"`
+	Error string `json:"error,omitempty"`
+	// Status is the source's refresh history.
+	Status *mtls.Status `json:"status,omitempty"`
+	// Certificates describes the leaf, its chain and the trust bundle.
+	Certificates []mtls.CertInfo `json:"certificates"`
+}
+
+func (s *Sidecar) serveCerts(w http.ResponseWriter, _ *http.Request) {
+	out := CertsStatus{Certificates: []mtls.CertInfo{}}
+	if m := s.mesh.live.Load(); m != nil {
+		out.Enabled = true
+		st := m.src.Status()
+		out.Status = &st
+		cur, err := m.src.Current()
+		if err == nil {
+			now := time.Now()
+			out.SPIFFEID = cur.ID().String()
+			out.Certificates = cur.Info(now)
+			err = cur.Valid(now)
+		}
+		out.Valid = err == nil
+		if err != nil {
+			out.Error = err.Error()
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	bw := bufio.NewWriter(w)
+	enc := json.NewEncoder(bw)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
+	_ = bw.Flush()
+}
+
+// certCollector exports the metrics of the sidecar's current certificate source (see
+// mtls.Collector): ferry_mtls_certificate_expiry_seconds and friends.
+type certCollector struct{ s *Sidecar }
+
+var _ prometheus.Collector = certCollector{}
+
+func (c certCollector) Describe(ch chan<- *prometheus.Desc) { mtls.NewCollector().Describe(ch) }
+
+func (c certCollector) Collect(ch chan<- prometheus.Metric) {
+	if m := c.s.mesh.live.Load(); m != nil {
+		mtls.NewCollector(m.src).Collect(ch)
+	}
+}

@@ -1,0 +1,484 @@
+// Package mtls holds the end-to-end tests of mutual TLS between sidecars: two real ferry
+// processes (a client-side and a server-side sidecar) with certificates from a
+// development CA made in the test, backends written in the test, and clients that try to
+// get past the server-side sidecar without a valid identity. Certificates are generated
+// per test run, so none can expire mid-CI. Every wait is bounded.
+package mtls
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/ferrymesh/ferry/mtls"
+)
+
+const (
+	// readyTimeout bounds the wait for a ferry process to answer 200 on /ready.
+	readyTimeout = 20 * time.Second
+	// ioTimeout bounds every network operation and HTTP request of the tests.
+	ioTimeout = 10 * time.Second
+	// waitTimeout bounds the waits for a state change.
+	waitTimeout = 20 * time.Second
+)
+
+// ferryBin is built by TestMain.
+var ferryBin string
+
+func TestMain(m *testing.M) { os.Exit(runMain(m)) }
+
+func runMain(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "ferry-mtls-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mtls:", err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	root, err := repoRoot()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "mtls: finding the repository root:", err)
+		return 1
+	}
+	ferryBin = filepath.Join(dir, "ferry")
+	cmd := exec.Command("go", "build", "-o", ferryBin, "./cmd/ferry")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "mtls: go build ./cmd/ferry: %v\n%s", err, out)
+		return 1
+	}
+	return m.Run()
+}
+
+// repoRoot is the directory of the module's go.mod.
+func repoRoot() (string, error) {
+	if out, err := exec.Command("go", "env", "GOMOD").Output(); err == nil {
+		if mod := strings.TrimSpace(string(out)); mod != "" && mod != os.DevNull {
+			return filepath.Dir(mod), nil
+		}
+	}
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "", errors.New("runtime.Caller failed")
+	}
+	root := filepath.Join(filepath.Dir(file), "..", "..")
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		return "", err
+	}
+	return root, nil
+}
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[string]bool{}
+)
+
+// freeAddr returns 127.0.0.1:PORT for a port that was free a moment ago, never the same
+// one twice.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for range 50 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+		addr := ln.Addr().String()
+		_ = ln.Close()
+		portsMu.Lock()
+		seen := portsGiven[addr]
+		portsGiven[addr] = true
+		portsMu.Unlock()
+		if !seen {
+			return addr
+		}
+	}
+	t.Fatal("no free port found")
+	return ""
+}
+
+// pki is a development CA in a temporary directory and the certificates it issued.
+type pki struct {
+	t   *testing.T
+	dir string
+	ca  *mtls.CA
+}
+
+var trustDomain = spiffeid.RequireTrustDomainFromString("mesh.local")
+
+func newPKI(t *testing.T) *pki {
+	t.Helper()
+	ca, err := mtls.NewCA(trustDomain, 24*time.Hour, time.Now())
+	if err != nil {
+		t.Fatalf("NewCA() error = %v", err)
+	}
+	return &pki{t: t, dir: t.TempDir(), ca: ca}
+}
+
+// certs are the files of one issued certificate.
+type certs struct {
+	dir             string
+	cert, key, ca   string
+	svid            *x509svid.SVID
+	serial, sha256h string
+}
+
+// issue writes a certificate for service into its own directory (NAME.pem, NAME-key.pem,
+// bundle.pem). now shifts the validity period (zero: now); ttl is its lifetime.
+func (p *pki) issue(service string, now time.Time, ttl time.Duration) certs {
+	p.t.Helper()
+	return p.issueInto(filepath.Join(p.dir, service), service, now, ttl)
+}
+
+// issueInto issues a certificate for service into dir, replacing what is there.
+func (p *pki) issueInto(dir, service string, now time.Time, ttl time.Duration) certs {
+	p.t.Helper()
+	id, err := mtls.ServiceID(trustDomain, service)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	svid, err := p.ca.Issue(mtls.IssueRequest{ID: id, TTL: ttl, Now: now})
+	if err != nil {
+		p.t.Fatalf("Issue(%s) error = %v", service, err)
+	}
+	files, err := mtls.WriteSVID(dir, service, svid, p.ca.Bundle(trustDomain))
+	if err != nil {
+		p.t.Fatalf("WriteSVID() error = %v", err)
+	}
+	sum := sha256.Sum256(svid.Certificates[0].Raw)
+	return certs{dir: dir, cert: files.Cert, key: files.Key, ca: files.Bundle, svid: svid,
+		serial: mtls.FormatSerial(svid.Certificates[0].SerialNumber), sha256h: hex.EncodeToString(sum[:])}
+}
+
+// tlsCert is c as a tls.Certificate for a hand-made client.
+func (c certs) tlsCert(t *testing.T) tls.Certificate {
+	t.Helper()
+	tc, err := tls.LoadX509KeyPair(c.cert, c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc
+}
+
+// mtlsBlock is the mtls block of a config using c.
+func (c certs) mtlsBlock() string {
+	return fmt.Sprintf("mtls: {mode: strict, source: files, cert_file: %q, key_file: %q, ca_file: %q}\n", c.cert, c.key, c.ca)
+}
+
+// ferry is one running ferry process.
+type ferry struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	admin   string
+	logPath string
+	done    chan struct{}
+}
+
+// startFerry writes config (which must set admin.address to admin) and runs ferry on it
+// until the test ends; it returns once /ready answers 200.
+func startFerry(t *testing.T, admin, config string) *ferry {
+	t.Helper()
+	f := launchFerry(t, admin, config)
+	f.waitReady()
+	return f
+}
+
+// launchFerry is startFerry without the wait for readiness.
+func launchFerry(t *testing.T, admin, config string) *ferry {
+	t.Helper()
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "ferry.yaml")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logPath := filepath.Join(dir, "ferry.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logFile.Close()
+	cmd := exec.Command(ferryBin, "run", "--config", cfgPath)
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start ferry: %v", err)
+	}
+	f := &ferry{t: t, cmd: cmd, admin: admin, logPath: logPath, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(f.done)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-f.done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-f.done
+		}
+		if t.Failed() {
+			t.Logf("ferry %s output:\n%s", admin, f.output())
+		}
+	})
+	return f
+}
+
+func (f *ferry) output() string {
+	b, err := os.ReadFile(f.logPath)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return string(b)
+}
+
+func (f *ferry) waitReady() {
+	f.t.Helper()
+	c := newClient(f.t)
+	deadline := time.Now().Add(readyTimeout)
+	for time.Now().Before(deadline) {
+		select {
+		case <-f.done:
+			f.t.Fatalf("ferry exited before it was ready:\n%s", f.output())
+		default:
+		}
+		if resp, err := c.Get("http://" + f.admin + "/ready"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f.t.Fatalf("ferry not ready after %v:\n%s", readyTimeout, f.output())
+}
+
+// certsStatus is /certs as the tests read it.
+type certsStatus struct {
+	Enabled      bool   `json:"enabled"`
+	SPIFFEID     string `json:"spiffe_id"`
+	Valid        bool   `json:"valid"`
+	Certificates []struct {
+		Role            string  `json:"role"`
+		Subject         string  `json:"subject"`
+		SPIFFEID        string  `json:"spiffe_id"`
+		Serial          string  `json:"serial"`
+		NotAfter        string  `json:"not_after"`
+		Source          string  `json:"source"`
+		SecondsToExpiry float64 `json:"seconds_to_expiry"`
+	} `json:"certificates"`
+}
+
+func (f *ferry) certs() certsStatus {
+	f.t.Helper()
+	resp, err := newClient(f.t).Get("http://" + f.admin + "/certs")
+	if err != nil {
+		f.t.Fatalf("GET /certs: %v", err)
+	}
+	defer resp.Body.Close()
+	var out certsStatus
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+		f.t.Fatalf("GET /certs: %v", err)
+	}
+	return out
+}
+
+// get returns the body of GET path on the admin listener.
+func (f *ferry) get(path string) string {
+	f.t.Helper()
+	_, body, _ := get(newClient(f.t), "http://"+f.admin+path, nil)
+	return body
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// newClient returns an HTTP/1.1 client of its own, closed at cleanup.
+func newClient(t *testing.T) *http.Client {
+	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64, DisableCompression: true,
+		DialContext: (&net.Dialer{Timeout: ioTimeout}).DialContext}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: ioTimeout}
+}
+
+// newH2CClient returns an HTTP/2 cleartext (prior knowledge) client of its own.
+func newH2CClient(t *testing.T) *http.Client {
+	var p http.Protocols
+	p.SetUnencryptedHTTP2(true)
+	tr := &http.Transport{Proxy: nil, Protocols: &p, DialContext: (&net.Dialer{Timeout: ioTimeout}).DialContext}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: ioTimeout}
+}
+
+// get sends GET url with header and returns the status, the body and the Proxy-Status
+// header; a transport error is status 0.
+func get(c *http.Client, url string, header http.Header) (int, string, string) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err.Error(), ""
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, err.Error(), ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), resp.Header.Get("Proxy-Status")
+}
+
+// app is the local application behind the server-side sidecar: it counts the requests
+// that reach it and records what it saw of the last one.
+type app struct {
+	addr  string
+	count atomic.Int64
+	mu    sync.Mutex
+	xfcc  []string // X-Forwarded-Client-Cert values of the last request
+	proto string
+}
+
+// startApp serves HTTP/1.1 and h2c on a free port until the test ends. grpcHandler, if
+// not nil, serves requests whose Content-Type is application/grpc.
+func startApp(t *testing.T, grpcHandler http.Handler) *app {
+	t.Helper()
+	a := &app{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.addr = ln.Addr().String()
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	srv := &http.Server{Protocols: &p, ReadHeaderTimeout: ioTimeout, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a.count.Add(1)
+		a.mu.Lock()
+		a.xfcc = r.Header.Values(mtls.XFCCHeader)
+		a.proto = r.Proto
+		a.mu.Unlock()
+		if grpcHandler != nil && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			grpcHandler.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "proto=%s xfcc=%s\n", r.Proto, strings.Join(r.Header.Values(mtls.XFCCHeader), " | "))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+	})
+	return a
+}
+
+// seen returns the X-Forwarded-Client-Cert values and the protocol of the last request.
+func (a *app) seen() ([]string, string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.xfcc, a.proto
+}
+
+// startEcho runs a TCP echo server until the test ends.
+func startEcho(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				_, _ = io.Copy(c, c)
+			})
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
+
+// mesh is a client-side sidecar (service web) and a server-side sidecar (service api) in
+// front of an app.
+type mesh struct {
+	app      *app
+	server   *ferry
+	client   *ferry
+	inbound  string // the server-side sidecar's mTLS listener
+	outbound string // the client-side sidecar's listener for api
+	webCerts certs
+	apiCerts certs
+}
+
+// meshOptions vary startMesh.
+type meshOptions struct {
+	grpc         http.Handler  // served by the app for gRPC requests
+	apiService   string        // the server-side sidecar's certificate's service (default api)
+	upstreamKeys string        // extra keys of the client's api upstream (YAML flow mapping entries)
+	idleTimeout  time.Duration // the client's upstream idle_timeout (default 90s)
+}
+
+func startMesh(t *testing.T, p *pki, o meshOptions) *mesh {
+	t.Helper()
+	if o.apiService == "" {
+		o.apiService = "api"
+	}
+	if o.idleTimeout == 0 {
+		o.idleTimeout = 90 * time.Second
+	}
+	m := &mesh{app: startApp(t, o.grpc), inbound: freeAddr(t), outbound: freeAddr(t)}
+	m.apiCerts = p.issue(o.apiService, time.Time{}, time.Hour)
+	m.webCerts = p.issue("web", time.Time{}, time.Hour)
+	serverAdmin, clientAdmin := freeAddr(t), freeAddr(t)
+	m.server = startFerry(t, serverAdmin, fmt.Sprintf(`service: api
+admin: {address: %s}
+inbound: {address: %s, target: %s}
+telemetry: {access_log: stdout}
+%s`, serverAdmin, m.inbound, m.app.addr, m.apiCerts.mtlsBlock()))
+	keys := ""
+	if o.upstreamKeys != "" {
+		keys = ", " + o.upstreamKeys
+	}
+	m.client = startFerry(t, clientAdmin, fmt.Sprintf(`service: web
+admin: {address: %s}
+outbound: [{upstream: api, address: %s}]
+upstreams: [{name: api, endpoints: [%s], idle_timeout: %s%s}]
+telemetry: {access_log: stdout}
+%s`, clientAdmin, m.outbound, m.inbound, o.idleTimeout, keys, m.webCerts.mtlsBlock()))
+	return m
+}
