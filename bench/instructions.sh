@@ -8,6 +8,9 @@
 # the difference; allocation work is still counted. Go's async preemption is switched off
 # because callgrind cannot deliver its signals.
 #
+# With a Jaeger all-in-one binary (.deps/bin, from make deps-jaeger) it also compares tracing
+# off with tracing at sample ratios 0.01 and 1.0, exporting over OTLP gRPC to that Jaeger.
+#
 # Usage: bench/instructions.sh [N requests, default 4000]   (needs valgrind, nginx, h2load)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +44,25 @@ upstreams:
 EOF
 done
 
+JAEGER=${JAEGER_BIN:-.deps/bin/jaeger-all-in-one}
+tracing=0
+if [ -x "$JAEGER" ]; then
+	tracing=1
+	j=127.0.0.1
+	"$JAEGER" --admin.http.host-port=$j:19714 --collector.grpc-server.host-port=$j:19715 \
+		--collector.http-server.host-port=$j:19716 --collector.otlp.grpc.host-port=$j:19717 \
+		--collector.otlp.http.host-port=$j:19718 --http-server.host-port=$j:19719 \
+		--processor.jaeger-binary.server-host-port=$j:19720 --processor.jaeger-compact.server-host-port=$j:19721 \
+		--processor.zipkin-compact.server-host-port=$j:19722 --query.grpc-server.host-port=$j:19723 \
+		--query.http-server.host-port=$j:19724 >"$work/jaeger.log" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 100); do curl -fs http://$j:19724/api/services >/dev/null 2>&1 && break; sleep 0.2; done
+	for r in 0.01 1.0; do
+		sed "s/^outbound:/telemetry: {tracing: {otlp_endpoint: $j:19717, protocol: grpc, sample_ratio: $r}}\noutbound:/" \
+			"$work/plain.yaml" >"$work/trace-$r.yaml"
+	done
+fi
+
 total() { timeout 30 callgrind_control -e "$1" 2>/dev/null | awk '/^ *Th /{gsub(",","",$3); s+=$3} END{printf "%d\n", s}'; }
 measure() {
 	GOGC=off GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 taskset -c 0 valgrind --tool=callgrind --vgdb=yes \
@@ -67,3 +89,18 @@ echo "|---|--:|--:|"
 echo "| plain upstream | $p1 | $p2 |"
 echo "| + retries, breaker, outlier detection, health check | $h1 | $h2 |"
 awk -v p=$((p1 + p2)) -v h=$((h1 + h2)) 'BEGIN {printf "\nresilience cost on the happy path: %+.1f %% instructions per request\n", (h - p) * 100 / p}'
+if [ $tracing = 1 ]; then
+	t1a=$(measure trace-0.01)
+	t2a=$(measure trace-1.0)
+	t1b=$(measure trace-0.01)
+	t2b=$(measure trace-1.0)
+	echo
+	echo "| tracing | instructions/request (run 1) | (run 2) |"
+	echo "|---|--:|--:|"
+	echo "| off | $p1 | $p2 |"
+	echo "| sample_ratio 0.01 | $t1a | $t1b |"
+	echo "| sample_ratio 1.0 | $t2a | $t2b |"
+	awk -v p=$((p1 + p2)) -v a=$((t1a + t1b)) -v b=$((t2a + t2b)) 'BEGIN {printf "\ntracing cost: %+.1f %% at 0.01, %+.1f %% at 1.0 (instructions per request; the exporter goroutines run inside the process and are counted)\n", (a - p) * 100 / p, (b - p) * 100 / p}'
+else
+	echo "(no $JAEGER: tracing not measured; make deps-jaeger builds it)"
+fi
