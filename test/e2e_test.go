@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // TestProtocols sends HTTP/1.1 (keep-alive), h2c, gRPC (all four kinds of calls) and
@@ -31,7 +33,7 @@ import (
 // also through a second listener to grpc-go's own server; and a server-speaks-first
 // protocol through a TCP listener.
 func TestProtocols(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	sharedGRPC := newGRPCService()
 	gs := grpc.NewServer()
 	grpc_testing.RegisterTestServiceServer(gs, sharedGRPC)
@@ -45,8 +47,8 @@ func TestProtocols(t *testing.T) {
 	tcp := startTCPBackend(t)
 
 	dir := t.TempDir()
-	admin, webAddr, grpcAddr, tcpAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg := writeConfig(t, dir, "ferry.yaml", fmt.Sprintf(`service: e2e
+	admin, webAddr, grpcAddr, tcpAddr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, dir, "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 outbound:
   - {upstream: web, address: %s, read_header_timeout: 1s}
@@ -61,7 +63,7 @@ upstreams:
     endpoints: [%s]
 `, admin, webAddr, grpcAddr, tcpAddr, web.addr, nativeAddr, tcp.addr))
 	f := startFerry(t, cfg, admin)
-	f.waitReady()
+	f.WaitReady()
 
 	t.Run("http1_keepalive", func(t *testing.T) {
 		c, err := net.DialTimeout("tcp", webAddr, ioTimeout)
@@ -96,7 +98,7 @@ upstreams:
 	})
 
 	t.Run("h2c", func(t *testing.T) {
-		c := newClient(t, h2cProtocols())
+		c := newClient(t, ferrytest.H2CProtocols())
 		var wg sync.WaitGroup
 		errs := make(chan error, 10)
 		for i := range 10 {
@@ -338,10 +340,10 @@ func testGRPC(t *testing.T, addr string, svc *grpcService) {
 
 // TestBalancing checks the distribution of requests over backends per policy.
 func TestBalancing(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	a, b, c := startHTTPBackend(t, "a", nil), startHTTPBackend(t, "b", nil), startHTTPBackend(t, "c", nil)
-	admin, rr, weighted, hash := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg := writeConfig(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
+	admin, rr, weighted, hash := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %[1]s}
 outbound:
   - {upstream: rr, address: %[2]s}
@@ -362,7 +364,7 @@ upstreams:
     endpoints: [%[5]s, %[6]s, %[7]s]
 `, admin, rr, weighted, hash, a.addr, b.addr, c.addr))
 	f := startFerry(t, cfg, admin)
-	f.waitReady()
+	f.WaitReady()
 	client := newClient(t, nil)
 
 	count := func(t *testing.T, addr string, n int) map[string]int {
@@ -421,15 +423,15 @@ upstreams:
 // TestInbound checks the inbound listener: it forwards to the local application and sets
 // X-Forwarded-For and X-Request-Id.
 func TestInbound(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	app := startHTTPBackend(t, "app", nil)
-	admin, in := freeAddr(t), freeAddr(t)
-	cfg := writeConfig(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
+	admin, in := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 inbound: {address: %s, target: %s, protocol: http}
 `, admin, in, app.addr))
 	f := startFerry(t, cfg, admin)
-	f.waitReady()
+	f.WaitReady()
 	client := newClient(t, nil)
 	uuid := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$`)
 
@@ -476,10 +478,10 @@ inbound: {address: %s, target: %s, protocol: http}
 
 // TestLocalReplies checks the responses Ferry makes itself when the upstream fails.
 func TestLocalReplies(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	slow := startHTTPBackend(t, "slow", nil)
-	admin, down, slowAddr, closed := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg := writeConfig(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
+	admin, down, slowAddr, closed := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 outbound:
   - {upstream: down, address: %s}
@@ -492,7 +494,7 @@ upstreams:
     request_timeout: 200ms
 `, admin, down, slowAddr, closed, slow.addr))
 	f := startFerry(t, cfg, admin)
-	f.waitReady()
+	f.WaitReady()
 	client := newClient(t, nil)
 
 	t.Run("connection_refused", func(t *testing.T) {
@@ -519,10 +521,10 @@ upstreams:
 // TestBadRequests sends malformed and ambiguous requests on raw connections: Ferry must
 // answer 4xx itself, and nothing may reach the backend.
 func TestBadRequests(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	backend := startHTTPBackend(t, "backend", nil)
-	admin, out := freeAddr(t), freeAddr(t)
-	cfg := writeConfig(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 outbound:
   - {upstream: api, address: %s, max_header_bytes: 4096}
@@ -531,7 +533,7 @@ upstreams:
     endpoints: [%s]
 `, admin, out, backend.addr))
 	f := startFerry(t, cfg, admin)
-	f.waitReady()
+	f.WaitReady()
 
 	big := strings.Repeat("x", 16<<10)
 	cases := []struct {
@@ -574,11 +576,11 @@ upstreams:
 
 // TestMetrics checks request and byte counters after known traffic.
 func TestMetrics(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	backend := startHTTPBackend(t, "api", nil)
 	tcp := startTCPBackend(t)
-	admin, api, db := freeAddr(t), freeAddr(t), freeAddr(t)
-	cfg := writeConfig(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
+	admin, api, db := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 outbound:
   - {upstream: api, address: %s}
@@ -590,7 +592,7 @@ upstreams:
     endpoints: [%s]
 `, admin, api, db, backend.addr, tcp.addr))
 	f := startFerry(t, cfg, admin)
-	f.waitReady()
+	f.WaitReady()
 	client := newClient(t, nil)
 
 	const n = 37
@@ -603,8 +605,8 @@ upstreams:
 	// A request is counted once its response is written: the count may trail the last
 	// response by a moment, never exceed the requests sent.
 	var got float64
-	eventually(t, 5*time.Second, func() bool {
-		got, _ = f.metric("ferry_requests_total", labels)
+	ferrytest.Eventually(t, 5*time.Second, func() bool {
+		got, _ = f.Metric("ferry_requests_total", labels)
 		if got > n {
 			t.Fatalf("ferry_requests_total%v = %v, more than the %d requests sent", labels, got, n)
 		}
@@ -620,9 +622,9 @@ upstreams:
 	in := map[string]string{"direction": "outbound", "upstream": "db", "flow": "received"}
 	out := map[string]string{"direction": "outbound", "upstream": "db", "flow": "sent"}
 	var gotIn, gotOut float64
-	eventually(t, 5*time.Second, func() bool {
-		gotIn, _ = f.metric("ferry_tcp_bytes_total", in)
-		gotOut, _ = f.metric("ferry_tcp_bytes_total", out)
+	ferrytest.Eventually(t, 5*time.Second, func() bool {
+		gotIn, _ = f.Metric("ferry_tcp_bytes_total", in)
+		gotOut, _ = f.Metric("ferry_tcp_bytes_total", out)
 		return gotIn == float64(sent) && gotOut == float64(received)
 	}, func() string {
 		return fmt.Sprintf("ferry_tcp_bytes_total received=%v sent=%v, want received=%d (from the client) sent=%d (to the client)",

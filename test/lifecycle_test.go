@@ -15,19 +15,21 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // TestReloadUnderLoad reloads the config ten times, alternating valid and invalid files,
 // while clients send requests without pause; no request may fail.
 func TestReloadUnderLoad(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	b1, b2 := startHTTPBackend(t, "b1", nil), startHTTPBackend(t, "b2", nil)
 	occupied, err := net.Listen("tcp", "127.0.0.1:0") // a port a reload cannot bind
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = occupied.Close() })
-	admin, mainAddr, extraAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	admin, mainAddr, extraAddr := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 
 	// render returns a config: upstream api over b1 and b2 behind mainAddr, and with extra
 	// set, a second listener at extra for upstream extra (b2 only); tail is appended as is.
@@ -67,9 +69,9 @@ func TestReloadUnderLoad(t *testing.T) {
 
 	initial := render("round_robin", 1, 1, "", "")
 	dir := t.TempDir()
-	cfgPath := writeConfig(t, dir, "ferry.yaml", initial)
+	cfgPath := ferrytest.WriteFile(t, dir, "ferry.yaml", initial)
 	f := startFerry(t, cfgPath, admin)
-	f.waitReady()
+	f.WaitReady()
 	if v := f.configVersion(); v != configVersion(initial) {
 		t.Fatalf("/config_dump version = %s, want %s", v, configVersion(initial))
 	}
@@ -143,18 +145,18 @@ func TestReloadUnderLoad(t *testing.T) {
 	current := configVersion(initial)
 	errorsSoFar := 0
 	reloadErrors := func() float64 {
-		v, _ := f.metric("ferry_config_reloads_total", map[string]string{"result": "error"})
+		v, _ := f.Metric("ferry_config_reloads_total", map[string]string{"result": "error"})
 		return v
 	}
 	for i, s := range steps {
 		if err := os.WriteFile(cfgPath, []byte(s.content), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		f.signal(syscall.SIGHUP)
+		f.Signal(syscall.SIGHUP)
 		if s.valid {
 			want := configVersion(s.content)
 			var got string
-			eventually(t, 10*time.Second, func() bool { got = f.configVersion(); return got == want },
+			ferrytest.Eventually(t, 10*time.Second, func() bool { got = f.configVersion(); return got == want },
 				func() string {
 					return fmt.Sprintf("step %d (%s, valid): /config_dump version %s, want the new %s", i+1, s.what, got, want)
 				})
@@ -162,7 +164,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		} else {
 			errorsSoFar++
 			var n float64
-			eventually(t, 10*time.Second, func() bool { n = reloadErrors(); return n >= float64(errorsSoFar) },
+			ferrytest.Eventually(t, 10*time.Second, func() bool { n = reloadErrors(); return n >= float64(errorsSoFar) },
 				func() string {
 					return fmt.Sprintf("step %d (%s, invalid): ferry_config_reloads_total{result=\"error\"} = %v, want %d", i+1, s.what, n, errorsSoFar)
 				})
@@ -187,7 +189,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	if n := reloadErrors(); n != float64(errorsSoFar) {
 		t.Errorf("ferry_config_reloads_total{result=\"error\"} = %v, want %d", n, errorsSoFar)
 	}
-	if got := countLines(f.output(), "reload refused"); got != errorsSoFar {
+	if got := countLines(f.Output(), "reload refused"); got != errorsSoFar {
 		t.Errorf("ferry logged %d \"reload refused\" errors, want %d", got, errorsSoFar)
 	}
 	if n := failed.Load(); n != 0 {
@@ -204,11 +206,11 @@ func TestReloadUnderLoad(t *testing.T) {
 
 // TestDrain sends SIGTERM while a slow request is in flight.
 func TestDrain(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	backend := startHTTPBackend(t, "api", nil)
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	const drainTimeout = 10 * time.Second
-	cfg := writeConfig(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 drain_timeout: %v
 outbound:
@@ -218,7 +220,7 @@ upstreams:
     endpoints: [%s]
 `, admin, drainTimeout, out, backend.addr))
 	f := startFerry(t, cfg, admin)
-	f.waitReady()
+	f.WaitReady()
 
 	type result struct {
 		r   response
@@ -241,13 +243,13 @@ upstreams:
 	}
 
 	sigAt := time.Now()
-	f.signal(syscall.SIGTERM)
+	f.Signal(syscall.SIGTERM)
 
 	// /ready turns 503 while the request is in flight.
 	probe := newClient(t, nil)
 	var last string
-	eventually(t, 5*time.Second, func() bool {
-		r, err := tryDo(probe, http.MethodGet, f.adminURL("/ready"), nil, "")
+	ferrytest.Eventually(t, 5*time.Second, func() bool {
+		r, err := tryDo(probe, http.MethodGet, f.AdminURL("/ready"), nil, "")
 		if err != nil {
 			last = err.Error()
 			return false
@@ -257,14 +259,14 @@ upstreams:
 	}, func() string { return "/ready during drain = " + last + ", want 503" })
 
 	// New connections are refused while the request is still in flight.
-	eventually(t, 5*time.Second, func() bool { return dialRefused(out) },
+	ferrytest.Eventually(t, 5*time.Second, func() bool { return dialRefused(out) },
 		func() string { return "the listener still accepts new connections during drain" })
 	select {
 	case res := <-slow:
 		t.Fatalf("the slow request ended (%d, %v) before the listener was seen closed; cannot check draining", res.r.status, res.err)
 	default:
 	}
-	if f.exited() {
+	if f.Exited() {
 		t.Fatal("ferry exited while a request was in flight")
 	}
 
@@ -277,7 +279,7 @@ upstreams:
 	if res.err != nil || res.r.status != http.StatusOK || res.r.body != "slow done" {
 		t.Errorf("in-flight request during drain = %d %q %v, want 200 \"slow done\"", res.r.status, res.r.body, res.err)
 	}
-	code := f.wait(exitTimeout)
+	code := f.Wait(exitTimeout)
 	took := time.Since(sigAt)
 	if code != 0 {
 		t.Errorf("ferry exited with %d after SIGTERM, want 0", code)
@@ -289,10 +291,10 @@ upstreams:
 
 // TestValidate checks `ferry validate` and `ferry run` on an invalid and a valid file.
 func TestValidate(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	dir := t.TempDir()
-	admin, out := freeAddr(t), freeAddr(t)
-	bad := writeConfig(t, dir, "bad.yaml", fmt.Sprintf(`service: e2e
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	bad := ferrytest.WriteFile(t, dir, "bad.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 outbound:
   - {upstream: api, address: %s}
@@ -357,7 +359,7 @@ bogus_key: true
 		checkProblems(t, output)
 	})
 	t.Run("validate_valid", func(t *testing.T) {
-		good := writeConfig(t, dir, "good.yaml", fmt.Sprintf(`service: e2e
+		good := ferrytest.WriteFile(t, dir, "good.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 outbound:
   - {upstream: api, address: %s}
@@ -375,13 +377,13 @@ upstreams:
 // TestApp checks `ferry run -- APP`: the app starts once Ferry is ready, Ferry exits with
 // its code, and SIGTERM reaches the app while Ferry keeps serving it.
 func TestApp(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	backend := startHTTPBackend(t, "api", nil)
 	// start runs ferry with an app, after replacing {ADMIN} and {OUT} in its arguments with
 	// the admin address and the address of the outbound listener for the backend.
 	start := func(t *testing.T, app ...string) *ferry {
-		admin, out := freeAddr(t), freeAddr(t)
-		cfg := writeConfig(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
+		admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+		cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: e2e
 admin: {address: %s}
 drain_timeout: 5s
 outbound:
@@ -397,20 +399,20 @@ upstreams:
 	}
 	waitOutput := func(t *testing.T, f *ferry, marker string) {
 		t.Helper()
-		eventually(t, readyTimeout, func() bool {
-			if f.exited() {
-				t.Fatalf("ferry exited (%d) before the app printed %q", f.exitCode, marker)
+		ferrytest.Eventually(t, readyTimeout, func() bool {
+			if f.Exited() {
+				t.Fatalf("ferry exited (%d) before the app printed %q", f.ExitCode(), marker)
 			}
-			return strings.Contains(f.output(), marker)
+			return strings.Contains(f.Output(), marker)
 		}, func() string { return "the app never printed " + marker })
 	}
 
 	t.Run("exit_code", func(t *testing.T) {
 		f := start(t, appBin, "ready", "{ADMIN}", "7")
-		if code := f.wait(readyTimeout); code != 7 {
+		if code := f.Wait(readyTimeout); code != 7 {
 			t.Errorf("ferry exited with %d, want the app's 7", code)
 		}
-		if !strings.Contains(f.output(), "app: ferry was ready when the app started") {
+		if !strings.Contains(f.Output(), "app: ferry was ready when the app started") {
 			t.Errorf("the app did not find ferry ready when it started")
 		}
 	})
@@ -425,11 +427,11 @@ while [ $i -lt 400 ]; do sleep 0.05; i=$((i+1)); done
 exit 42`
 		f := start(t, "sh", "-c", script, appBin)
 		waitOutput(t, f, "app: trap-installed")
-		f.signal(syscall.SIGTERM)
-		if code := f.wait(exitTimeout); code != 3 {
+		f.Signal(syscall.SIGTERM)
+		if code := f.Wait(exitTimeout); code != 3 {
 			t.Errorf("ferry exited with %d, want the app's 3 (the app traps TERM)", code)
 		}
-		if !strings.Contains(f.output(), "app: got TERM") {
+		if !strings.Contains(f.Output(), "app: got TERM") {
 			t.Errorf("the app never got SIGTERM")
 		}
 	})
@@ -437,8 +439,8 @@ exit 42`
 	t.Run("serves_while_app_stops", func(t *testing.T) {
 		f := start(t, appBin, "serve-until-term", "{ADMIN}", "http://{OUT}/", "3")
 		waitOutput(t, f, "app: waiting for SIGTERM")
-		f.signal(syscall.SIGTERM)
-		if code := f.wait(exitTimeout); code != 3 {
+		f.Signal(syscall.SIGTERM)
+		if code := f.Wait(exitTimeout); code != 3 {
 			t.Errorf("ferry exited with %d, want 3 (97: /ready was not 503 during the app's shutdown; 98: ferry stopped serving the app)", code)
 		}
 	})

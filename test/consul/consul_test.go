@@ -15,6 +15,8 @@ import (
 	"github.com/hashicorp/consul/api"
 
 	"github.com/ferrymesh/ferry/discovery/consul/consultest"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // discoveryConfig is a ferry config with one HTTP upstream "api" fed by Consul service
@@ -42,7 +44,7 @@ func TestEndpointsFollowRegistrations(t *testing.T) {
 		register(t, c, "api", b, false)
 		bs = append(bs, b)
 	}
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, discoveryConfig(admin, out, agent.Addr))
 	url := "http://" + out + "/"
 
@@ -91,7 +93,7 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 	for i := range 2 {
 		register(t, c, "api", startBackend(t, fmt.Sprintf("api-%d", i)), false)
 	}
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, discoveryConfig(admin, out, agent.Addr))
 	url := "http://" + out + "/"
 	eventually(t, "traffic reaches both instances", func() bool {
@@ -130,7 +132,7 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 	agent.Stop()
 	eventually(t, "/clusters shows the upstream stale", func() bool { return f.clusterDiscovery("api").StaleSince != nil })
 	eventually(t, "ferry_discovery_stale_seconds > 0", func() bool {
-		return f.metric("ferry_discovery_stale_seconds", `upstream="api"`) > 0
+		return f.MetricWith("ferry_discovery_stale_seconds", `upstream="api"`) > 0
 	})
 	time.Sleep(time.Second)
 	close(stopLoad)
@@ -141,8 +143,8 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 	if code, body := f.ready(); code != http.StatusOK {
 		t.Errorf("/ready during the outage = %d %s, want 200 (the last endpoints serve)", code, body)
 	}
-	if f.metric("ferry_discovery_errors_total", `upstream="api"`) < 1 {
-		t.Errorf("ferry_discovery_errors_total = %v, want at least 1", f.metric("ferry_discovery_errors_total", `upstream="api"`))
+	if f.MetricWith("ferry_discovery_errors_total", `upstream="api"`) < 1 {
+		t.Errorf("ferry_discovery_errors_total = %v, want at least 1", f.MetricWith("ferry_discovery_errors_total", `upstream="api"`))
 	}
 
 	// The agent comes back on the same ports with no state (a dev agent): a new instance
@@ -152,7 +154,7 @@ func TestConsulOutageKeepsServing(t *testing.T) {
 	register(t, c, "api", startBackend(t, "api-new"), false)
 	eventually(t, "the new instance receives traffic", func() bool { return seen(t, url, 20)["api-new"] > 0 })
 	eventually(t, "staleness back to 0", func() bool {
-		return f.clusterDiscovery("api").StaleSince == nil && f.metric("ferry_discovery_stale_seconds", `upstream="api"`) == 0
+		return f.clusterDiscovery("api").StaleSince == nil && f.MetricWith("ferry_discovery_stale_seconds", `upstream="api"`) == 0
 	})
 }
 
@@ -162,7 +164,7 @@ func TestStartWithConsulDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	agentAddr := fmt.Sprintf("127.0.0.1:%d", ports.HTTP)
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := runFerry(t, admin, discoveryConfig(admin, out, agentAddr))
 
 	eventually(t, "/ready answers 503 naming Consul", func() bool {
@@ -179,7 +181,7 @@ func TestStartWithConsulDown(t *testing.T) {
 
 	agent := consultest.Start(t, consultest.Options{Ports: &ports})
 	register(t, consulClient(t, agent), "api", startBackend(t, "api-0"), false)
-	f.waitReady()
+	f.WaitReady()
 	eventually(t, "traffic reaches the instance", func() bool { return seen(t, "http://"+out+"/", 5)["api-0"] == 5 })
 }
 
@@ -187,7 +189,7 @@ func TestRegistration(t *testing.T) {
 	agent := consultest.Start(t, consultest.Options{})
 	c := consulClient(t, agent)
 	app := startBackend(t, "web-app")
-	admin, in := freeAddr(t), freeAddr(t)
+	admin, in := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	_, inPort, _ := net.SplitHostPort(in)
 	id := "web-" + inPort
 	f := startFerry(t, admin, fmt.Sprintf(`service: web
@@ -267,7 +269,7 @@ drain_timeout: 5s
 	})
 
 	// SIGTERM: deregistered while the inbound listener still accepts.
-	if err := f.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := f.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	consultest.WaitFor(t, 5*time.Second, func() error {
@@ -286,7 +288,7 @@ drain_timeout: 5s
 	}
 	conn.Close()
 	select {
-	case <-f.done:
+	case <-f.Done():
 	case <-time.After(15 * time.Second):
 		t.Fatal("ferry did not exit after SIGTERM")
 	}

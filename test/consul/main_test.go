@@ -8,99 +8,32 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
 
 	"github.com/ferrymesh/ferry/discovery/consul/consultest"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 const (
-	readyTimeout = 20 * time.Second
-	ioTimeout    = 10 * time.Second
-	waitTimeout  = 20 * time.Second
+	ioTimeout   = ferrytest.IOTimeout
+	waitTimeout = 20 * time.Second
 )
 
 var ferryBin string
 
-func TestMain(m *testing.M) { os.Exit(runMain(m)) }
-
-func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "ferry-consul-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "consul:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	root, err := repoRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "consul: finding the repository root:", err)
-		return 1
-	}
-	ferryBin = filepath.Join(dir, "ferry")
-	cmd := exec.Command("go", "build", "-o", ferryBin, "./cmd/ferry")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "consul: go build ./cmd/ferry: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
-}
-
-// repoRoot is the directory of the module's go.mod.
-func repoRoot() (string, error) {
-	if out, err := exec.Command("go", "env", "GOMOD").Output(); err == nil {
-		if mod := strings.TrimSpace(string(out)); mod != "" && mod != os.DevNull {
-			return filepath.Dir(mod), nil
-		}
-	}
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("runtime.Caller failed")
-	}
-	return filepath.Join(filepath.Dir(file), "..", ".."), nil
-}
-
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[string]bool{}
-)
-
-// freeAddr returns 127.0.0.1:PORT for a port that was free a moment ago, never the same
-// one twice.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen: %v", err)
-		}
-		addr := ln.Addr().String()
-		_ = ln.Close()
-		portsMu.Lock()
-		seen := portsGiven[addr]
-		portsGiven[addr] = true
-		portsMu.Unlock()
-		if !seen {
-			return addr
-		}
-	}
-	t.Fatal("no free port found")
-	return ""
+func TestMain(m *testing.M) {
+	os.Exit(ferrytest.Main(m, "consul", ferrytest.Build{Out: &ferryBin, Pkg: "./cmd/ferry"}))
 }
 
 // backend is an HTTP server answering every request with its name.
@@ -139,66 +72,26 @@ func startBackend(t *testing.T, name string) *backend {
 
 // ferry is one running ferry process.
 type ferry struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	admin   string
-	logPath string
-	done    chan struct{}
+	*ferrytest.Process
+	t *testing.T
 }
 
 // runFerry writes config (which must set admin.address to admin) and runs ferry on it
-// until the test ends, without waiting for it to be ready.
+// until the test ends (SIGTERM, then SIGKILL after 15s), without waiting for it to be
+// ready.
 func runFerry(t *testing.T, admin, config string) *ferry {
 	t.Helper()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "ferry.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(ferryBin, "run", "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = cleanEnv()
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start ferry: %v", err)
-	}
-	f := &ferry{t: t, cmd: cmd, admin: admin, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(f.done)
-	}()
-	t.Cleanup(func() {
-		f.stop()
-		if t.Failed() {
-			t.Logf("ferry output:\n%s", f.output())
-		}
-	})
-	return f
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", config)
+	o := ferrytest.Options{Env: cleanEnv(), Grace: 15 * time.Second}
+	return &ferry{Process: ferrytest.StartWith(t, o, ferryBin, cfg, admin), t: t}
 }
 
 // startFerry is runFerry, returning once /ready answers 200.
 func startFerry(t *testing.T, admin, config string) *ferry {
 	t.Helper()
 	f := runFerry(t, admin, config)
-	f.waitReady()
+	f.WaitReady()
 	return f
-}
-
-// stop sends SIGTERM and waits for the process to exit (SIGKILL after 15s).
-func (f *ferry) stop() {
-	_ = f.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-f.done:
-	case <-time.After(15 * time.Second):
-		_ = f.cmd.Process.Kill()
-		<-f.done
-	}
 }
 
 // cleanEnv is the environment without CONSUL_* variables, so ferry uses only its config.
@@ -212,17 +105,9 @@ func cleanEnv() []string {
 	return env
 }
 
-func (f *ferry) output() string {
-	b, err := os.ReadFile(f.logPath)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	return string(b)
-}
-
 // logHas reports whether a log line contains every one of subs.
 func (f *ferry) logHas(subs ...string) bool {
-	file, err := os.Open(f.logPath)
+	file, err := os.Open(f.LogPath())
 	if err != nil {
 		return false
 	}
@@ -241,28 +126,10 @@ next:
 	return false
 }
 
-func (f *ferry) waitReady() {
-	f.t.Helper()
-	deadline := time.Now().Add(readyTimeout)
-	for time.Now().Before(deadline) {
-		select {
-		case <-f.done:
-			f.t.Fatalf("ferry exited before it was ready:\n%s", f.output())
-		default:
-		}
-		if code, _ := f.ready(); code == http.StatusOK {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	code, body := f.ready()
-	f.t.Fatalf("ferry not ready after %v: %d %s", readyTimeout, code, body)
-}
-
 // ready returns /ready's status and body (0 if it cannot be reached).
 func (f *ferry) ready() (int, string) {
 	c := &http.Client{Timeout: ioTimeout}
-	resp, err := c.Get("http://" + f.admin + "/ready")
+	resp, err := c.Get(f.AdminURL("/ready"))
 	if err != nil {
 		return 0, err.Error()
 	}
@@ -285,7 +152,7 @@ type discovery struct {
 func (f *ferry) clusterDiscovery(upstream string) discovery {
 	f.t.Helper()
 	c := &http.Client{Timeout: ioTimeout}
-	resp, err := c.Get("http://" + f.admin + "/clusters")
+	resp, err := c.Get(f.AdminURL("/clusters"))
 	if err != nil {
 		f.t.Fatalf("GET /clusters: %v", err)
 	}
@@ -308,47 +175,10 @@ func (f *ferry) clusterDiscovery(upstream string) discovery {
 	return discovery{}
 }
 
-// metric returns the value of the first sample of name whose labels contain every one of
-// labels (`upstream="api"`), or -1.
-func (f *ferry) metric(name string, labels ...string) float64 {
-	f.t.Helper()
-	c := &http.Client{Timeout: ioTimeout}
-	resp, err := c.Get("http://" + f.admin + "/metrics")
-	if err != nil {
-		f.t.Fatalf("GET /metrics: %v", err)
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-next:
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				continue next
-			}
-		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err == nil {
-			return v
-		}
-	}
-	return -1
-}
-
 // eventually polls cond every 20ms until it holds, failing t after waitTimeout.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %s", waitTimeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ferrytest.Eventually(t, waitTimeout, cond, func() string { return what })
 }
 
 // get sends one GET and returns its status and body ("" and the error on failure).

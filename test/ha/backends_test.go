@@ -15,6 +15,8 @@ import (
 	"google.golang.org/grpc"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // backend is an HTTP server on 127.0.0.1 that fails on command. Every path but /healthz is
@@ -105,7 +107,7 @@ type procBackend struct {
 
 func startProcBackend(t *testing.T, name string) *procBackend {
 	t.Helper()
-	p := &procBackend{addr: freeAddr(t), done: make(chan struct{})}
+	p := &procBackend{addr: ferrytest.FreeAddr(t), done: make(chan struct{})}
 	p.cmd = exec.Command(backendBin, p.addr, name)
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := p.cmd.Start(); err != nil {
@@ -145,7 +147,7 @@ type echoServer struct {
 
 func startEcho(t *testing.T) *echoServer {
 	t.Helper()
-	e := &echoServer{addr: freeAddr(t)}
+	e := &echoServer{addr: ferrytest.FreeAddr(t)}
 	e.up(t)
 	t.Cleanup(e.down)
 	return e

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // httpConfig is a config with one HTTP outbound listener at out for upstream api over eps;
@@ -57,10 +59,10 @@ func untilEjected(t *testing.T, f *ferry, c *http.Client, url, addr string) endp
 // the ejected backend and why; it is back after its ejection time and takes traffic again;
 // a second ejection lasts twice as long.
 func TestConsecutive5xxEjection(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	bs := []*backend{startBackend(t, "b0"), startBackend(t, "b1"), startBackend(t, "b2")}
 	bad := bs[1]
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	const base = 2 * time.Second
 	f := startFerry(t, admin, httpConfig(admin, out, addrs(bs...), `
     outlier_detection: {consecutive_5xx: 5, interval: 5s, base_ejection_time: 2s, max_ejection_time: 30s, max_ejection_percent: 50}
@@ -87,7 +89,7 @@ func TestConsecutive5xxEjection(t *testing.T) {
 	if d := bad.hits.Load() - hitsBefore; d != 0 && time.Now().Before(*e.EjectedUntil) {
 		t.Errorf("the ejected backend got %d requests during its ejection", d)
 	}
-	if got := f.metric("ferry_outlier_ejections_total", `upstream="api"`, `detector="consecutive_5xx"`); got != 1 {
+	if got := f.MetricWith("ferry_outlier_ejections_total", `upstream="api"`, `detector="consecutive_5xx"`); got != 1 {
 		t.Errorf("ferry_outlier_ejections_total = %v, want 1", got)
 	}
 	if lines := f.logLines(`msg="outlier ejected"`, "endpoint="+bad.addr); len(lines) != 1 {
@@ -126,11 +128,11 @@ func TestConsecutive5xxEjection(t *testing.T) {
 // TestMaxEjectionPercent: with max_ejection_percent 50, of three backends two failing, only
 // one is ejected; the other is reported once as not ejected.
 func TestMaxEjectionPercent(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	bs := []*backend{startBackend(t, "b0"), startBackend(t, "b1"), startBackend(t, "b2")}
 	bs[0].status.Store(500)
 	bs[1].status.Store(500)
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, httpConfig(admin, out, addrs(bs...), `
     outlier_detection: {consecutive_5xx: 5, base_ejection_time: 30s, max_ejection_percent: 50}
 `))
@@ -151,7 +153,7 @@ func TestMaxEjectionPercent(t *testing.T) {
 	if e := f.endpoint("api", bs[2].addr); e.Outlier != "ok" {
 		t.Errorf("the healthy backend: %+v, want not ejected", e)
 	}
-	if got := f.metric("ferry_outlier_ejections_skipped_total", `upstream="api"`, `reason="overflow"`); got != 1 {
+	if got := f.MetricWith("ferry_outlier_ejections_skipped_total", `upstream="api"`, `reason="overflow"`); got != 1 {
 		t.Errorf("ferry_outlier_ejections_skipped_total{reason=overflow} = %v, want 1", got)
 	}
 	if lines := f.logLines("max_ejection_percent reached", "endpoint="+overflowed[0]); len(lines) != 1 {
@@ -162,7 +164,7 @@ func TestMaxEjectionPercent(t *testing.T) {
 // TestSuccessRateAndFailurePercentage: each detector trips on a backend with 30 % errors
 // among healthy peers, and neither trips below minimum_hosts or request_volume.
 func TestSuccessRateAndFailurePercentage(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	const interval = 500 * time.Millisecond
 	tests := []struct {
 		name       string
@@ -186,7 +188,7 @@ func TestSuccessRateAndFailurePercentage(t *testing.T) {
 			}
 			bad := bs[3]
 			bad.errorPercent.Store(30)
-			admin, out := freeAddr(t), freeAddr(t)
+			admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 			f := startFerry(t, admin, httpConfig(admin, out, addrs(bs...), fmt.Sprintf(`
     outlier_detection: {consecutive_5xx: 0, interval: %v, base_ejection_time: 30s, max_ejection_percent: 50, %s}
 `, interval, tc.detector)))
@@ -252,7 +254,7 @@ func TestSuccessRateAndFailurePercentage(t *testing.T) {
 // and reset retries, and per-try timeouts for the frozen one, take every request to another
 // backend, and outlier detection ejects the dead one.
 func TestBackendKilledUnderLoad(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	for _, tc := range []struct {
 		name string
 		sig  syscall.Signal
@@ -262,7 +264,7 @@ func TestBackendKilledUnderLoad(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ps := []*procBackend{startProcBackend(t, "p0"), startProcBackend(t, "p1"), startProcBackend(t, "p2")}
-			admin, out := freeAddr(t), freeAddr(t)
+			admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 			f := startFerry(t, admin, httpConfig(admin, out, []string{ps[0].addr, ps[1].addr, ps[2].addr}, `
     retries: {attempts: 2, on: [connect-failure, reset, gateway-error], per_try_timeout: 300ms, min_retry_concurrency: 16}
     outlier_detection: {consecutive_gateway_failure: 3, max_ejection_percent: 50}
@@ -303,7 +305,7 @@ func TestBackendKilledUnderLoad(t *testing.T) {
 			if len(failures) > 0 {
 				t.Errorf("%d of %d requests failed, want 0; first: %v", len(failures), total, failures[:min(5, len(failures))])
 			}
-			if got := f.metric("ferry_retries_total", `upstream="api"`); got <= 0 {
+			if got := f.MetricWith("ferry_retries_total", `upstream="api"`); got <= 0 {
 				t.Errorf("ferry_retries_total = %v, want retries to have saved the requests", got)
 			}
 			if e := f.endpoint("api", ps[1].addr); e.Outlier != "ejected" {
@@ -316,13 +318,13 @@ func TestBackendKilledUnderLoad(t *testing.T) {
 // TestRetryBudget: with every backend failing, retries stay within the budget: the
 // backends receive far fewer tries than attempts would allow.
 func TestRetryBudget(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	bs := []*backend{startBackend(t, "b0"), startBackend(t, "b1"), startBackend(t, "b2")}
 	for _, b := range bs {
 		b.status.Store(503)
 		b.delay.Store(int64(300 * time.Millisecond))
 	}
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, httpConfig(admin, out, addrs(bs...), `
     retries: {attempts: 3, on: [gateway-error], budget_percent: 20, min_retry_concurrency: 2, backoff: {base: 1ms, max: 2ms}}
 `))
@@ -353,7 +355,7 @@ func TestRetryBudget(t *testing.T) {
 		t.Errorf("backends received %d tries for %d requests, want some retries but at most %d (without a budget: %d)",
 			received, clients, most, clients*4)
 	}
-	if got := f.metric("ferry_circuit_breaker_rejections_total", `upstream="api"`, `limit="retry_budget"`); got < clients-budget-2 {
+	if got := f.MetricWith("ferry_circuit_breaker_rejections_total", `upstream="api"`, `limit="retry_budget"`); got < clients-budget-2 {
 		t.Errorf("retry_budget rejections = %v, want at least %d", got, clients-budget-2)
 	}
 }
@@ -361,10 +363,10 @@ func TestRetryBudget(t *testing.T) {
 // TestCircuitBreakerMaxRequests: with max_requests 2 and a slow backend, a third request
 // gets an immediate 503 with Proxy-Status.
 func TestCircuitBreakerMaxRequests(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	slow := startBackend(t, "slow")
 	slow.delay.Store(int64(3 * time.Second))
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, httpConfig(admin, out, []string{slow.addr}, `
     circuit_breaker: {max_requests: 2}
 `))
@@ -386,7 +388,7 @@ func TestCircuitBreakerMaxRequests(t *testing.T) {
 			t.Errorf("over the limit: %d %q Proxy-Status %q after %v; want an immediate 503 with connection_limit_reached", code, body, ps, el)
 		}
 	}
-	if got := f.metric("ferry_circuit_breaker_rejections_total", `upstream="api"`, `limit="max_requests"`); got != 3 {
+	if got := f.MetricWith("ferry_circuit_breaker_rejections_total", `upstream="api"`, `limit="max_requests"`); got != 3 {
 		t.Errorf("ferry_circuit_breaker_rejections_total{limit=max_requests} = %v, want 3", got)
 	}
 	if lines := f.logLines("circuit breaker open", "limit=max_requests"); len(lines) != 1 {
@@ -402,9 +404,9 @@ func TestCircuitBreakerMaxRequests(t *testing.T) {
 // exactly unhealthy_threshold failed checks and is not picked; after healthy_threshold
 // passed checks it is healthy and picked again.
 func TestHTTPHealthCheck(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	good, sick := startBackend(t, "good"), startBackend(t, "sick")
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, httpConfig(admin, out, addrs(good, sick), `
     health_check: {http: /healthz, interval: 100ms, interval_jitter: 0s, timeout: 500ms, unhealthy_threshold: 3, healthy_threshold: 2}
 `))
@@ -429,7 +431,7 @@ func TestHTTPHealthCheck(t *testing.T) {
 	if sick.hits.Load() != before {
 		t.Errorf("the unhealthy endpoint was picked")
 	}
-	if got := f.metric("ferry_health_check_transitions_total", `upstream="api"`, `to="unhealthy"`); got != 1 {
+	if got := f.MetricWith("ferry_health_check_transitions_total", `upstream="api"`, `to="unhealthy"`); got != 1 {
 		t.Errorf("ferry_health_check_transitions_total{to=unhealthy} = %v, want 1", got)
 	}
 
@@ -453,9 +455,9 @@ func TestHTTPHealthCheck(t *testing.T) {
 // TestTCPHealthCheck: a TCP upstream whose endpoint stops listening is marked unhealthy
 // after three failed connects, is not picked, and is healthy again after two.
 func TestTCPHealthCheck(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	live, flappy := startEcho(t), startEcho(t)
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	const interval = 100 * time.Millisecond
 	f := startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}
@@ -521,13 +523,13 @@ upstreams:
 // TestGRPCHealthCheck: the grpc.health.v1 check marks an endpoint down after three
 // NOT_SERVING answers and up after two SERVING ones.
 func TestGRPCHealthCheck(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	g := startGRPCHealth(t)
 	other := startGRPCHealth(t)
 	const service = "users.v1.Users"
 	g.status.SetServingStatus(service, healthpb.HealthCheckResponse_SERVING)
 	other.status.SetServingStatus(service, healthpb.HealthCheckResponse_SERVING)
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}
 outbound: [{upstream: users, address: %s}]
@@ -573,10 +575,10 @@ upstreams:
 // TestTCPConnectFailures: a TCP upstream with a dead endpoint: connect retries take every
 // session to a live one, and outlier detection ejects the dead one.
 func TestTCPConnectFailures(t *testing.T) {
-	checkLeaks(t)
+	ferrytest.CheckLeaks(t)
 	a, b := startEcho(t), startEcho(t)
-	dead := freeAddr(t)
-	admin, out := freeAddr(t), freeAddr(t)
+	dead := ferrytest.FreeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}
 outbound: [{upstream: db, address: %s, protocol: tcp}]

@@ -11,19 +11,15 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -31,13 +27,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ferrymesh/ferry/mtls"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 const (
-	// readyTimeout bounds the wait for a ferry process to answer 200 on /ready.
-	readyTimeout = 20 * time.Second
 	// ioTimeout bounds every network operation and HTTP request of the tests.
-	ioTimeout = 10 * time.Second
+	ioTimeout = ferrytest.IOTimeout
 	// waitTimeout bounds the waits for a state change.
 	waitTimeout = 20 * time.Second
 )
@@ -45,74 +41,8 @@ const (
 // ferryBin is built by TestMain.
 var ferryBin string
 
-func TestMain(m *testing.M) { os.Exit(runMain(m)) }
-
-func runMain(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "ferry-mtls-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mtls:", err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	root, err := repoRoot()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "mtls: finding the repository root:", err)
-		return 1
-	}
-	ferryBin = filepath.Join(dir, "ferry")
-	cmd := exec.Command("go", "build", "-o", ferryBin, "./cmd/ferry")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "mtls: go build ./cmd/ferry: %v\n%s", err, out)
-		return 1
-	}
-	return m.Run()
-}
-
-// repoRoot is the directory of the module's go.mod.
-func repoRoot() (string, error) {
-	if out, err := exec.Command("go", "env", "GOMOD").Output(); err == nil {
-		if mod := strings.TrimSpace(string(out)); mod != "" && mod != os.DevNull {
-			return filepath.Dir(mod), nil
-		}
-	}
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "", errors.New("runtime.Caller failed")
-	}
-	root := filepath.Join(filepath.Dir(file), "..", "..")
-	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
-		return "", err
-	}
-	return root, nil
-}
-
-var (
-	portsMu    sync.Mutex
-	portsGiven = map[string]bool{}
-)
-
-// freeAddr returns 127.0.0.1:PORT for a port that was free a moment ago, never the same
-// one twice.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for range 50 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("listen: %v", err)
-		}
-		addr := ln.Addr().String()
-		_ = ln.Close()
-		portsMu.Lock()
-		seen := portsGiven[addr]
-		portsGiven[addr] = true
-		portsMu.Unlock()
-		if !seen {
-			return addr
-		}
-	}
-	t.Fatal("no free port found")
-	return ""
+func TestMain(m *testing.M) {
+	os.Exit(ferrytest.Main(m, "mtls", ferrytest.Build{Out: &ferryBin, Pkg: "./cmd/ferry"}))
 }
 
 // pki is a development CA in a temporary directory and the certificates it issued.
@@ -185,11 +115,8 @@ func (c certs) mtlsBlock() string {
 
 // ferry is one running ferry process.
 type ferry struct {
-	t       *testing.T
-	cmd     *exec.Cmd
-	admin   string
-	logPath string
-	done    chan struct{}
+	*ferrytest.Process
+	t *testing.T
 }
 
 // startFerry writes config (which must set admin.address to admin) and runs ferry on it
@@ -197,77 +124,17 @@ type ferry struct {
 func startFerry(t *testing.T, admin, config string) *ferry {
 	t.Helper()
 	f := launchFerry(t, admin, config)
-	f.waitReady()
+	f.WaitReady()
 	return f
 }
 
-// launchFerry is startFerry without the wait for readiness.
+// launchFerry is startFerry without the wait for readiness. At cleanup the process gets
+// SIGTERM, then SIGKILL after 10s.
 func launchFerry(t *testing.T, admin, config string) *ferry {
 	t.Helper()
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "ferry.yaml")
-	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logPath := filepath.Join(dir, "ferry.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logFile.Close()
-	cmd := exec.Command(ferryBin, "run", "--config", cfgPath)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start ferry: %v", err)
-	}
-	f := &ferry{t: t, cmd: cmd, admin: admin, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		close(f.done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-f.done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-f.done
-		}
-		if t.Failed() {
-			t.Logf("ferry %s output:\n%s", admin, f.output())
-		}
-	})
-	return f
-}
-
-func (f *ferry) output() string {
-	b, err := os.ReadFile(f.logPath)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	return string(b)
-}
-
-func (f *ferry) waitReady() {
-	f.t.Helper()
-	c := newClient(f.t)
-	deadline := time.Now().Add(readyTimeout)
-	for time.Now().Before(deadline) {
-		select {
-		case <-f.done:
-			f.t.Fatalf("ferry exited before it was ready:\n%s", f.output())
-		default:
-		}
-		if resp, err := c.Get("http://" + f.admin + "/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	f.t.Fatalf("ferry not ready after %v:\n%s", readyTimeout, f.output())
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", config)
+	o := ferrytest.Options{Grace: 10 * time.Second, Name: admin}
+	return &ferry{Process: ferrytest.StartWith(t, o, ferryBin, cfg, admin), t: t}
 }
 
 // certsStatus is /certs as the tests read it.
@@ -288,7 +155,7 @@ type certsStatus struct {
 
 func (f *ferry) certs() certsStatus {
 	f.t.Helper()
-	resp, err := newClient(f.t).Get("http://" + f.admin + "/certs")
+	resp, err := newClient(f.t).Get(f.AdminURL("/certs"))
 	if err != nil {
 		f.t.Fatalf("GET /certs: %v", err)
 	}
@@ -303,28 +170,18 @@ func (f *ferry) certs() certsStatus {
 // get returns the body of GET path on the admin listener.
 func (f *ferry) get(path string) string {
 	f.t.Helper()
-	_, body, _ := get(newClient(f.t), "http://"+f.admin+path, nil)
+	_, body, _ := get(newClient(f.t), f.AdminURL(path), nil)
 	return body
 }
 
+// eventually polls cond every 20ms until it holds, or fails t after waitTimeout.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", waitTimeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	ferrytest.Eventually(t, waitTimeout, cond, func() string { return "waiting for " + what })
 }
 
 // newClient returns an HTTP/1.1 client of its own, closed at cleanup.
-func newClient(t *testing.T) *http.Client {
-	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 64, DisableCompression: true,
-		DialContext: (&net.Dialer{Timeout: ioTimeout}).DialContext}
-	t.Cleanup(tr.CloseIdleConnections)
-	return &http.Client{Transport: tr, Timeout: ioTimeout}
-}
+func newClient(t *testing.T) *http.Client { return ferrytest.NewClient(t, 64, nil) }
 
 // newH2CClient returns an HTTP/2 cleartext (prior knowledge) client of its own.
 func newH2CClient(t *testing.T) *http.Client {
@@ -461,10 +318,10 @@ func startMesh(t *testing.T, p *pki, o meshOptions) *mesh {
 	if o.idleTimeout == 0 {
 		o.idleTimeout = 90 * time.Second
 	}
-	m := &mesh{app: startApp(t, o.grpc), inbound: freeAddr(t), outbound: freeAddr(t)}
+	m := &mesh{app: startApp(t, o.grpc), inbound: ferrytest.FreeAddr(t), outbound: ferrytest.FreeAddr(t)}
 	m.apiCerts = p.issue(o.apiService, time.Time{}, time.Hour)
 	m.webCerts = p.issue("web", time.Time{}, time.Hour)
-	serverAdmin, clientAdmin := freeAddr(t), freeAddr(t)
+	serverAdmin, clientAdmin := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	m.server = startFerry(t, serverAdmin, fmt.Sprintf(`service: api
 admin: {address: %s}
 inbound: {address: %s, target: %s}

@@ -20,6 +20,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/ferrymesh/ferry/mtls"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // TestRequestThroughBoth: a request through the client-side and the server-side sidecars
@@ -60,8 +62,8 @@ func TestRequestThroughBoth(t *testing.T) {
 
 	// The server-side access log names the peer.
 	eventually(t, "peer_identity in the server's access log", func() bool {
-		return strings.Contains(m.server.output(), `"peer_identity":"spiffe://mesh.local/svc/web"`) ||
-			strings.Contains(m.server.output(), `peer_identity=spiffe://mesh.local/svc/web`)
+		return strings.Contains(m.server.Output(), `"peer_identity":"spiffe://mesh.local/svc/web"`) ||
+			strings.Contains(m.server.Output(), `peer_identity=spiffe://mesh.local/svc/web`)
 	})
 
 	// /certs on both sides.
@@ -125,8 +127,8 @@ func TestTCPOverMTLS(t *testing.T) {
 	echo := startEcho(t)
 	apiCerts := p.issue("db", time.Time{}, time.Hour)
 	webCerts := p.issue("web", time.Time{}, time.Hour)
-	inbound, outbound := freeAddr(t), freeAddr(t)
-	sa, ca := freeAddr(t), freeAddr(t)
+	inbound, outbound := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	sa, ca := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	server := startFerry(t, sa, fmt.Sprintf("service: db\nadmin: {address: %s}\ninbound: {address: %s, target: %s, protocol: tcp}\n"+
 		"telemetry: {access_log: stdout}\n%s", sa, inbound, echo, apiCerts.mtlsBlock()))
 	startFerry(t, ca, fmt.Sprintf("service: web\nadmin: {address: %s}\noutbound: [{upstream: db, address: %s, protocol: tcp}]\n"+
@@ -148,7 +150,7 @@ func TestTCPOverMTLS(t *testing.T) {
 	}
 	_ = c.Close()
 	eventually(t, "the server's TCP access log to name the peer", func() bool {
-		return strings.Contains(server.output(), `"peer_identity":"spiffe://mesh.local/svc/web"`)
+		return strings.Contains(server.Output(), `"peer_identity":"spiffe://mesh.local/svc/web"`)
 	})
 
 	// Plaintext straight to the mTLS TCP listener: the handshake fails, nothing echoes.
@@ -207,7 +209,7 @@ func TestRefusedCallers(t *testing.T) {
 
 	t.Run("server-side sidecar with another identity", func(t *testing.T) {
 		// The client's upstream expects billing; the server is api.
-		admin, out := freeAddr(t), freeAddr(t)
+		admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 		client := startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}
 outbound: [{upstream: billing, address: %s}]
@@ -229,7 +231,7 @@ upstreams: [{name: billing, endpoints: [%s], outlier_detection: {consecutive_5xx
 
 	t.Run("identity from config", func(t *testing.T) {
 		// The client's upstream is named billing but is configured to expect api.
-		admin, out := freeAddr(t), freeAddr(t)
+		admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 		startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}
 outbound: [{upstream: billing, address: %s}]
@@ -254,7 +256,7 @@ func TestClientWithCertificateFromAnotherCA(t *testing.T) {
 	m := startMesh(t, p, meshOptions{})
 	before := m.app.count.Load()
 	other := newPKI(t).issue("web", time.Time{}, time.Hour)
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}
 outbound: [{upstream: api, address: %s}]
@@ -353,7 +355,7 @@ func leafSerial(cs certsStatus) string {
 func TestNotReadyWithoutCertificate(t *testing.T) {
 	p := newPKI(t)
 	dir := t.TempDir()
-	admin, out := freeAddr(t), freeAddr(t)
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	cfg := fmt.Sprintf(`service: web
 admin: {address: %s}
 outbound: [{upstream: api, address: %s}]
@@ -381,7 +383,7 @@ func TestPermissiveMode(t *testing.T) {
 	a := startApp(t, nil)
 	apiCerts := p.issue("api", time.Time{}, time.Hour)
 	webCerts := p.issue("web", time.Time{}, time.Hour)
-	inbound, outbound, sa, ca := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	inbound, outbound, sa, ca := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	block := strings.Replace(apiCerts.mtlsBlock(), "mode: strict", "mode: permissive", 1)
 	startFerry(t, sa, fmt.Sprintf("service: api\nadmin: {address: %s}\ninbound: {address: %s, target: %s}\n%s", sa, inbound, a.addr, block))
 	startFerry(t, ca, fmt.Sprintf("service: web\nadmin: {address: %s}\noutbound: [{upstream: api, address: %s}]\n"+

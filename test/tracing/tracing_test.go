@@ -21,6 +21,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // headerLog records the trace headers the application received, by request path (HTTP)
@@ -128,15 +130,15 @@ func startChain(t *testing.T, appAddr, tracingA, tracingB string) *chain {
 // deadExtra: YAML lines).
 func startChainWith(t *testing.T, appAddr, tracingA, tracingB, bFirst, bExtra, deadExtra string) *chain {
 	t.Helper()
-	c := &chain{outbound: freeAddr(t), inbound: freeAddr(t), dead: freeAddr(t)}
-	adminB, deadEndpoint := freeAddr(t), freeAddr(t)
+	c := &chain{outbound: ferrytest.FreeAddr(t), inbound: ferrytest.FreeAddr(t), dead: ferrytest.FreeAddr(t)}
+	adminB, deadEndpoint := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	c.b = startFerry(t, "svc-b", adminB, fmt.Sprintf(`service: svc-b
 admin: {address: %s}
 inbound: {address: %s, target: %s}
 telemetry:
   access_log: stdout
 %s`, adminB, c.inbound, appAddr, tracingB))
-	adminA := freeAddr(t)
+	adminA := ferrytest.FreeAddr(t)
 	c.a = startFerry(t, "svc-a", adminA, fmt.Sprintf(`service: svc-a
 admin: {address: %s}
 outbound:
@@ -269,7 +271,7 @@ func TestHTTPTraceAcrossTwoSidecars(t *testing.T) {
 	}
 	// The trace ID is in both access logs.
 	for name, f := range map[string]*ferry{"A": c.a, "B": c.b} {
-		if !strings.Contains(f.output(), `"trace_id":"`+traceID+`"`) {
+		if !strings.Contains(f.Output(), `"trace_id":"`+traceID+`"`) {
 			t.Errorf("ferry %s access log has no trace_id %s", name, traceID)
 		}
 	}
@@ -411,7 +413,7 @@ func TestJaegerDownNeverFailsRequests(t *testing.T) {
 	// The spans that could not be exported are counted on /metrics.
 	for name, f := range map[string]*ferry{"A": c.a, "B": c.b} {
 		jaegertest.WaitFor(t, waitTimeout, func() error {
-			dropped, ok := sum(f.metrics(), "ferry_trace_spans_dropped_total", nil)
+			dropped, ok := sum(f.Metrics(), "ferry_trace_spans_dropped_total", nil)
 			if !ok || dropped == 0 {
 				return fmt.Errorf("ferry %s: ferry_trace_spans_dropped_total = %v (present %v), want > 0", name, dropped, ok)
 			}
@@ -437,7 +439,7 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 				Available int    `json:"available_endpoints"`
 			} `json:"upstreams"`
 		}
-		resp, err := http.Get("http://" + c.a.admin + "/clusters")
+		resp, err := http.Get(c.a.AdminURL("/clusters"))
 		if err != nil {
 			return err
 		}
@@ -467,7 +469,7 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 
 	want := func(f *ferry, name string, labels map[string]string, v float64) {
 		t.Helper()
-		got, found := sum(f.metrics(), name, labels)
+		got, found := sum(f.Metrics(), name, labels)
 		if got != v || (!found && v != 0) { // a counter never incremented may be absent
 			t.Errorf("%s%v = %v (present %v), want %v", name, labels, got, found, v)
 		}
@@ -484,7 +486,7 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 	want(c.a, "ferry_retries_total", nil, 0)
 	want(c.a, "ferry_active_requests", map[string]string{"direction": "outbound", "upstream": "b"}, 0)
 	want(c.a, "ferry_config_reloads_total", map[string]string{"result": "ok"}, 1)
-	if _, found := sum(c.a.metrics(), "ferry_trace_spans_dropped_total", nil); !found {
+	if _, found := sum(c.a.Metrics(), "ferry_trace_spans_dropped_total", nil); !found {
 		t.Error("ferry_trace_spans_dropped_total missing with tracing off, want it present at 0")
 	}
 	in := map[string]string{"direction": "inbound", "upstream": "svc-b"}
@@ -497,7 +499,7 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 func TestRetriesAreSeparateClientSpans(t *testing.T) {
 	j := jaegertest.Start(t)
 	appAddr, _ := startHTTPApp(t)
-	refused := freeAddr(t) // nothing listens: every try there is a connect failure
+	refused := ferrytest.FreeAddr(t) // nothing listens: every try there is a connect failure
 	c := startChainWith(t, appAddr, tracingBlock(j, ""), tracingBlock(j, ""), refused+", ",
 		"    lb: round_robin\n    retries: {attempts: 2, on: [connect-failure]}\n", "")
 
@@ -573,7 +575,7 @@ func TestTCPSessionSpan(t *testing.T) {
 			}()
 		}
 	}()
-	admin, listen := freeAddr(t), freeAddr(t)
+	admin, listen := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	startFerry(t, "svc-tcp", admin, fmt.Sprintf(`service: svc-tcp
 admin: {address: %s}
 outbound:
