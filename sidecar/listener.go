@@ -6,10 +6,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/sidecar/l4"
 	"github.com/ferrymesh/ferry/sidecar/l7"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
@@ -25,6 +27,9 @@ type listener struct {
 	metrics telemetry.ListenerMetrics
 	front   atomic.Pointer[front]
 	done    chan struct{} // closed when the accept loop has returned
+	// pol is the policy whose connection rate limit applies on accept, before any TLS
+	// handshake or request is read (the inbound listener's; nil elsewhere).
+	pol atomic.Pointer[policy.Policy]
 }
 
 // front serves a listener's connections with one set of downstream settings: an
@@ -76,11 +81,30 @@ func (l *listener) serve() {
 		}
 		delay = 0
 		l.metrics.Total.Inc()
+		if p := l.pol.Load(); p != nil && !l.allowConn(p, c) {
+			continue
+		}
 		// A reload may retire the front between the load and the hand-off: then the
 		// connection goes to the front that replaced it, never to the floor.
 		for !l.front.Load().serveConn(c, l.metrics) {
 		}
 	}
+}
+
+// allowConn applies p's connection rate limit to c, closing c when it refuses.
+func (l *listener) allowConn(p *policy.Policy, c net.Conn) bool {
+	var src netip.Addr
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		src = ta.AddrPort().Addr().Unmap()
+	}
+	d := p.AllowConn(src)
+	if d.Allowed {
+		return true
+	}
+	_ = c.Close()
+	l.log.Debug("connection refused by the connection rate limit", "listener", l.addr,
+		"downstream", c.RemoteAddr().String(), "rule", d.Rule)
+	return false
 }
 
 // close stops accepting; connections already accepted are left to their front.

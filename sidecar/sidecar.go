@@ -14,6 +14,7 @@ import (
 
 	"github.com/ferrymesh/ferry/discovery"
 	"github.com/ferrymesh/ferry/discovery/static"
+	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/config"
@@ -56,6 +57,8 @@ type Sidecar struct {
 	stop       context.CancelFunc
 	consul     consulState // the Consul client, watches and registration; see consul.go
 	mesh       meshState   // the mTLS certificate source; see tls.go
+	// pol is the running inbound policy (nil: none), read by the metrics collector.
+	pol atomic.Pointer[policy.Policy]
 }
 
 // snapshot is what one successful Apply put in place: the config and when.
@@ -84,6 +87,9 @@ func New(o Options) *Sidecar {
 	}
 	if err := o.Metrics.Registry.Register(certCollector{s}); err != nil {
 		s.log.Warn("certificate metrics not registered", "error", err)
+	}
+	if err := o.Metrics.Registry.Register(policyCollector{s}); err != nil {
+		s.log.Warn("policy metrics not registered", "error", err)
 	}
 	return s
 }
@@ -128,7 +134,8 @@ type desired struct {
 	httpOpt l7.ServerOptions
 	http    http.Handler
 	tcp     *l4.Proxy
-	tlsIn   *inboundTLS // inbound (m)TLS termination; nil for plaintext
+	tlsIn   *inboundTLS    // inbound (m)TLS termination; nil for plaintext
+	pol     *policy.Policy // inbound: the policy whose connection rate limit applies on accept
 }
 
 // Apply makes cfg (already validated) the running config. New listeners are bound first; if
@@ -171,6 +178,11 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	}
 	defer s.settleMesh(mesh)
 	upTLS, err := upstreamTLS(cfg, mesh)
+	if err != nil {
+		return err
+	}
+	// 0c. The inbound policy.
+	pol, err := s.policyFor(cfg)
 	if err != nil {
 		return err
 	}
@@ -277,11 +289,12 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	var want []desired
 	transports := map[string]*l7.Transport{}
 	if in := cfg.Inbound; in != nil {
-		d := desired{addr: in.Address}
+		d := desired{addr: in.Address, pol: pol}
 		u := s.upstreams[inboundUpstream]
 		if in.Protocol == "tcp" {
 			d.key = "tcp"
-			d.tcp = s.tcpProxy(telemetry.Inbound, cfg.Service, u, in.ConnectTimeout.D(), in.IdleTimeout.D(), accessLog, nil, 1, tracing, nil)
+			d.tcp = s.tcpProxy(telemetry.Inbound, cfg.Service, u, in.ConnectTimeout.D(), in.IdleTimeout.D(), accessLog,
+				nil, 1, tracing, nil, pol, listenerPort(in.Address))
 		} else {
 			d.key, d.httpOpt = httpKey(in.Listener, s.log)
 			t := s.transport(transports, inboundUpstream, l7.TransportOptions{
@@ -291,6 +304,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 				Direction: telemetry.Inbound, Name: cfg.Service, Upstream: u, Transport: t,
 				RequestTimeout: in.RequestTimeout.D(), Metrics: s.metrics.HTTP(telemetry.Inbound, cfg.Service),
 				AccessLog: accessLog, Logger: s.log, Tracing: tracing, MTLS: mesh.source(),
+				Policy: pol, Port: listenerPort(in.Address),
 			})
 		}
 		var tlsKey string
@@ -305,7 +319,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		if o.Protocol == "tcp" {
 			d.key = "tcp"
 			d.tcp = s.tcpProxy(telemetry.Outbound, o.Upstream, u, uc.ConnectTimeout.D(), o.IdleTimeout.D(), accessLog,
-				u.breaker, connectAttempts(uc.Retries), tracing, tcpDial(withIdentities(upTLS[o.Upstream], u)))
+				u.breaker, connectAttempts(uc.Retries), tracing, tcpDial(withIdentities(upTLS[o.Upstream], u)), nil, 0)
 		} else {
 			d.key, d.httpOpt = httpKey(o.Listener, s.log)
 			t := s.transport(transports, o.Upstream, l7.TransportOptions{
@@ -332,6 +346,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 			l = fresh[d.addr]
 			s.listeners[d.addr] = l
 		}
+		l.pol.Store(d.pol)
 		old := l.front.Load()
 		if old != nil && old.key == d.key {
 			if d.tcp != nil {
@@ -397,6 +412,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		s.commitTracing(cfg, tracing, drain)
 	}
 	s.commitMesh(mesh, drain)
+	s.pol.Store(pol)
 	return nil
 }
 
@@ -424,13 +440,13 @@ func (s *Sidecar) transport(into map[string]*l7.Transport, name string, o l7.Tra
 }
 
 func (s *Sidecar) tcpProxy(direction, name string, u *upstream, connect, idle time.Duration, al *telemetry.AccessLog,
-	breaker *circuit.Breaker, attempts int, tracing *telemetry.Tracing, dial dialFunc) *l4.Proxy {
+	breaker *circuit.Breaker, attempts int, tracing *telemetry.Tracing, dial dialFunc, pol *policy.Policy, port uint16) *l4.Proxy {
 	return l4.New(l4.Options{
 		Upstream: name, Picker: u.Picker, Endpoints: u.Endpoints, ConnectTimeout: connect, IdleTimeout: idle,
 		ConnectAttempts: attempts, Breaker: breaker,
 		Observer: &tcpObserver{direction: direction, m: s.metrics.TCP(direction, name), log: al},
 		Logger:   s.log,
-		Tracing:  tracing, Direction: direction, Dial: dial,
+		Tracing:  tracing, Direction: direction, Dial: dial, Policy: pol, Port: port,
 	})
 }
 

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 	"unicode/utf16"
+
+	"github.com/ferrymesh/ferry/policy"
 )
 
 // parse parses a test document: a raw string whose leading newline is dropped, so that
@@ -61,8 +63,13 @@ func TestParseMinimalDefaults(t *testing.T) {
 		}},
 		DrainTimeout: Duration(30 * time.Second),
 		Telemetry:    Telemetry{AccessLogFormat: AccessLogJSON},
-		File:         filepath.Join("testdata", "minimal.yaml"),
-		Version:      hex.EncodeToString(sum[:])[:12],
+		Policy: policy.Config{
+			Filter:     policy.Filter{Methods: []string{}, DenyHeaders: []policy.HeaderMatch{}, IPAllow: []string{}, IPDeny: []string{}},
+			Access:     policy.Access{Rules: []policy.Rule{}},
+			RateLimits: []policy.RateLimit{},
+		},
+		File:    filepath.Join("testdata", "minimal.yaml"),
+		Version: hex.EncodeToString(sum[:])[:12],
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Load() =\n%+v\nwant\n%+v", c, want)
@@ -500,7 +507,9 @@ upstreams:
     lb: random
     locality: {zone: a}
 drain_timeout: 5s
-# (upstreams[].tls and mtls are known keys now.)
+# (upstreams[].tls, mtls and policy are known keys now.)
+policy:
+  access: {default: allow}
 telemetry:
   tracing: {otlp_endpoint: 127.0.0.1:4317}
 `,

@@ -240,6 +240,7 @@ func applyDefaults(c *Config, l *locator) {
 	dur(&c.DrainTimeout, path{"drain_timeout"}, DefaultDrainTimeout)
 	applyConsulDefaults(c, l)
 	mtlsDefaults(c)
+	policyDefaults(&c.Policy)
 	if c.Telemetry.AccessLogFormat == "" {
 		c.Telemetry.AccessLogFormat = AccessLogJSON
 	}

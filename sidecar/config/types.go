@@ -6,6 +6,8 @@ package config
 import (
 	"time"
 
+	"github.com/ferrymesh/ferry/policy"
+
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
 )
 
@@ -31,6 +33,10 @@ type Config struct {
 	// MTLS, if present, secures every hop between sidecars with mutual TLS (see MTLS).
 	// Absent: plaintext on every hop, with a start-up warning.
 	MTLS *MTLS `yaml:"mtls" json:"mtls,omitempty"`
+	// Policy is what the inbound listener enforces on requests and connections before
+	// they reach the local application: path normalization, request filtering, access
+	// rules and rate limits (see policy.Config). The zero value allows everything.
+	Policy policy.Config `yaml:"policy" json:"policy"`
 
 	// File is the path the config was read from (not a YAML key).
 	File string `yaml:"-" json:"file"`

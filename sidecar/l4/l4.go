@@ -16,12 +16,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ferrymesh/ferry/mtls"
+	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
@@ -76,6 +78,24 @@ type Options struct {
 	// the session's side on it.
 	Tracing   *telemetry.Tracing
 	Direction string
+	// Policy, if not nil, is enforced on every connection before the upstream is dialled
+	// (inbound): the IP lists and the caller part of the access rules
+	// (policy.Policy.CheckConn) on the peer's address and SPIFFE ID. (Its connection rate
+	// limit, AllowConn, is for whoever accepts the connection.) A refused connection is closed at once and its Session.Err is a
+	// *RefusedError. nil costs nothing.
+	Policy *policy.Policy
+	// Port is the listener's port, matched by access rules with ports; 0 if unknown.
+	Port uint16
+}
+
+// RefusedError is the Session.Err of a connection the policy refused.
+type RefusedError struct {
+	// Decision is the refusing decision: its Kind, Rule and Reply say why.
+	Decision policy.Decision
+}
+
+func (e *RefusedError) Error() string {
+	return "refused by policy: " + e.Decision.Reply.Details
 }
 
 // Observer is told about the sessions of a Proxy, typically to record metrics and an
@@ -131,6 +151,8 @@ type Proxy struct {
 	log            *slog.Logger
 	tracing        *telemetry.Tracing
 	direction      string
+	policy         *policy.Policy
+	port           uint16
 	bufs           sync.Pool // of *[]byte, bufSize long
 }
 
@@ -152,6 +174,8 @@ func New(o Options) *Proxy {
 		log:            o.Logger,
 		tracing:        o.Tracing,
 		direction:      o.Direction,
+		policy:         o.Policy,
+		port:           o.Port,
 	}
 	if p.dial == nil {
 		d := &net.Dialer{Timeout: p.connectTimeout}
@@ -187,6 +211,19 @@ func (p *Proxy) ServeConn(ctx context.Context, down net.Conn) {
 	if p.tracing != nil {
 		_, span = p.tracing.StartTCP(ctx, p.direction, p.upstream, down.RemoteAddr())
 		s.TraceID = telemetry.TraceID(span)
+	}
+
+	if p.policy != nil {
+		if d, ok := p.check(down, s.PeerID); !ok {
+			down.Close()
+			s.Err = &RefusedError{Decision: d}
+			s.Duration = time.Since(start)
+			p.log.Info("tcp connection refused by policy", "upstream", p.upstream, "downstream", s.Downstream,
+				"peer_identity", s.PeerID, "rule", d.Rule, "details", d.Reply.Details)
+			p.endSpan(span, s, true)
+			p.end(ctx, s)
+			return
+		}
 	}
 
 	up, ep, err := p.connect(ctx, &s)
@@ -483,4 +520,20 @@ func (c *pipe) touch() {
 func (c *pipe) idleDeadline() (deadline time.Time, ok bool) {
 	deadline = c.start.Add(time.Duration(c.last.Load()) + c.p.idleTimeout)
 	return deadline, time.Now().Before(deadline)
+}
+
+// check applies the policy's CheckConn to a connection from down's address whose peer is
+// id (the connection rate limit applies on accept, in the sidecar's listener). It returns the refusing decision and false when
+// the connection must be closed.
+func (p *Proxy) check(down net.Conn, id string) (policy.Decision, bool) {
+	var src netip.Addr
+	if ta, ok := down.RemoteAddr().(*net.TCPAddr); ok {
+		src = ta.AddrPort().Addr().Unmap()
+	} else if ap, err := netip.ParseAddrPort(addrString(down.RemoteAddr())); err == nil {
+		src = ap.Addr().Unmap()
+	}
+	if d := p.policy.CheckConn(src, id, p.port); !d.Allowed {
+		return d, false
+	}
+	return policy.Decision{Allowed: true}, true
 }

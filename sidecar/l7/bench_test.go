@@ -4,12 +4,14 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/ferrymesh/ferry/discovery"
+	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
@@ -19,18 +21,22 @@ import (
 // loopback HTTP/1.1 with keep-alive) without and with resilience configured: a retry policy
 // with a budget, the circuit breaker, and outlier detection's tripwire on the endpoints.
 // None of it triggers (the backend always answers 200), so the difference is the cost of
-// resilience on the happy path.
+// resilience on the happy path. The policy cases add an inbound policy of 20 access rules
+// and a rate limit that never triggers, for the cost of enforcement against plain.
 func BenchmarkProxy(b *testing.B) {
 	backend := startBenchBackend(b)
 	for _, bc := range []struct {
 		name      string
 		resilient bool
 		body      string
+		policy    bool
 	}{
-		{"GET/plain", false, ""},
-		{"GET/resilient", true, ""},
-		{"POST/plain", false, strings.Repeat("p", 512)},
-		{"POST/resilient", true, strings.Repeat("p", 512)},
+		{"GET/plain", false, "", false},
+		{"GET/resilient", true, "", false},
+		{"GET/policy", false, "", true},
+		{"POST/plain", false, strings.Repeat("p", 512), false},
+		{"POST/resilient", true, strings.Repeat("p", 512), false},
+		{"POST/policy", false, strings.Repeat("p", 512), true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			var eps []*balancer.Endpoint
@@ -52,6 +58,9 @@ func BenchmarkProxy(b *testing.B) {
 				for _, e := range eps {
 					e.State.SetTripwire(&balancer.Tripwire{Consecutive5xx: 5, ConsecutiveGatewayFailure: 5, Signal: sig})
 				}
+			}
+			if bc.policy {
+				o.Direction, o.Policy = telemetry.Inbound, benchPolicy(b)
 			}
 			defer tr.CloseIdleConnections()
 			srv := NewServer(ServerOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}, NewHandler(o))
@@ -94,6 +103,25 @@ func BenchmarkProxy(b *testing.B) {
 			b.ReportMetric(float64((cpuTime()-cpu0).Nanoseconds())/float64(b.N)/1000, "cpu-µs/op")
 		})
 	}
+}
+
+// benchPolicy is 20 access rules, none of which matches the benchmark's requests but the
+// last (an allow rule for every path), and a rate limit on every request that never
+// triggers.
+func benchPolicy(b *testing.B) *policy.Policy {
+	b.Helper()
+	c := &policy.Config{RateLimits: []policy.RateLimit{{Name: "all", PathPrefix: "/", RequestsPerSecond: 1e9, Burst: 1e9}}}
+	for i := range 19 {
+		c.Access.Rules = append(c.Access.Rules, policy.Rule{Name: "deny-" + strconv.Itoa(i),
+			From: []string{"spiffe://mesh.local/svc/batch-" + strconv.Itoa(i)}, Paths: []string{"/admin-" + strconv.Itoa(i) + "/*"},
+			Methods: []string{"DELETE"}, Action: "deny"})
+	}
+	c.Access.Rules = append(c.Access.Rules, policy.Rule{Name: "all", Paths: []string{"/**", "/"}, Action: "allow"})
+	p, err := policy.Compile(c, policy.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
 }
 
 // cpuTime returns the CPU time (user and system) the process has used.

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/mtls"
+	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
@@ -76,6 +77,13 @@ type Options struct {
 	// X-Forwarded-Client-Cert header set for mTLS callers. Inbound handlers always remove
 	// an X-Forwarded-Client-Cert the caller sent, with or without MTLS.
 	MTLS mtls.Source
+	// Policy, if not nil, is enforced on every request before it is proxied (inbound):
+	// path normalization, request filtering, access rules on the caller's verified
+	// identity and local rate limits (see policy.Policy). A refused request is answered
+	// by Ferry and never forwarded. nil costs nothing.
+	Policy *policy.Policy
+	// Port is the listener's port, matched by access rules with ports; 0 if unknown.
+	Port uint16
 }
 
 // Handler proxies every request it serves to one upstream. It is immutable after NewHandler
@@ -160,6 +168,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer g.requestDone()
 	}
 	st := &state{ResponseWriter: w}
+	var pn policyNote // kept out of state, so that requests without a policy pay nothing
 	st.requestID = r.Header.Get("X-Request-Id")
 	if st.requestID == "" {
 		st.requestID = newRequestID()
@@ -175,10 +184,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.localReply(st, r, &LocalReply{Status: http.StatusBadRequest, Type: ErrHTTPRequestError,
 			Details: "ambiguous message framing (Transfer-Encoding with Content-Length, or on HTTP/1.0)"})
 		w.Header().Set("Connection", "close")
+	} else if h.o.Policy != nil && !h.enforce(st, r, &pn) {
+		// refused: enforce replied
 	} else if err := h.admit(); err != nil {
 		h.localReply(st, r, classify(r.Context(), err))
 	} else {
-		h.rp.ServeHTTP(st, r.WithContext(context.WithValue(ctx, stateKey{}, st)))
+		pr := r.WithContext(context.WithValue(ctx, stateKey{}, st))
+		if pn.forward != "" {
+			// The normalized path goes upstream; r keeps the caller's for the access log.
+			u := *pr.URL
+			policy.SetURLPath(&u, pn.forward)
+			pr.URL = &u
+		}
+		h.rp.ServeHTTP(st, pr)
 		h.release()
 	}
 	h.o.Metrics.Active.Dec()
@@ -189,7 +207,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	d := time.Since(start)
 	h.o.Metrics.Duration.Observe(d.Seconds())
 	if span.IsRecording() {
-		h.endServerSpan(st)
+		h.endServerSpan(st, &pn)
 	} else {
 		span.End()
 	}
@@ -200,6 +218,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Status: st.status, ProxyStatus: st.proxyStatus, BytesIn: max(r.ContentLength, 0),
 			BytesOut: st.written, Duration: d, RequestID: st.requestID, Downstream: r.RemoteAddr,
 			Attempts: st.attempts, TraceID: telemetry.TraceID(span), PeerID: st.peer,
+			Policy: pn.outcome, PolicyRule: pn.rule,
 		})
 	}
 }

@@ -60,6 +60,7 @@ func (e *LocalReply) ProxyStatus() string {
 
 // gRPC status codes used in local replies.
 const (
+	grpcInvalidArgument  = 3
 	grpcDeadlineExceeded = 4
 	grpcInternal         = 13
 	grpcUnavailable      = 14

@@ -85,7 +85,7 @@ func status(code int) func(http.ResponseWriter, *http.Request, string) {
 
 func ok(w http.ResponseWriter, _ *http.Request, body string) { _, _ = io.WriteString(w, "ok:"+body) }
 
-func policy(on RetryOn, mod func(*RetryPolicy)) *RetryPolicy {
+func retryPolicy(on RetryOn, mod func(*RetryPolicy)) *RetryPolicy {
 	p := &RetryPolicy{Retries: 2, On: on, BackoffBase: time.Millisecond, BackoffMax: 5 * time.Millisecond, BufferLimit: 1 << 10}
 	if mod != nil {
 		mod(p)
@@ -191,7 +191,7 @@ func TestRetryConditions(t *testing.T) {
 			}
 			good := startRecording(t, ok)
 			up := firstOf(bad, good.addr)
-			proxy := startProxy(t, up, func(o *Options) { o.Retry = policy(tc.on, func(p *RetryPolicy) { p.StatusCodes = tc.codes }) })
+			proxy := startProxy(t, up, func(o *Options) { o.Retry = retryPolicy(tc.on, func(p *RetryPolicy) { p.StatusCodes = tc.codes }) })
 			resp, body := send(t, tc.method, "http://"+proxy+"/", tc.body, false, tc.header)
 			if resp.StatusCode != tc.wantStatus {
 				t.Errorf("status = %d (%s), want %d", resp.StatusCode, body, tc.wantStatus)
@@ -224,7 +224,7 @@ func TestRetryConnectFailureSendsNothingTwice(t *testing.T) {
 	// POST with a body larger than the buffer: still retried, because a connect failure
 	// sent nothing; the body reaches the second endpoint whole.
 	big := strings.Repeat("y", 3<<10)
-	proxy := startProxy(t, up, func(o *Options) { o.Retry = policy(RetryConnectFailure, nil) })
+	proxy := startProxy(t, up, func(o *Options) { o.Retry = retryPolicy(RetryConnectFailure, nil) })
 	resp, body := send(t, "POST", "http://"+proxy+"/", big, false, nil)
 	if resp.StatusCode != 200 || body != "ok:"+big {
 		t.Fatalf("got %d, %d bytes; want 200 and the body echoed", resp.StatusCode, len(body))
@@ -253,7 +253,9 @@ func TestRetriesRunOutAndNeverRepeatAnEndpoint(t *testing.T) {
 			for i := range hits {
 				hits[i].Store(0)
 			}
-			proxy := startProxy(t, up, func(o *Options) { o.Retry = policy(RetryGatewayError, func(p *RetryPolicy) { p.Retries = retries }) })
+			proxy := startProxy(t, up, func(o *Options) {
+				o.Retry = retryPolicy(RetryGatewayError, func(p *RetryPolicy) { p.Retries = retries })
+			})
 			resp, _ := send(t, "GET", "http://"+proxy+"/", "", false, nil)
 			tries := min(retries+1, 3) + max(0, retries+1-3) // after 3 distinct endpoints, tried ones again
 			if resp.StatusCode != 503 || resp.Header.Get("X-Attempt-Seen") != strconv.Itoa(retries+1) {
@@ -285,7 +287,7 @@ func TestPerTryTimeout(t *testing.T) {
 	good := startRecording(t, ok)
 	t.Run("retried on another endpoint", func(t *testing.T) {
 		proxy := startProxy(t, firstOf(slow, good.addr), func(o *Options) {
-			o.Retry = policy(RetryReset, func(p *RetryPolicy) { p.PerTryTimeout = 100 * time.Millisecond })
+			o.Retry = retryPolicy(RetryReset, func(p *RetryPolicy) { p.PerTryTimeout = 100 * time.Millisecond })
 		})
 		start := time.Now()
 		resp, _ := send(t, "GET", "http://"+proxy+"/", "", false, nil)
@@ -295,7 +297,7 @@ func TestPerTryTimeout(t *testing.T) {
 	})
 	t.Run("last try times out", func(t *testing.T) {
 		proxy := startProxy(t, firstOf(slow, slow), func(o *Options) {
-			o.Retry = policy(RetryReset, func(p *RetryPolicy) { p.Retries = 1; p.PerTryTimeout = 100 * time.Millisecond })
+			o.Retry = retryPolicy(RetryReset, func(p *RetryPolicy) { p.Retries = 1; p.PerTryTimeout = 100 * time.Millisecond })
 		})
 		resp, _ := send(t, "GET", "http://"+proxy+"/", "", false, nil)
 		if ps := resp.Header.Get("Proxy-Status"); resp.StatusCode != 504 || !strings.Contains(ps, "per_try_timeout") {
@@ -305,7 +307,7 @@ func TestPerTryTimeout(t *testing.T) {
 	t.Run("request_timeout spans the tries", func(t *testing.T) {
 		proxy := startProxy(t, firstOf(slow, slow), func(o *Options) {
 			o.RequestTimeout = 250 * time.Millisecond
-			o.Retry = policy(RetryReset, func(p *RetryPolicy) { p.Retries = 5; p.PerTryTimeout = 200 * time.Millisecond })
+			o.Retry = retryPolicy(RetryReset, func(p *RetryPolicy) { p.Retries = 5; p.PerTryTimeout = 200 * time.Millisecond })
 		})
 		start := time.Now()
 		resp, _ := send(t, "GET", "http://"+proxy+"/", "", false, nil)
@@ -334,7 +336,7 @@ func TestRetryBudget(t *testing.T) {
 			b := circuit.New(func(l string) { mu.Lock(); rejected = append(rejected, l); mu.Unlock() })
 			b.SetLimits(tc.limits)
 			proxy := startProxy(t, firstOf(bad.addr, good.addr), func(o *Options) {
-				o.Retry = policy(RetryGatewayError, nil)
+				o.Retry = retryPolicy(RetryGatewayError, nil)
 				o.Breaker = b
 			})
 			resp, _ := send(t, "GET", "http://"+proxy+"/", "", false, nil)
@@ -462,7 +464,7 @@ func TestClientGoingAwayIsNotAFailure(t *testing.T) {
 	ep := balancer.NewEndpoint(discovery.Endpoint{Address: backend}, nil)
 	ep.State.SetTripwire(&balancer.Tripwire{Consecutive5xx: 1, Signal: make(chan struct{}, 1)})
 	proxy := startProxy(t, staticUpstream{balancer.NewRoundRobin([]*balancer.Endpoint{ep})}, func(o *Options) {
-		o.Retry = policy(RetryReset|Retry5xx, nil)
+		o.Retry = retryPolicy(RetryReset|Retry5xx, nil)
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+proxy+"/", nil)

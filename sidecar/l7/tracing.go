@@ -55,11 +55,12 @@ func attemptResult(endpoint string, resp *http.Response, err error) telemetry.HT
 
 // endServerSpan records how the request of st ended on its (recording) server span and
 // ends it: status, Proxy-Status error type, the endpoint of the last try, the tries made,
-// the caller's SPIFFE ID (inbound with mTLS) and, for gRPC, the grpc-status sent to the
+// the caller's SPIFFE ID (inbound with mTLS), the policy decision in pn and, for gRPC, the grpc-status sent to the
 // caller.
-func (h *Handler) endServerSpan(st *state) {
+func (h *Handler) endServerSpan(st *state, pn *policyNote) {
 	res := telemetry.HTTPResult{Status: st.status, Endpoint: st.endpoint, Attempts: st.attempts,
-		GRPCStatus: telemetry.GRPCStatus(st.Header()), PeerID: st.peer}
+		GRPCStatus: telemetry.GRPCStatus(st.Header()), PeerID: st.peer,
+		Policy: pn.outcome, PolicyRule: pn.rule}
 	switch {
 	case st.reply != nil:
 		res.ProxyStatus = st.reply.Type

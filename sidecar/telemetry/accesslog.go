@@ -102,6 +102,11 @@ type HTTPRecord struct {
 	Route string
 	// PeerID is the peer sidecar's SPIFFE ID, "" without mTLS.
 	PeerID string
+	// Policy is the outcome of the policy decision that named a rule: "allowed",
+	// "denied", "dry_run_denied" or "limited"; "" when no policy rule applied.
+	Policy string
+	// PolicyRule names the rule of that decision, e.g. "frontend-api" or "default".
+	PolicyRule string
 }
 
 // HTTP writes r.
@@ -129,6 +134,8 @@ func (a *AccessLog) HTTP(r *HTTPRecord) {
 		slog.String("trace_id", r.TraceID),
 		slog.String("route", r.Route),
 		slog.String("peer_identity", r.PeerID),
+		slog.String("policy", r.Policy),
+		slog.String("policy_rule", r.PolicyRule),
 	)
 }
 

@@ -27,6 +27,7 @@ const (
 	AttrPeerIdentity  = attribute.Key("ferry.peer_identity")  // peer SPIFFE ID
 	AttrRoute         = attribute.Key("ferry.route")          // matched route
 	AttrPolicy        = attribute.Key("ferry.policy")         // access policy decision
+	AttrPolicyRule    = attribute.Key("ferry.policy_rule")    // rule that made it
 	AttrProxyStatus   = attribute.Key("ferry.proxy_status")   // RFC 9209 error type
 	AttrRetryCount    = attribute.Key("ferry.retry_count")    // retries made (server spans)
 	AttrAttempt       = attribute.Key("ferry.attempt")        // attempt number (client spans)
@@ -162,6 +163,8 @@ type HTTPResult struct {
 	Route string
 	// Policy is the access policy decision, e.g. allow or deny (ferry.policy).
 	Policy string
+	// PolicyRule names the policy rule that made the decision (ferry.policy_rule).
+	PolicyRule string
 	// Attempts is the tries made for the request; a server span records
 	// ferry.retry_count = Attempts-1 when Attempts > 0. Leave 0 on client spans.
 	Attempts int
@@ -198,6 +201,9 @@ func (t *Tracing) EndHTTP(span trace.Span, res HTTPResult) {
 	}
 	if res.Policy != "" {
 		kv = append(kv, AttrPolicy.String(res.Policy))
+	}
+	if res.PolicyRule != "" {
+		kv = append(kv, AttrPolicyRule.String(res.PolicyRule))
 	}
 	if res.Attempts > 0 {
 		kv = append(kv, AttrRetryCount.Int(res.Attempts-1))

@@ -1,0 +1,82 @@
+package config
+
+import (
+	"reflect"
+
+	"github.com/ferrymesh/ferry/policy"
+)
+
+// policyDefaults makes every list of the policy block that the file leaves out an empty
+// list, as applyDefaults does for the rest of the schema, so that a parsed config written
+// back with yaml.Marshal parses to the same value. Compile applies the policy's own
+// defaults; the block is otherwise kept as written.
+func policyDefaults(pc *policy.Config) {
+	emptyLists(reflect.ValueOf(pc).Elem())
+}
+
+// emptyLists replaces the nil slices in v, a settable value, and in the structs, pointers
+// and slices it holds, by empty ones.
+func emptyLists(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Pointer:
+		if !v.IsNil() {
+			emptyLists(v.Elem())
+		}
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			if f := v.Field(i); f.CanSet() {
+				emptyLists(f)
+			}
+		}
+	case reflect.Slice:
+		if v.IsNil() {
+			v.Set(reflect.MakeSlice(v.Type(), 0, 0))
+			return
+		}
+		for i := 0; i < v.Len(); i++ {
+			emptyLists(v.Index(i))
+		}
+	}
+}
+
+// checkPolicy validates the policy block with policy.Config.Validate and records each
+// problem at its key's line, its path prefixed with "policy". Global rate limits (a
+// rate_limit_service) are refused as not available yet: the sidecar does not ask one.
+func checkPolicy(col *collector, pc *policy.Config) {
+	for _, fe := range pc.Validate() {
+		col.add(path{"policy"}.with(fe.Path...), "%s", fe.Msg)
+	}
+	if pc.RateLimitService != nil {
+		col.add(path{"policy", "rate_limit_service"}, "global rate limits are not available yet (use local rate_limits)")
+	}
+	for i, rl := range pc.RateLimits {
+		if rl.Global {
+			col.add(path{"policy", "rate_limits", i, "global"}, "global rate limits are not available yet (use a local limit)")
+		}
+	}
+}
+
+// HasPolicy reports whether the policy block sets anything. Without one the sidecar
+// enforces no policy at all (no path normalization either), at no cost per request.
+func (c *Config) HasPolicy() bool {
+	return setAnything(reflect.ValueOf(c.Policy))
+}
+
+// setAnything reports whether v holds a non-zero scalar, a non-nil pointer or a
+// non-empty slice.
+func setAnything(v reflect.Value) bool {
+	switch v.Kind() {
+	case reflect.Pointer:
+		return !v.IsNil()
+	case reflect.Slice:
+		return v.Len() > 0
+	case reflect.Struct:
+		for i := 0; i < v.NumField(); i++ {
+			if setAnything(v.Field(i)) {
+				return true
+			}
+		}
+		return false
+	}
+	return !v.IsZero()
+}

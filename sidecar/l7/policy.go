@@ -1,0 +1,86 @@
+package l7
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/netip"
+
+	"github.com/ferrymesh/ferry/policy"
+)
+
+// enforce applies the Handler's policy to r before it is proxied, in policy.Policy's
+// order: path normalization (400), request filtering, access rules and rate limits, and,
+// with max_body_bytes, a body of unknown length read up to the limit (413, never
+// forwarded). It reports whether r may go on; when it may not, it has answered with a
+// local reply. The decision that names a rule is kept in pn for the access log and the
+// span, and the normalized path when it differs from r's.
+func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
+	p := h.o.Policy
+	fwd, match, nd := p.NormalizePath(r.URL.EscapedPath())
+	if !nd.Allowed {
+		h.refuse(st, r, pn, &nd)
+		return false
+	}
+	ap, _ := netip.ParseAddrPort(r.RemoteAddr)
+	req := policy.Request{Method: r.Method, Path: match, RawQuery: r.URL.RawQuery, URI: r.RequestURI,
+		Host: r.Host, Header: r.Header, ContentLength: r.ContentLength, SourceID: st.peer,
+		SourceIP: ap.Addr().Unmap(), DestPort: h.o.Port}
+	c := p.Check(&req)
+	if d := c.Refusal(); d != nil {
+		h.refuse(st, r, pn, d)
+		return false
+	}
+	switch {
+	case c.Access.Kind != policy.KindNone:
+		pn.keep(&c.Access)
+	case c.RateLimit.Kind != policy.KindNone:
+		pn.keep(&c.RateLimit)
+	}
+	if max := p.MaxBodyBytes(); max > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
+		b, err := policy.ReadBody(r.Body, max)
+		if errors.Is(err, policy.ErrBodyTooLarge) {
+			d := p.RefuseBody()
+			h.refuse(st, r, pn, &d)
+			return false
+		}
+		if err != nil {
+			h.localReply(st, r, &LocalReply{Status: http.StatusBadRequest, Type: ErrHTTPRequestError,
+				Details: "request body could not be read", GRPCCode: grpcInvalidArgument, Err: err})
+			return false
+		}
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+	}
+	if fwd != r.URL.EscapedPath() {
+		pn.forward = fwd
+	}
+	return true
+}
+
+// refuse answers r with the local reply of d, a refusing policy decision, and keeps d in
+// pn. A 429 carries Retry-After and the RateLimit-* headers, a 405 the Allow header.
+func (h *Handler) refuse(st *state, r *http.Request, pn *policyNote, d *policy.Decision) {
+	pn.keep(d)
+	hdr := st.Header()
+	if d.Reply.Allow != "" {
+		hdr.Set("Allow", d.Reply.Allow)
+	}
+	if d.Kind == policy.KindRateLimit {
+		d.RateLimit.SetHeaders(hdr)
+	}
+	h.localReply(st, r, &LocalReply{Status: d.Reply.Status, Type: d.Reply.Type, Details: d.Reply.Details,
+		GRPCCode: d.Reply.GRPCCode})
+}
+
+// policyNote is what the policy decided about one request, for the access log and the
+// span, and the normalized path to forward when it differs from the request's.
+type policyNote struct {
+	outcome, rule string // see policy.Decision.Outcome and Rule; "" when no rule applied
+	forward       string
+}
+
+// keep records d in n.
+func (n *policyNote) keep(d *policy.Decision) {
+	n.outcome, n.rule = d.Outcome(), d.Rule
+}
