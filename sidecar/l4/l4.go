@@ -218,7 +218,9 @@ func (p *Proxy) ServeConn(ctx context.Context, down net.Conn) {
 			down.Close()
 			s.Err = &RefusedError{Decision: d}
 			s.Duration = time.Since(start)
-			p.log.Info("tcp connection refused by policy", "upstream", p.upstream, "downstream", s.Downstream,
+			// Per-session outcomes belong to the access log, metrics and span (Observer);
+			// logging each one here would let a flood of refused connections flood the log.
+			p.log.Debug("tcp connection refused by policy", "upstream", p.upstream, "downstream", s.Downstream,
 				"peer_identity", s.PeerID, "rule", d.Rule, "details", d.Reply.Details)
 			p.endSpan(span, s, true)
 			p.end(ctx, s)
@@ -231,7 +233,7 @@ func (p *Proxy) ServeConn(ctx context.Context, down net.Conn) {
 		down.Close()
 		s.Err = err
 		s.Duration = time.Since(start)
-		p.log.Warn("tcp connect failed", "upstream", p.upstream, "endpoint", s.Endpoint,
+		p.log.Debug("tcp connect failed", "upstream", p.upstream, "endpoint", s.Endpoint,
 			"downstream", s.Downstream, "err", err)
 		p.endSpan(span, s, true)
 		p.end(ctx, s)

@@ -641,7 +641,11 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 		return
 	}
 	lr := classify(r.Context(), err)
-	h.logger.Warn("upstream request failed", "direction", h.o.Direction, "upstream", h.o.Name,
+	// Debug, not Warn: every failed request is already in the access log, the span and
+	// ferry_proxy_errors_total, and a per-request log line during an outage (thousands of
+	// 503s a second) would be synchronous I/O on the request path. What changed state
+	// (ejections, health, Consul outages) is logged once where it happens.
+	h.logger.Debug("upstream request failed", "direction", h.o.Direction, "upstream", h.o.Name,
 		"endpoint", st.endpoint, "error", err, "proxy_status", lr.Type, "request_id", st.requestID)
 	h.localReply(st, r, lr)
 }
