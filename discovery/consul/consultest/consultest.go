@@ -6,7 +6,6 @@
 package consultest
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -18,9 +17,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // Ports are the agent's listening ports, all on 127.0.0.1.
@@ -60,11 +60,8 @@ type Agent struct {
 	HTTPSAddr                             string
 	CAFile, ClientCertFile, ClientKeyFile string
 
-	t       testing.TB
-	cmd     *exec.Cmd
-	logPath string
-	exited  chan struct{}
-	waitErr error
+	t    testing.TB
+	proc *ferrytest.Child
 }
 
 // Binary returns the path of the consul binary, failing t if there is none.
@@ -174,30 +171,25 @@ func start(t testing.TB, bin string, ports Ports, opts Options) (*Agent, error) 
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = cleanEnv()
-	if err := cmd.Start(); err != nil {
+	proc, err := ferrytest.StartChild(cmd, logf.Name())
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	a := &Agent{
-		Addr:    net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.HTTP)),
-		Ports:   ports,
-		Token:   opts.ACLManagementToken,
-		t:       t,
-		cmd:     cmd,
-		logPath: logf.Name(),
-		exited:  make(chan struct{}),
+		Addr:  net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.HTTP)),
+		Ports: ports,
+		Token: opts.ACLManagementToken,
+		t:     t,
+		proc:  proc,
 	}
 	if opts.TLS {
 		a.HTTPSAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(ports.HTTPS))
 		a.CAFile, a.ClientCertFile, a.ClientKeyFile = tlsFiles[0], tlsFiles[1], tlsFiles[2]
 	}
-	go func() {
-		a.waitErr = cmd.Wait()
-		close(a.exited)
-	}()
 	t.Cleanup(func() {
 		a.Stop()
 		if t.Failed() {
-			t.Logf("consul agent log (%s), last lines:\n%s", a.logPath, a.logTail(40))
+			t.Logf("consul agent log (%s), last lines:\n%s", a.proc.LogPath(), a.logTail(40))
 		}
 	})
 	if err := a.waitReady(30 * time.Second); err != nil {
@@ -251,8 +243,8 @@ func (a *Agent) waitReady(timeout time.Duration) error {
 	var last error
 	for time.Now().Before(deadline) {
 		select {
-		case <-a.exited:
-			return fmt.Errorf("agent exited: %v", a.waitErr)
+		case <-a.proc.Exited():
+			return fmt.Errorf("agent exited: %v", a.proc.Err())
 		default:
 		}
 		var leader string
@@ -296,45 +288,13 @@ func (a *Agent) getJSON(hc *http.Client, path string, out any) error {
 
 // Stop stops the agent (SIGINT, then SIGKILL after 10s) and waits for it to exit. It is
 // idempotent; the test's cleanup calls it too.
-func (a *Agent) Stop() {
-	select {
-	case <-a.exited:
-		return
-	default:
-	}
-	_ = a.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-a.exited:
-		return
-	case <-time.After(10 * time.Second):
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGKILL)
-	<-a.exited
-}
+func (a *Agent) Stop() { a.proc.Stop(os.Interrupt, 10*time.Second) }
 
 // Kill stops the agent at once with SIGKILL, as a crash would, and waits for it to exit.
-func (a *Agent) Kill() {
-	select {
-	case <-a.exited:
-		return
-	default:
-	}
-	_ = a.cmd.Process.Signal(syscall.SIGKILL)
-	<-a.exited
-}
+func (a *Agent) Kill() { a.proc.Kill() }
 
 // logTail returns the last n lines of the agent's log.
-func (a *Agent) logTail(n int) string {
-	data, err := os.ReadFile(a.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
+func (a *Agent) logTail(n int) string { return a.proc.LogTail(n) }
 
 // FreePorts picks distinct ports that are free for both TCP and UDP on 127.0.0.1 (serf
 // and DNS use both). Another process may still take one before an agent binds it; Start

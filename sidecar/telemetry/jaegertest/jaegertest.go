@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
 // Ports are every port the all-in-one listens on, all bound to 127.0.0.1. The three
@@ -54,12 +56,9 @@ type Jaeger struct {
 	// Ports are all the ports it listens on; StartOn takes them to restart where it was.
 	Ports Ports
 
-	t       testing.TB
-	cmd     *exec.Cmd
-	logPath string
-	exited  chan struct{}
-	waitErr error
-	hc      *http.Client
+	t    testing.TB
+	proc *ferrytest.Child
+	hc   *http.Client
 }
 
 // Binary returns the path of the jaeger-all-in-one binary, failing t if there is none.
@@ -161,7 +160,8 @@ func start(t testing.TB, bin string, ports Ports) (*Jaeger, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = jaegerEnv(ports)
-	if err := cmd.Start(); err != nil {
+	proc, err := ferrytest.StartChild(cmd, logf.Name())
+	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	j := &Jaeger{
@@ -171,21 +171,15 @@ func start(t testing.TB, bin string, ports Ports) (*Jaeger, error) {
 		AdminURL:     "http://" + hostPort(ports.Admin),
 		Ports:        ports,
 		t:            t,
-		cmd:          cmd,
-		logPath:      logf.Name(),
-		exited:       make(chan struct{}),
+		proc:         proc,
 		// No keep-alive: no idle connection goroutines outlive a call, so tests can
 		// check for leaked goroutines while Jaeger runs.
 		hc: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: 5 * time.Second},
 	}
-	go func() {
-		j.waitErr = cmd.Wait()
-		close(j.exited)
-	}()
 	t.Cleanup(func() {
 		j.Stop()
 		if t.Failed() {
-			t.Logf("jaeger log (%s), last lines:\n%s", j.logPath, j.LogTail(40))
+			t.Logf("jaeger log (%s), last lines:\n%s", j.proc.LogPath(), j.LogTail(40))
 		}
 	})
 	if err := j.waitReady(30 * time.Second); err != nil {
@@ -221,8 +215,8 @@ func (j *Jaeger) waitReady(timeout time.Duration) error {
 	var last error
 	for time.Now().Before(deadline) {
 		select {
-		case <-j.exited:
-			return fmt.Errorf("jaeger exited: %v", j.waitErr)
+		case <-j.proc.Exited():
+			return fmt.Errorf("jaeger exited: %v", j.proc.Err())
 		default:
 		}
 		var health struct {
@@ -278,45 +272,13 @@ func (j *Jaeger) getJSON(ctx context.Context, u string, out any) error {
 
 // Stop stops Jaeger (SIGTERM, then SIGKILL after 10s) and waits for it to exit. It is
 // idempotent; the test's cleanup calls it too.
-func (j *Jaeger) Stop() {
-	select {
-	case <-j.exited:
-		return
-	default:
-	}
-	_ = j.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-j.exited:
-		return
-	case <-time.After(10 * time.Second):
-	}
-	_ = j.cmd.Process.Signal(syscall.SIGKILL)
-	<-j.exited
-}
+func (j *Jaeger) Stop() { j.proc.Stop(syscall.SIGTERM, 10*time.Second) }
 
 // Kill stops Jaeger at once with SIGKILL, as a crash would, and waits for it to exit.
-func (j *Jaeger) Kill() {
-	select {
-	case <-j.exited:
-		return
-	default:
-	}
-	_ = j.cmd.Process.Signal(syscall.SIGKILL)
-	<-j.exited
-}
+func (j *Jaeger) Kill() { j.proc.Kill() }
 
 // LogTail returns the last n lines of Jaeger's log.
-func (j *Jaeger) LogTail(n int) string {
-	data, err := os.ReadFile(j.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := bytes.Split(bytes.TrimRight(data, "\n"), []byte("\n"))
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return string(bytes.Join(lines, []byte("\n")))
-}
+func (j *Jaeger) LogTail(n int) string { return j.proc.LogTail(n) }
 
 // FreePorts picks distinct free ports on 127.0.0.1: TCP for the listeners, UDP for the
 // three agent processors. Another process may still take one before Jaeger binds it;

@@ -22,7 +22,7 @@ func TestJaeger(t *testing.T) {
 	j := Start(t)
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 
-	checkLoopbackOnly(t, j.cmd.Process.Pid)
+	checkLoopbackOnly(t, j.proc.Pid())
 
 	const (
 		traceID = "5b8efff798038103d269b633813fc60c"
