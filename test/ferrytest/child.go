@@ -37,6 +37,16 @@ func (c *Child) Exited() <-chan struct{} { return c.exited }
 // Err is how the process exited; call it only after Exited is closed.
 func (c *Child) Err() error { return c.err }
 
+// ExitCode is the exit code as a shell reports it (128+N when killed by signal N); call it
+// only after Exited is closed.
+func (c *Child) ExitCode() int {
+	code := c.cmd.ProcessState.ExitCode()
+	if ws, ok := c.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && code == -1 && ws.Signaled() {
+		code = 128 + int(ws.Signal())
+	}
+	return code
+}
+
 // Pid is the process ID.
 func (c *Child) Pid() int { return c.cmd.Process.Pid }
 

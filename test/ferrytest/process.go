@@ -29,12 +29,9 @@ type Process struct {
 	// Cmd is the running command.
 	Cmd *exec.Cmd
 
-	t       testing.TB
-	admin   string // admin host:port
-	logPath string // stdout and stderr of the process (and of its app)
-
-	done     chan struct{} // closed when the process has exited
-	exitCode int           // valid after done
+	t     testing.TB
+	admin string // admin host:port
+	child *Child // its output (and its app's) goes to child.LogPath()
 }
 
 // Start runs `ferry run --config config [-- app...]` with the binary bin; admin is the
@@ -65,30 +62,16 @@ func StartWith(t testing.TB, o Options, bin, config, admin string, app ...string
 	cmd.Env = o.Env
 	// If the test binary dies, ferry dies with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	child, err := StartChild(cmd, logPath)
+	if err != nil {
 		t.Fatalf("start ferry: %v", err)
 	}
-	p := &Process{Cmd: cmd, t: t, admin: admin, logPath: logPath, done: make(chan struct{})}
-	go func() {
-		err := cmd.Wait()
-		p.exitCode = cmd.ProcessState.ExitCode()
-		if err != nil && p.exitCode == -1 {
-			if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				p.exitCode = 128 + int(ws.Signal())
-			}
-		}
-		close(p.done)
-	}()
+	p := &Process{Cmd: cmd, t: t, admin: admin, child: child}
 	t.Cleanup(func() {
 		if o.Grace > 0 {
 			p.Stop(o.Grace)
 		} else {
-			select {
-			case <-p.done:
-			default:
-				_ = cmd.Process.Kill()
-				<-p.done
-			}
+			child.Kill()
 		}
 		if t.Failed() {
 			name := o.Name
@@ -102,19 +85,11 @@ func StartWith(t testing.TB, o Options, bin, config, admin string, app ...string
 }
 
 // Stop sends SIGTERM and waits for the process to exit, killing it after grace.
-func (p *Process) Stop(grace time.Duration) {
-	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(grace):
-		_ = p.Cmd.Process.Kill()
-		<-p.done
-	}
-}
+func (p *Process) Stop(grace time.Duration) { p.child.Stop(syscall.SIGTERM, grace) }
 
 // Output returns everything the process (and its app) wrote so far.
 func (p *Process) Output() string {
-	b, err := os.ReadFile(p.logPath)
+	b, err := os.ReadFile(p.child.LogPath())
 	if err != nil {
 		return "(" + err.Error() + ")"
 	}
@@ -122,15 +97,15 @@ func (p *Process) Output() string {
 }
 
 // LogPath is the file holding the output of the process.
-func (p *Process) LogPath() string { return p.logPath }
+func (p *Process) LogPath() string { return p.child.LogPath() }
 
 // Done is closed when the process has exited.
-func (p *Process) Done() <-chan struct{} { return p.done }
+func (p *Process) Done() <-chan struct{} { return p.child.Exited() }
 
 // Exited reports whether the process has exited.
 func (p *Process) Exited() bool {
 	select {
-	case <-p.done:
+	case <-p.child.Exited():
 		return true
 	default:
 		return false
@@ -139,7 +114,7 @@ func (p *Process) Exited() bool {
 
 // ExitCode is the exit code of the process (128+N if killed by signal N); valid once it
 // has exited.
-func (p *Process) ExitCode() int { return p.exitCode }
+func (p *Process) ExitCode() int { return p.child.ExitCode() }
 
 // Signal sends sig to the process.
 func (p *Process) Signal(sig os.Signal) {
@@ -153,8 +128,8 @@ func (p *Process) Signal(sig os.Signal) {
 func (p *Process) Wait(timeout time.Duration) int {
 	p.t.Helper()
 	select {
-	case <-p.done:
-		return p.exitCode
+	case <-p.child.Exited():
+		return p.child.ExitCode()
 	case <-time.After(timeout):
 		p.t.Fatalf("ferry did not exit within %v", timeout)
 		return -1
@@ -172,7 +147,7 @@ func (p *Process) WaitReady() {
 	last := "no answer"
 	for time.Now().Before(deadline) {
 		if p.Exited() {
-			p.t.Fatalf("ferry exited with code %d before it was ready", p.exitCode)
+			p.t.Fatalf("ferry exited with code %d before it was ready", p.ExitCode())
 		}
 		resp, err := c.Get(p.AdminURL("/ready"))
 		if err == nil {
