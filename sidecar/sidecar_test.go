@@ -142,7 +142,13 @@ func TestApplyFailureChangesNothing(t *testing.T) {
 }
 
 func TestProtocolSwitchOnSameAddress(t *testing.T) {
-	a := backend(t, "a")
+	// The backend answers with the X-Forwarded-For it received: Ferry adds one in HTTP mode,
+	// while in TCP mode the client's bytes arrive untouched.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "xff="+r.Header.Get("X-Forwarded-For"))
+	}))
+	t.Cleanup(srv.Close)
+	a := srv.Listener.Addr().String()
 	out := freeAddr(t)
 	s := New(Options{})
 	drained(t, s)
@@ -167,9 +173,13 @@ func TestProtocolSwitchOnSameAddress(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Errorf("status = %d, want 200", resp.StatusCode)
+	if resp.StatusCode != 200 || string(body) != "xff=" {
+		t.Errorf("after the switch to tcp: %d %q, want 200 \"xff=\" (bytes passed through, no header added)", resp.StatusCode, body)
+	}
+	if resp.Header.Get("X-Request-Id") != "" || resp.Header.Get("Proxy-Status") != "" {
+		t.Errorf("response carries headers of Ferry's HTTP mode: %v", resp.Header)
 	}
 	if ok, why := s.Ready(); !ok {
 		t.Errorf("Ready() = false (%s), want true", why)
