@@ -110,7 +110,13 @@ func Start(t testing.TB, opts Options) *Agent {
 	t.Helper()
 	bin := Binary(t)
 	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
+	attempts := 3
+	if opts.Ports != nil {
+		// Fixed ports (an agent restarted where the last one ran): a port can be held for a
+		// moment by another test's FreePorts probe, so wait and try again rather than fail.
+		attempts = 10
+	}
+	for attempt := 0; attempt < attempts; attempt++ {
 		ports := opts.Ports
 		if ports == nil {
 			p, err := FreePorts()
@@ -125,7 +131,7 @@ func Start(t testing.TB, opts Options) *Agent {
 		}
 		lastErr = err
 		if opts.Ports != nil {
-			break // fixed ports: retrying cannot help
+			time.Sleep(300 * time.Millisecond)
 		}
 	}
 	t.Fatalf("consultest: %v", lastErr)
