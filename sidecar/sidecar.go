@@ -244,6 +244,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		specs[inboundUpstream] = upstreamConfig{policy: balancer.RoundRobin,
 			endpoints: []discovery.Endpoint{{Address: cfg.Inbound.Target, Weight: 1}}}
 	}
+	published := map[string]<-chan struct{}{} // watches (re)started by this Apply
 	for name, spec := range specs {
 		u := s.upstreams[name]
 		if u == nil {
@@ -265,18 +266,25 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 			src, key, consulSrc = cs.src, k, cs
 		}
 		name := name
-		if u.watch(src, key, func(err error) {
+		first, restarted := u.watch(src, key, func(err error) {
 			s.log.Error("discovery failed", "upstream", name, "error", err)
-		}) {
+		})
+		if restarted {
 			s.setConsulSource(name, consulSrc)
+			published[name] = first
 		}
 	}
-	// Static sources publish at once, Consul ones on their first answer; wait briefly so
-	// new listeners do not answer 503.
+	// Static sources publish at once, Consul ones on their first answer. Wait briefly for
+	// every watch that (re)started, so that new listeners do not answer 503 and requests
+	// after a reload do not go to the endpoints the new config removed.
 	firstWait := time.Now().Add(2 * time.Second)
 	for name := range specs {
+		first, ok := published[name]
+		if !ok {
+			first = s.upstreams[name].firstSet
+		}
 		select {
-		case <-s.upstreams[name].firstSet:
+		case <-first:
 		case <-time.After(time.Until(firstWait)):
 		}
 		if why := s.consulWaiting(name); why != "" {

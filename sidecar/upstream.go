@@ -264,11 +264,11 @@ func (u *upstream) rejected(limit string) {
 
 // watch makes src the upstream's source of endpoints unless key says it already is;
 // the previous watch is stopped. It reports whether src's watch was started.
-func (u *upstream) watch(src discovery.Source, key string, report func(error)) bool {
+func (u *upstream) watch(src discovery.Source, key string, report func(error)) (first <-chan struct{}, restarted bool) {
 	u.mu.Lock()
 	if u.cancel != nil && key == u.watchKey {
 		u.mu.Unlock()
-		return false
+		return nil, false
 	}
 	if u.cancel != nil {
 		u.cancel()
@@ -277,13 +277,19 @@ func (u *upstream) watch(src discovery.Source, key string, report func(error)) b
 	done := make(chan struct{})
 	u.cancel, u.watchKey, u.done = cancel, key, done
 	u.mu.Unlock()
+	published := make(chan struct{})
+	var once sync.Once
 	go func() {
 		defer close(done)
-		if err := src.Watch(ctx, u.name, u.update); err != nil && ctx.Err() == nil {
+		publish := func(set *discovery.EndpointSet) {
+			u.update(set)
+			once.Do(func() { close(published) })
+		}
+		if err := src.Watch(ctx, u.name, publish); err != nil && ctx.Err() == nil {
 			report(err)
 		}
 	}()
-	return true
+	return published, true
 }
 
 // stop ends the upstream's discovery watch, its outlier detection, its health checks and
