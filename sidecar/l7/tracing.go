@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 
+	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -47,10 +48,19 @@ func (h *Handler) endAttempt(span trace.Span, endpoint string, resp *http.Respon
 	h.o.Tracing.EndHTTP(span, res)
 }
 
-// attemptResult is the outcome of a try that got resp and whose body ended with err.
+// attemptResult is the outcome of a try that got resp and whose body ended with err. Over
+// mesh mTLS the peer sidecar's SPIFFE ID, verified in the handshake, is read from the
+// response's connection state; it is left out for plaintext and for server TLS without
+// one.
 func attemptResult(endpoint string, resp *http.Response, err error) telemetry.HTTPResult {
-	return telemetry.HTTPResult{Status: resp.StatusCode, Endpoint: endpoint,
+	res := telemetry.HTTPResult{Status: resp.StatusCode, Endpoint: endpoint,
 		GRPCStatus: telemetry.GRPCStatus(resp.Trailer, resp.Header), Err: err}
+	if resp.TLS != nil {
+		if id, err := mtls.PeerID(resp.TLS); err == nil {
+			res.PeerID = id.String()
+		}
+	}
+	return res
 }
 
 // endServerSpan records how the request of st ended on its (recording) server span and
