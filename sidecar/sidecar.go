@@ -21,6 +21,8 @@ import (
 	"github.com/ferrymesh/ferry/sidecar/l4"
 	"github.com/ferrymesh/ferry/sidecar/l7"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // inboundUpstream is the internal name of the local application as an upstream.
@@ -59,6 +61,8 @@ type Sidecar struct {
 	mesh       meshState   // the mTLS certificate source; see tls.go
 	// pol is the running inbound policy (nil: none), read by the metrics collector.
 	pol atomic.Pointer[policy.Policy]
+	// handshakeFailures is ferry_tls_handshake_failures_total (see tls.go).
+	handshakeFailures *prometheus.CounterVec
 }
 
 // snapshot is what one successful Apply put in place: the config and when.
@@ -81,6 +85,11 @@ func New(o Options) *Sidecar {
 		listeners:  map[string]*listener{},
 		upstreams:  map[string]*upstream{},
 		transports: map[string]*l7.Transport{},
+
+		handshakeFailures: newHandshakeFailures(),
+	}
+	if err := o.Metrics.Registry.Register(s.handshakeFailures); err != nil {
+		s.log.Warn("TLS handshake metrics not registered", "error", err)
 	}
 	if err := o.Metrics.Registry.Register(discoveryCollector{s}); err != nil {
 		s.log.Warn("discovery metrics not registered", "error", err)
@@ -317,6 +326,9 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		}
 		var tlsKey string
 		d.tlsIn, tlsKey = inboundTLSFor(cfg, mesh, in.Protocol == "tcp", s.log)
+		if d.tlsIn != nil {
+			d.tlsIn.failures = s.handshakeFailures.MustCurryWith(prometheus.Labels{"listener": in.Address})
+		}
 		d.key += tlsKey
 		want = append(want, d)
 	}

@@ -237,6 +237,31 @@ type inboundTLS struct {
 	config    *tls.Config
 	handshake time.Duration // bounds each handshake
 	log       *slog.Logger
+	// failures counts refused handshakes by reason; nil counts nothing.
+	failures *prometheus.CounterVec
+}
+
+// Reasons of ferry_tls_handshake_failures_total.
+const (
+	handshakePlaintext = "plaintext"        // a plaintext request to an mTLS-only listener
+	handshakePeerCert  = "peer_certificate" // no, an untrusted, expired or unauthorized certificate
+	handshakeTimeout   = "timeout"          // not completed within the listener's read_header_timeout
+	handshakeProtocol  = "protocol"         // any other failure (bad version, no shared cipher, reset)
+)
+
+// newHandshakeFailures is ferry_tls_handshake_failures_total, by listener and reason.
+func newHandshakeFailures() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_tls_handshake_failures_total",
+		Help: "TLS handshakes refused on a listener, by reason: plaintext, peer_certificate, timeout or protocol.",
+	}, []string{"listener", "reason"})
+}
+
+// failed counts a refused handshake.
+func (in *inboundTLS) failed(reason string) {
+	if in.failures != nil {
+		in.failures.WithLabelValues(reason).Inc()
+	}
 }
 
 // inboundTLSFor returns the inbound termination for cfg (nil: plaintext) and the part of
@@ -339,10 +364,16 @@ func (t *tlsLayer) handshake(c *tls.Conn) {
 			"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
 			l7.ProxyName, "plaintext request to an mTLS listener", len(body), body)
 		_ = rhe.Conn.Close()
+		t.in.failed(handshakePlaintext)
 		t.in.log.Info("mTLS handshake refused: plaintext request", "downstream", c.RemoteAddr().String())
 	case errors.As(err, &pe):
+		t.in.failed(handshakePeerCert)
 		t.in.log.Info("mTLS handshake refused: peer certificate", "downstream", c.RemoteAddr().String(), "details", pe.Details())
+	case errors.Is(err, context.DeadlineExceeded):
+		t.in.failed(handshakeTimeout)
+		t.in.log.Debug("mTLS handshake timed out", "downstream", c.RemoteAddr().String(), "timeout", t.in.handshake)
 	default:
+		t.in.failed(handshakeProtocol)
 		t.in.log.Debug("mTLS handshake failed", "downstream", c.RemoteAddr().String(), "error", err)
 	}
 	_ = c.Close()

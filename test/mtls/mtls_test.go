@@ -246,6 +246,12 @@ upstreams: [{name: billing, endpoints: [%s], identity: "spiffe://mesh.local/svc/
 	if got := m.app.count.Load(); got != before {
 		t.Errorf("app served %d requests from refused callers, want none", got-before)
 	}
+	// Every refusal is counted by reason on the server-side sidecar's listener.
+	for reason, want := range map[string]float64{"plaintext": 1, "peer_certificate": 2} {
+		if got := m.server.MetricWith("ferry_tls_handshake_failures_total", "listener="+m.inbound, "reason="+reason); got != want {
+			t.Errorf("ferry_tls_handshake_failures_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
 }
 
 // TestClientWithCertificateFromAnotherCA: a client-side sidecar whose certificates come
