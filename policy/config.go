@@ -47,8 +47,9 @@ type Config struct {
 
 // RateLimitService is `policy.rate_limit_service`.
 type RateLimitService struct {
-	// Address is host:port of the service (gRPC, plaintext or the mesh's mTLS as the
-	// proxy dials it).
+	// Address is host:port of the service, called over plaintext gRPC: run it on
+	// loopback, or reach a remote one through an outbound listener of this sidecar (which
+	// secures the hop with the mesh's mTLS).
 	Address string `yaml:"address" json:"address"`
 	// Domain is the service's domain for these limits. Default "ferry".
 	Domain string `yaml:"domain" json:"domain,omitempty"`

@@ -61,6 +61,9 @@ type Sidecar struct {
 	mesh       meshState   // the mTLS certificate source; see tls.go
 	// pol is the running inbound policy (nil: none), read by the metrics collector.
 	pol atomic.Pointer[policy.Policy]
+	// rls is the client of the global rate limit service, nil without one; see
+	// ratelimit.go.
+	rls *rlsClient
 	// handshakeFailures is ferry_tls_handshake_failures_total (see tls.go).
 	handshakeFailures *prometheus.CounterVec
 }
@@ -195,6 +198,11 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	rls, err := s.rateLimitServiceFor(pol)
+	if err != nil {
+		return err
+	}
+	defer s.settleRLS(rls)
 
 	// 1. Bind every new address first, so a failure changes nothing.
 	fresh := map[string]*listener{}
@@ -321,7 +329,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 				Direction: telemetry.Inbound, Name: cfg.Service, Upstream: u, Transport: t,
 				RequestTimeout: in.RequestTimeout.D(), Metrics: s.metrics.HTTP(telemetry.Inbound, cfg.Service),
 				AccessLog: accessLog, Logger: s.log, Tracing: tracing, MTLS: mesh.source(),
-				Policy: pol, Port: listenerPort(in.Address),
+				Policy: pol, Port: listenerPort(in.Address), RateLimitService: rls.service(),
 			})
 		}
 		var tlsKey string
@@ -358,6 +366,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 
 	// 5. Swap. From here on nothing fails.
 	drain := cfg.DrainTimeout.D()
+	s.commitRLS(rls, drain)
 	keep := map[string]bool{}
 	for _, d := range want {
 		keep[d.addr] = true
@@ -518,6 +527,7 @@ func (s *Sidecar) Drain(ctx context.Context) {
 	s.retiring.Wait()
 	_ = s.accessLog.Close()
 	s.closeMesh()
+	s.closeRLS()
 	if t := s.tracing.cur; t != nil {
 		shutdownTracing(t, s)
 	}

@@ -40,19 +40,10 @@ func emptyLists(v reflect.Value) {
 }
 
 // checkPolicy validates the policy block with policy.Config.Validate and records each
-// problem at its key's line, its path prefixed with "policy". Global rate limits (a
-// rate_limit_service) are refused as not available yet: the sidecar does not ask one.
+// problem at its key's line, its path prefixed with "policy".
 func checkPolicy(col *collector, pc *policy.Config) {
 	for _, fe := range pc.Validate() {
 		col.add(path{"policy"}.with(fe.Path...), "%s", fe.Msg)
-	}
-	if pc.RateLimitService != nil {
-		col.add(path{"policy", "rate_limit_service"}, "global rate limits are not available yet (use local rate_limits)")
-	}
-	for i, rl := range pc.RateLimits {
-		if rl.Global {
-			col.add(path{"policy", "rate_limits", i, "global"}, "global rate limits are not available yet (use a local limit)")
-		}
 	}
 }
 

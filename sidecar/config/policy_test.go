@@ -92,11 +92,27 @@ upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
 policy:
   rate_limits:
     - {name: tenants, key: "header:x-tenant", global: true}
-  rate_limit_service: {address: 127.0.0.1:8081}
+    - {name: both, global: true, requests_per_second: 5}
 `,
 			want: []string{
-				`ferry.yaml:6: policy.rate_limits[0].global: global rate limits are not available yet`,
-				`ferry.yaml:7: policy.rate_limit_service: global rate limits are not available yet`,
+				`ferry.yaml:6: policy.rate_limits[0].global: needs rate_limit_service`,
+				`ferry.yaml:7: policy.rate_limits[1].global: needs rate_limit_service`,
+			},
+		},
+		{
+			name: "rate limit service",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+policy:
+  rate_limits:
+    - {name: tenants, key: "header:x-tenant", global: true}
+  rate_limit_service: {address: nowhere, failure_mode: sometimes}
+`,
+			want: []string{
+				`ferry.yaml:7: policy.rate_limit_service.address: invalid address "nowhere"`,
+				`ferry.yaml:7: policy.rate_limit_service.failure_mode: invalid failure_mode "sometimes"`,
 			},
 		},
 	}

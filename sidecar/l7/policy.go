@@ -38,6 +38,9 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	case c.RateLimit.Kind != policy.KindNone:
 		pn.keep(&c.RateLimit)
 	}
+	if p.HasGlobalRateLimits() && !h.globalRateLimit(st, r, &req, pn) {
+		return false
+	}
 	if max := p.MaxBodyBytes(); max > 0 && r.ContentLength < 0 && r.Body != nil && r.Body != http.NoBody {
 		b, err := policy.ReadBody(r.Body, max)
 		if errors.Is(err, policy.ErrBodyTooLarge) {
@@ -83,4 +86,22 @@ type policyNote struct {
 // keep records d in n.
 func (n *policyNote) keep(d *policy.Decision) {
 	n.outcome, n.rule = d.Outcome(), d.Rule
+}
+
+// globalRateLimit asks the global rate limit service about r (req is its policy view) and
+// reports whether r may go on; when it may not, it has answered with the service's 429 (or,
+// failing closed, a 500). Headers the service asks to add to the request are set on r.
+func (h *Handler) globalRateLimit(st *state, r *http.Request, req *policy.Request, pn *policyNote) bool {
+	d := h.o.Policy.GlobalRateLimit(r.Context(), h.o.RateLimitService, req)
+	if !d.Allowed {
+		h.refuse(st, r, pn, &d)
+		return false
+	}
+	for _, e := range d.RateLimit.RequestHeaders {
+		r.Header.Set(e.Key, e.Value)
+	}
+	if d.Kind != policy.KindNone && pn.rule == "" {
+		pn.keep(&d)
+	}
+	return true
 }

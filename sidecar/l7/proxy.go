@@ -23,6 +23,7 @@ import (
 
 	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/policy"
+	"github.com/ferrymesh/ferry/policy/ratelimit"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
@@ -84,6 +85,9 @@ type Options struct {
 	Policy *policy.Policy
 	// Port is the listener's port, matched by access rules with ports; 0 if unknown.
 	Port uint16
+	// RateLimitService is asked about the Policy's global rate limits, after the local
+	// ones; the sidecar sets it whenever the Policy has global limits (nil asks nothing).
+	RateLimitService *ratelimit.Service
 }
 
 // Handler proxies every request it serves to one upstream. It is immutable after NewHandler
