@@ -490,7 +490,7 @@ func failure(err error, down context.Context) balancer.DoneInfo {
 func (h *Handler) deliver(resp *http.Response, ep *balancer.Endpoint, down context.Context, span trace.Span) *http.Response {
 	d := &doneBody{ReadCloser: resp.Body, ep: ep, resp: resp, ctx: down}
 	if span != nil {
-		d.span, d.tracing = span, h.o.Tracing
+		d.span, d.tracing, d.peer = span, h.o.Tracing, h.peerOf(ep.Address)
 	}
 	if ct := resp.Header["Content-Type"]; len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
 		d.grpc = true
@@ -544,6 +544,7 @@ type doneBody struct {
 	// span is the attempt's client span, ended with the body (nil without one).
 	span    trace.Span
 	tracing *telemetry.Tracing
+	peer    string // the endpoint's verified SPIFFE ID, for the span
 }
 
 func (b *doneBody) finish(err error) {
@@ -559,7 +560,7 @@ func (b *doneBody) finish(err error) {
 	}
 	b.ep.Done(info)
 	if b.span != nil {
-		b.tracing.EndHTTP(b.span, attemptResult(b.ep.Address, b.resp, err))
+		b.tracing.EndHTTP(b.span, attemptResult(b.ep.Address, b.peer, b.resp, err))
 	}
 }
 

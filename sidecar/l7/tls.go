@@ -51,6 +51,21 @@ type UpstreamTLS struct {
 // Enabled reports whether connections use TLS at all.
 func (u UpstreamTLS) Enabled() bool { return u.Source != nil || u.Simple }
 
+// PeerIdentity returns the SPIFFE ID the endpoint at addr must present with mesh TLS (what
+// Identities says for it, else Expected), "" without mesh TLS. A connection to addr that
+// completed its handshake has presented exactly this ID.
+func (u UpstreamTLS) PeerIdentity(addr string) string {
+	if u.Source == nil {
+		return ""
+	}
+	if u.Identities != nil {
+		if s := u.Identities.IdentityOf(addr); s != "" {
+			return s
+		}
+	}
+	return u.Expected.String()
+}
+
 // Client runs the client side of a TLS handshake over raw, a fresh connection to addr,
 // offering the ALPN protocols alpn (none if nil). A failed handshake closes raw; with mesh
 // TLS its error wraps a *mtls.PeerError when the endpoint is not who it should be.

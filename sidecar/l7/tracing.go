@@ -4,7 +4,6 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
 	"go.opentelemetry.io/otel/trace"
 )
@@ -38,7 +37,7 @@ func (h *Handler) endAttempt(span trace.Span, endpoint string, resp *http.Respon
 		return
 	}
 	if resp != nil {
-		h.o.Tracing.EndHTTP(span, attemptResult(endpoint, resp, nil))
+		h.o.Tracing.EndHTTP(span, attemptResult(endpoint, h.peerOf(endpoint), resp, nil))
 		return
 	}
 	res := telemetry.HTTPResult{Endpoint: endpoint}
@@ -48,19 +47,21 @@ func (h *Handler) endAttempt(span trace.Span, endpoint string, resp *http.Respon
 	h.o.Tracing.EndHTTP(span, res)
 }
 
-// attemptResult is the outcome of a try that got resp and whose body ended with err. Over
-// mesh mTLS the peer sidecar's SPIFFE ID, verified in the handshake, is read from the
-// response's connection state; it is left out for plaintext and for server TLS without
-// one.
-func attemptResult(endpoint string, resp *http.Response, err error) telemetry.HTTPResult {
-	res := telemetry.HTTPResult{Status: resp.StatusCode, Endpoint: endpoint,
+// attemptResult is the outcome of a try that got resp and whose body ended with err; peer
+// is the SPIFFE ID the endpoint proved in the mTLS handshake ("" without mesh TLS).
+func attemptResult(endpoint, peer string, resp *http.Response, err error) telemetry.HTTPResult {
+	return telemetry.HTTPResult{Status: resp.StatusCode, Endpoint: endpoint, PeerID: peer,
 		GRPCStatus: telemetry.GRPCStatus(resp.Trailer, resp.Header), Err: err}
-	if resp.TLS != nil {
-		if id, err := mtls.PeerID(resp.TLS); err == nil {
-			res.PeerID = id.String()
-		}
+}
+
+// peerOf returns the SPIFFE ID an upstream endpoint must have presented for a response to
+// come back from it over mesh mTLS (the handshake refuses any other), "" when the
+// transport does not speak mesh TLS.
+func (h *Handler) peerOf(endpoint string) string {
+	if h.o.Transport == nil {
+		return ""
 	}
-	return res
+	return h.o.Transport.Options().TLS.PeerIdentity(endpoint)
 }
 
 // endServerSpan records how the request of st ended on its (recording) server span and

@@ -1,48 +1,47 @@
 package l7
 
 import (
-	"crypto/tls"
-	"crypto/x509"
-	"net/http"
-	"net/http/httptest"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ferrymesh/ferry/mtls"
 )
 
-// TestAttemptResultPeerIdentity checks that a client span records the SPIFFE ID the
-// upstream sidecar presented, and nothing for plaintext or for a certificate without one.
-func TestAttemptResultPeerIdentity(t *testing.T) {
-	td := spiffeid.RequireTrustDomainFromString("mesh.local")
-	ca, err := mtls.NewCA(td, time.Hour, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := spiffeid.RequireFromPath(td, "/svc/api")
-	svid, err := ca.Issue(mtls.IssueRequest{ID: id})
-	if err != nil {
-		t.Fatal(err)
-	}
-	web := httptest.NewUnstartedServer(http.NotFoundHandler())
-	web.StartTLS()
-	defer web.Close()
+// identities is an IdentityLookup from a map.
+type identities map[string]string
+
+func (m identities) IdentityOf(addr string) string { return m[addr] }
+
+// TestPeerIdentity checks the SPIFFE ID a client span records for an endpoint that
+// answered: the one discovery gave the endpoint, else the upstream's, and none without
+// mesh TLS.
+func TestPeerIdentity(t *testing.T) {
+	api := spiffeid.RequireFromString("spiffe://mesh.local/svc/api")
+	src := mtls.NewStore("test")
 	for _, tc := range []struct {
 		name string
-		tls  *tls.ConnectionState
+		tls  UpstreamTLS
+		addr string
 		want string
 	}{
-		{"mesh mTLS", &tls.ConnectionState{PeerCertificates: svid.Certificates}, id.String()},
-		{"plaintext", nil, ""},
-		{"server TLS without a SPIFFE ID", &tls.ConnectionState{PeerCertificates: []*x509.Certificate{web.Certificate()}}, ""},
+		{"plaintext", UpstreamTLS{}, "10.0.0.1:80", ""},
+		{"simple TLS", UpstreamTLS{Simple: true}, "10.0.0.1:443", ""},
+		{"mesh, upstream identity", UpstreamTLS{Source: src, Expected: api}, "10.0.0.1:21000", api.String()},
+		{"mesh, identity from discovery", UpstreamTLS{Source: src, Expected: api,
+			Identities: identities{"10.0.0.2:21000": "spiffe://dc1.consul/ns/default/dc/dc1/svc/api"}},
+			"10.0.0.2:21000", "spiffe://dc1.consul/ns/default/dc/dc1/svc/api"},
+		{"mesh, discovery silent on this endpoint", UpstreamTLS{Source: src, Expected: api,
+			Identities: identities{"10.0.0.2:21000": "spiffe://x/y"}}, "10.0.0.3:21000", api.String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			resp := &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, TLS: tc.tls}
-			if got := attemptResult("127.0.0.1:1", resp, nil).PeerID; got != tc.want {
-				t.Errorf("attemptResult().PeerID = %q, want %q", got, tc.want)
+			h := &Handler{o: Options{Transport: NewTransport(TransportOptions{TLS: tc.tls})}}
+			if got := h.peerOf(tc.addr); got != tc.want {
+				t.Errorf("peerOf(%s) = %q, want %q", tc.addr, got, tc.want)
 			}
 		})
+	}
+	if got := (&Handler{}).peerOf("10.0.0.1:80"); got != "" {
+		t.Errorf("peerOf without a transport = %q, want none", got)
 	}
 }
