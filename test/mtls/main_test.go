@@ -7,24 +7,17 @@ package mtls
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/tls"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ferrymesh/ferry/mtls"
 
@@ -43,74 +36,6 @@ var ferryBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(ferrytest.Main(m, "mtls", ferrytest.Build{Out: &ferryBin, Pkg: "./cmd/ferry"}))
-}
-
-// pki is a development CA in a temporary directory and the certificates it issued.
-type pki struct {
-	t   *testing.T
-	dir string
-	ca  *mtls.CA
-}
-
-var trustDomain = spiffeid.RequireTrustDomainFromString("mesh.local")
-
-func newPKI(t *testing.T) *pki {
-	t.Helper()
-	ca, err := mtls.NewCA(trustDomain, 24*time.Hour, time.Now())
-	if err != nil {
-		t.Fatalf("NewCA() error = %v", err)
-	}
-	return &pki{t: t, dir: t.TempDir(), ca: ca}
-}
-
-// certs are the files of one issued certificate.
-type certs struct {
-	dir             string
-	cert, key, ca   string
-	svid            *x509svid.SVID
-	serial, sha256h string
-}
-
-// issue writes a certificate for service into its own directory (NAME.pem, NAME-key.pem,
-// bundle.pem). now shifts the validity period (zero: now); ttl is its lifetime.
-func (p *pki) issue(service string, now time.Time, ttl time.Duration) certs {
-	p.t.Helper()
-	return p.issueInto(filepath.Join(p.dir, service), service, now, ttl)
-}
-
-// issueInto issues a certificate for service into dir, replacing what is there.
-func (p *pki) issueInto(dir, service string, now time.Time, ttl time.Duration) certs {
-	p.t.Helper()
-	id, err := mtls.ServiceID(trustDomain, service)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	svid, err := p.ca.Issue(mtls.IssueRequest{ID: id, TTL: ttl, Now: now})
-	if err != nil {
-		p.t.Fatalf("Issue(%s) error = %v", service, err)
-	}
-	files, err := mtls.WriteSVID(dir, service, svid, p.ca.Bundle(trustDomain))
-	if err != nil {
-		p.t.Fatalf("WriteSVID() error = %v", err)
-	}
-	sum := sha256.Sum256(svid.Certificates[0].Raw)
-	return certs{dir: dir, cert: files.Cert, key: files.Key, ca: files.Bundle, svid: svid,
-		serial: mtls.FormatSerial(svid.Certificates[0].SerialNumber), sha256h: hex.EncodeToString(sum[:])}
-}
-
-// tlsCert is c as a tls.Certificate for a hand-made client.
-func (c certs) tlsCert(t *testing.T) tls.Certificate {
-	t.Helper()
-	tc, err := tls.LoadX509KeyPair(c.cert, c.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tc
-}
-
-// mtlsBlock is the mtls block of a config using c.
-func (c certs) mtlsBlock() string {
-	return fmt.Sprintf("mtls: {mode: strict, source: files, cert_file: %q, key_file: %q, ca_file: %q}\n", c.cert, c.key, c.ca)
 }
 
 // ferry is one running ferry process.
@@ -298,8 +223,8 @@ type mesh struct {
 	client   *ferry
 	inbound  string // the server-side sidecar's mTLS listener
 	outbound string // the client-side sidecar's listener for api
-	webCerts certs
-	apiCerts certs
+	webCerts ferrytest.Certs
+	apiCerts ferrytest.Certs
 }
 
 // meshOptions vary startMesh.
@@ -310,7 +235,7 @@ type meshOptions struct {
 	idleTimeout  time.Duration // the client's upstream idle_timeout (default 90s)
 }
 
-func startMesh(t *testing.T, p *pki, o meshOptions) *mesh {
+func startMesh(t *testing.T, p *ferrytest.PKI, o meshOptions) *mesh {
 	t.Helper()
 	if o.apiService == "" {
 		o.apiService = "api"
@@ -319,14 +244,14 @@ func startMesh(t *testing.T, p *pki, o meshOptions) *mesh {
 		o.idleTimeout = 90 * time.Second
 	}
 	m := &mesh{app: startApp(t, o.grpc), inbound: ferrytest.FreeAddr(t), outbound: ferrytest.FreeAddr(t)}
-	m.apiCerts = p.issue(o.apiService, time.Time{}, time.Hour)
-	m.webCerts = p.issue("web", time.Time{}, time.Hour)
+	m.apiCerts = p.Issue(o.apiService)
+	m.webCerts = p.Issue("web")
 	serverAdmin, clientAdmin := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	m.server = startFerry(t, serverAdmin, fmt.Sprintf(`service: api
 admin: {address: %s}
 inbound: {address: %s, target: %s}
 telemetry: {access_log: stdout}
-%s`, serverAdmin, m.inbound, m.app.addr, m.apiCerts.mtlsBlock()))
+%s`, serverAdmin, m.inbound, m.app.addr, m.apiCerts.MTLSBlock()))
 	keys := ""
 	if o.upstreamKeys != "" {
 		keys = ", " + o.upstreamKeys
@@ -336,6 +261,6 @@ admin: {address: %s}
 outbound: [{upstream: api, address: %s}]
 upstreams: [{name: api, endpoints: [%s], idle_timeout: %s%s}]
 telemetry: {access_log: stdout}
-%s`, clientAdmin, m.outbound, m.inbound, o.idleTimeout, keys, m.webCerts.mtlsBlock()))
+%s`, clientAdmin, m.outbound, m.inbound, o.idleTimeout, keys, m.webCerts.MTLSBlock()))
 	return m
 }

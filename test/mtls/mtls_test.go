@@ -28,7 +28,7 @@ import (
 // reaches the app over mTLS, and the app sees the caller's SPIFFE ID in
 // X-Forwarded-Client-Cert, never the one the caller forged.
 func TestRequestThroughBoth(t *testing.T) {
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	m := startMesh(t, p, meshOptions{})
 	c := newClient(t)
 	forged := http.Header{mtls.XFCCHeader: {"By=spiffe://mesh.local/svc/api;URI=spiffe://mesh.local/svc/admin"}}
@@ -50,8 +50,8 @@ func TestRequestThroughBoth(t *testing.T) {
 	if got, want := elems[0].By, "spiffe://mesh.local/svc/api"; got != want {
 		t.Errorf("app saw By %q, want %q", got, want)
 	}
-	if elems[0].Hash != m.webCerts.sha256h {
-		t.Errorf("app saw Hash %q, want the web certificate's %q", elems[0].Hash, m.webCerts.sha256h)
+	if elems[0].Hash != m.webCerts.SHA256 {
+		t.Errorf("app saw Hash %q, want the web certificate's %q", elems[0].Hash, m.webCerts.SHA256)
 	}
 	if strings.Contains(xfcc[0], "svc/admin") {
 		t.Errorf("forged X-Forwarded-Client-Cert reached the app: %q", xfcc[0])
@@ -71,7 +71,7 @@ func TestRequestThroughBoth(t *testing.T) {
 		f      *ferry
 		id     string
 		serial string
-	}{{m.server, "spiffe://mesh.local/svc/api", m.apiCerts.serial}, {m.client, "spiffe://mesh.local/svc/web", m.webCerts.serial}} {
+	}{{m.server, "spiffe://mesh.local/svc/api", m.apiCerts.Serial}, {m.client, "spiffe://mesh.local/svc/web", m.webCerts.Serial}} {
 		cs := tc.f.certs()
 		if !cs.Enabled || !cs.Valid || cs.SPIFFEID != tc.id {
 			t.Errorf("/certs = enabled %v, valid %v, spiffe_id %q, want true, true, %q", cs.Enabled, cs.Valid, cs.SPIFFEID, tc.id)
@@ -96,7 +96,7 @@ func TestH2AndGRPCOverMTLS(t *testing.T) {
 	hs.SetServingStatus("api.v1.Api", healthpb.HealthCheckResponse_SERVING)
 	healthpb.RegisterHealthServer(gs, hs)
 	t.Cleanup(gs.Stop)
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	m := startMesh(t, p, meshOptions{grpc: gs})
 
 	code, body, ps := get(newH2CClient(t), "http://"+m.outbound+"/h2", nil)
@@ -123,16 +123,16 @@ func TestH2AndGRPCOverMTLS(t *testing.T) {
 // TestTCPOverMTLS: a TCP upstream is reached over mTLS and bytes flow both ways; a
 // plaintext client of the server-side TCP listener gets nothing through.
 func TestTCPOverMTLS(t *testing.T) {
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	echo := startEcho(t)
-	apiCerts := p.issue("db", time.Time{}, time.Hour)
-	webCerts := p.issue("web", time.Time{}, time.Hour)
+	apiCerts := p.Issue("db")
+	webCerts := p.Issue("web")
 	inbound, outbound := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	sa, ca := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	server := startFerry(t, sa, fmt.Sprintf("service: db\nadmin: {address: %s}\ninbound: {address: %s, target: %s, protocol: tcp}\n"+
-		"telemetry: {access_log: stdout}\n%s", sa, inbound, echo, apiCerts.mtlsBlock()))
+		"telemetry: {access_log: stdout}\n%s", sa, inbound, echo, apiCerts.MTLSBlock()))
 	startFerry(t, ca, fmt.Sprintf("service: web\nadmin: {address: %s}\noutbound: [{upstream: db, address: %s, protocol: tcp}]\n"+
-		"upstreams: [{name: db, endpoints: [%s]}]\n%s", ca, outbound, inbound, webCerts.mtlsBlock()))
+		"upstreams: [{name: db, endpoints: [%s]}]\n%s", ca, outbound, inbound, webCerts.MTLSBlock()))
 
 	c, err := net.DialTimeout("tcp", outbound, ioTimeout)
 	if err != nil {
@@ -172,7 +172,7 @@ func TestTCPOverMTLS(t *testing.T) {
 // server-side sidecar that is not who the client expects is refused by the client-side
 // sidecar with Proxy-Status tls_certificate_error. None of them reaches the app.
 func TestRefusedCallers(t *testing.T) {
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	m := startMesh(t, p, meshOptions{})
 	before := m.app.count.Load()
 
@@ -183,17 +183,17 @@ func TestRefusedCallers(t *testing.T) {
 		}
 	})
 
-	other := newPKI(t)
-	expired := p.issueInto(t.TempDir(), "web", time.Now().Add(-3*time.Hour), time.Hour)
+	other := ferrytest.NewPKI(t)
+	expired := p.IssueAt(t.TempDir(), "web", time.Now().Add(-3*time.Hour), time.Hour)
 	for _, tc := range []struct {
 		name string
-		cert certs
+		cert ferrytest.Certs
 	}{
-		{"certificate from another CA", other.issue("web", time.Time{}, time.Hour)},
+		{"certificate from another CA", other.Issue("web")},
 		{"expired certificate", expired},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg := &tls.Config{Certificates: []tls.Certificate{tc.cert.tlsCert(t)}, InsecureSkipVerify: true,
+			cfg := &tls.Config{Certificates: []tls.Certificate{tc.cert.TLSCert(t)}, InsecureSkipVerify: true,
 				NextProtos: []string{"http/1.1"}, MinVersion: tls.VersionTLS12}
 			tr := &http.Transport{Proxy: nil, TLSClientConfig: cfg, DialContext: (&net.Dialer{Timeout: ioTimeout}).DialContext}
 			defer tr.CloseIdleConnections()
@@ -214,7 +214,7 @@ func TestRefusedCallers(t *testing.T) {
 admin: {address: %s}
 outbound: [{upstream: billing, address: %s}]
 upstreams: [{name: billing, endpoints: [%s], outlier_detection: {consecutive_5xx: 3, interval: 1h, max_ejection_percent: 100}}]
-%s`, admin, out, m.inbound, m.webCerts.mtlsBlock()))
+%s`, admin, out, m.inbound, m.webCerts.MTLSBlock()))
 		code, body, ps := get(newClient(t), "http://"+out+"/", nil)
 		want := `ferry; error=tls_certificate_error; details="want spiffe://mesh.local/svc/billing, got spiffe://mesh.local/svc/api"`
 		if code != http.StatusServiceUnavailable || ps != want {
@@ -236,7 +236,7 @@ upstreams: [{name: billing, endpoints: [%s], outlier_detection: {consecutive_5xx
 admin: {address: %s}
 outbound: [{upstream: billing, address: %s}]
 upstreams: [{name: billing, endpoints: [%s], identity: "spiffe://mesh.local/svc/api"}]
-%s`, admin, out, m.inbound, m.webCerts.mtlsBlock()))
+%s`, admin, out, m.inbound, m.webCerts.MTLSBlock()))
 		if code, body, ps := get(newClient(t), "http://"+out+"/", nil); code != http.StatusOK {
 			t.Errorf("GET with identity configured = %d %q (Proxy-Status %q), want 200", code, body, ps)
 		}
@@ -258,16 +258,16 @@ upstreams: [{name: billing, endpoints: [%s], identity: "spiffe://mesh.local/svc/
 // from another CA cannot verify the server (nor the server it) and answers 503 with
 // Proxy-Status tls_certificate_error; nothing reaches the app.
 func TestClientWithCertificateFromAnotherCA(t *testing.T) {
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	m := startMesh(t, p, meshOptions{})
 	before := m.app.count.Load()
-	other := newPKI(t).issue("web", time.Time{}, time.Hour)
+	other := ferrytest.NewPKI(t).Issue("web")
 	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}
 outbound: [{upstream: api, address: %s}]
 upstreams: [{name: api, endpoints: [%s]}]
-%s`, admin, out, m.inbound, other.mtlsBlock()))
+%s`, admin, out, m.inbound, other.MTLSBlock()))
 	code, body, ps := get(newClient(t), "http://"+out+"/", nil)
 	if code != http.StatusServiceUnavailable || !strings.HasPrefix(ps, `ferry; error=tls_certificate_error; details="want spiffe://mesh.local/svc/api, got spiffe://mesh.local/svc/api: `) {
 		t.Errorf("GET = %d %q, Proxy-Status %q, want 503 tls_certificate_error (the server's certificate does not verify)", code, body, ps)
@@ -280,7 +280,7 @@ upstreams: [{name: api, endpoints: [%s]}]
 // TestRotation replaces both sidecars' certificate files during a bounded load: no
 // request fails, and new handshakes present the new certificates.
 func TestRotation(t *testing.T) {
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	m := startMesh(t, p, meshOptions{idleTimeout: 200 * time.Millisecond})
 	c := newClient(t)
 	url := "http://" + m.outbound + "/load"
@@ -313,10 +313,10 @@ func TestRotation(t *testing.T) {
 		})
 	}
 	time.Sleep(300 * time.Millisecond)
-	newAPI := p.issueInto(m.apiCerts.dir, "api", time.Time{}, time.Hour)
-	newWeb := p.issueInto(m.webCerts.dir, "web", time.Time{}, time.Hour)
+	newAPI := p.IssueAt(m.apiCerts.Dir, "api", time.Time{}, time.Hour)
+	newWeb := p.IssueAt(m.webCerts.Dir, "web", time.Time{}, time.Hour)
 	eventually(t, "both sidecars to load the new certificates", func() bool {
-		return leafSerial(m.server.certs()) == newAPI.serial && leafSerial(m.client.certs()) == newWeb.serial
+		return leafSerial(m.server.certs()) == newAPI.Serial && leafSerial(m.client.certs()) == newWeb.Serial
 	})
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
@@ -328,12 +328,12 @@ func TestRotation(t *testing.T) {
 
 	// A new handshake with the server-side sidecar shows its new serial.
 	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", m.inbound, &tls.Config{
-		Certificates: []tls.Certificate{newWeb.tlsCert(t)}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+		Certificates: []tls.Certificate{newWeb.TLSCert(t)}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		t.Fatalf("handshake with the server after rotation: %v", err)
 	}
-	if got := mtls.FormatSerial(conn.ConnectionState().PeerCertificates[0].SerialNumber); got != newAPI.serial {
-		t.Errorf("server presented serial %s after rotation, want %s", got, newAPI.serial)
+	if got := mtls.FormatSerial(conn.ConnectionState().PeerCertificates[0].SerialNumber); got != newAPI.Serial {
+		t.Errorf("server presented serial %s after rotation, want %s", got, newAPI.Serial)
 	}
 	_ = conn.Close()
 
@@ -345,7 +345,7 @@ func TestRotation(t *testing.T) {
 			return false
 		}
 		xfcc, _ := m.app.seen()
-		return len(xfcc) == 1 && strings.Contains(xfcc[0], "Hash="+newWeb.sha256h)
+		return len(xfcc) == 1 && strings.Contains(xfcc[0], "Hash="+newWeb.SHA256)
 	})
 }
 
@@ -359,7 +359,7 @@ func leafSerial(cs certsStatus) string {
 // TestNotReadyWithoutCertificate: a sidecar whose certificate files are missing is not
 // ready, and becomes ready when they appear.
 func TestNotReadyWithoutCertificate(t *testing.T) {
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	dir := t.TempDir()
 	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	cfg := fmt.Sprintf(`service: web
@@ -374,7 +374,7 @@ mtls: {source: files, cert_file: %s/web.pem, key_file: %s/web-key.pem, ca_file: 
 		code, body, _ := get(c, "http://"+admin+"/ready", nil)
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "certificate")
 	})
-	p.issueInto(dir, "web", time.Time{}, time.Hour)
+	p.IssueAt(dir, "web", time.Time{}, time.Hour)
 	eventually(t, "/ready to answer 200 once the certificate is there", func() bool {
 		code, _, _ := get(c, "http://"+admin+"/ready", nil)
 		return code == http.StatusOK
@@ -385,15 +385,15 @@ mtls: {source: files, cert_file: %s/web.pem, key_file: %s/web-key.pem, ca_file: 
 // plaintext caller reaches the app without an identity, and what it sent as
 // X-Forwarded-Client-Cert is removed.
 func TestPermissiveMode(t *testing.T) {
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	a := startApp(t, nil)
-	apiCerts := p.issue("api", time.Time{}, time.Hour)
-	webCerts := p.issue("web", time.Time{}, time.Hour)
+	apiCerts := p.Issue("api")
+	webCerts := p.Issue("web")
 	inbound, outbound, sa, ca := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
-	block := strings.Replace(apiCerts.mtlsBlock(), "mode: strict", "mode: permissive", 1)
+	block := strings.Replace(apiCerts.MTLSBlock(), "mode: strict", "mode: permissive", 1)
 	startFerry(t, sa, fmt.Sprintf("service: api\nadmin: {address: %s}\ninbound: {address: %s, target: %s}\n%s", sa, inbound, a.addr, block))
 	startFerry(t, ca, fmt.Sprintf("service: web\nadmin: {address: %s}\noutbound: [{upstream: api, address: %s}]\n"+
-		"upstreams: [{name: api, endpoints: [%s]}]\n%s", ca, outbound, inbound, webCerts.mtlsBlock()))
+		"upstreams: [{name: api, endpoints: [%s]}]\n%s", ca, outbound, inbound, webCerts.MTLSBlock()))
 
 	code, body, ps := get(newClient(t), "http://"+inbound+"/plain", http.Header{mtls.XFCCHeader: {"URI=spiffe://mesh.local/svc/admin"}})
 	if code != http.StatusOK || !strings.Contains(body, "xfcc=\n") {

@@ -67,16 +67,16 @@ type policyMesh struct {
 	server             *ferrytest.Process
 	inbound            string
 	frontend, batch    string // the client sidecars' outbound listeners for api
-	frontendCerts, api certs
+	frontendCerts, api ferrytest.Certs
 }
 
 func startPolicyMesh(t *testing.T) *policyMesh {
 	t.Helper()
-	p := newPKI(t)
+	p := ferrytest.NewPKI(t)
 	m := &policyMesh{app: startApp(t), inbound: ferrytest.FreeAddr(t), frontend: ferrytest.FreeAddr(t), batch: ferrytest.FreeAddr(t)}
-	m.api = p.issue("api")
-	m.frontendCerts = p.issue("frontend")
-	batchCerts := p.issue("batch")
+	m.api = p.Issue("api")
+	m.frontendCerts = p.Issue("frontend")
+	batchCerts := p.Issue("batch")
 	serverAdmin := ferrytest.FreeAddr(t)
 	m.server = startFerry(t, serverAdmin, fmt.Sprintf(`service: api
 admin: {address: %s}
@@ -90,17 +90,17 @@ policy:
       - {name: no-admin, from: [any], paths: [/admin, /admin/*], action: deny}
   rate_limits:
     - {name: limited, path_prefix: /api/limited, requests_per_second: %d, burst: %d}
-%s`, serverAdmin, m.inbound, m.app.addr, limitRate, limitBurst, m.api.mtlsBlock()))
+%s`, serverAdmin, m.inbound, m.app.addr, limitRate, limitBurst, m.api.MTLSBlock()))
 	for _, c := range []struct {
 		name, addr string
-		certs      certs
+		certs      ferrytest.Certs
 	}{{"frontend", m.frontend, m.frontendCerts}, {"batch", m.batch, batchCerts}} {
 		admin := ferrytest.FreeAddr(t)
 		startFerry(t, admin, fmt.Sprintf(`service: %s
 admin: {address: %s}
 outbound: [{upstream: api, address: %s}]
 upstreams: [{name: api, endpoints: [%s]}]
-%s`, c.name, admin, c.addr, m.inbound, c.certs.mtlsBlock()))
+%s`, c.name, admin, c.addr, m.inbound, c.certs.MTLSBlock()))
 	}
 	return m
 }
@@ -124,9 +124,9 @@ func send(t *testing.T, c *http.Client, method, url string) (int, string, string
 
 // rawTLS sends a request line as written (no client cleans its path) straight to the
 // server-side sidecar over mTLS with c's certificate, and returns the status.
-func rawTLS(t *testing.T, addr string, c certs, method, target string) int {
+func rawTLS(t *testing.T, addr string, c ferrytest.Certs, method, target string) int {
 	t.Helper()
-	conf := &tls.Config{Certificates: []tls.Certificate{c.tlsCert(t)},
+	conf := &tls.Config{Certificates: []tls.Certificate{c.TLSCert(t)},
 		InsecureSkipVerify: true} // the test checks the server's policy, not its identity
 	d := &net.Dialer{Timeout: ioTimeout}
 	conn, err := tls.DialWithDialer(d, "tcp", addr, conf)
