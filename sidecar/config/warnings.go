@@ -1,0 +1,15 @@
+package config
+
+// Warnings returns what in c is valid but probably not what its author meant, one
+// sentence each, for `ferry validate` and the start-up and reload logs. c must be a
+// Config returned by Load or Parse.
+func (c *Config) Warnings() []string {
+	var w []string
+	if c.MTLS == nil {
+		w = append(w, "no mtls block: traffic between sidecars is plaintext")
+	}
+	if c.HasPolicy() && c.Inbound == nil {
+		w = append(w, "policy: there is no inbound listener, so nothing enforces this policy (it applies to requests from peer sidecars)")
+	}
+	return w
+}
