@@ -59,6 +59,8 @@ type Sidecar struct {
 	mesh       meshState   // the mTLS certificate source; see tls.go
 	// pol is the running inbound policy (nil: none), read by the metrics collector.
 	pol atomic.Pointer[policy.Policy]
+	// intentions is the Consul intentions watch of policy.access.source: consul; see policy.go.
+	intentions intentionsState
 }
 
 // snapshot is what one successful Apply put in place: the config and when.
@@ -112,6 +114,9 @@ func (s *Sidecar) Ready() (bool, string) {
 		return false, "no config applied"
 	}
 	if why := s.certsWaiting(); why != "" {
+		return false, why
+	}
+	if why := s.intentionsWaiting(); why != "" {
 		return false, why
 	}
 	s.mu.Lock()
@@ -181,7 +186,11 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	// 0c. The inbound policy.
+	// 0c. The inbound policy, and with source: consul the intentions it enforces.
+	if err := s.prepareIntentions(cfg, cc); err != nil {
+		return err
+	}
+	defer s.settleIntentions()
 	pol, err := s.policyFor(cfg)
 	if err != nil {
 		return err
@@ -420,6 +429,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		s.commitTracing(cfg, tracing, drain)
 	}
 	s.commitMesh(mesh, drain)
+	s.commitIntentions()
 	s.pol.Store(pol)
 	return nil
 }
@@ -498,6 +508,7 @@ func (s *Sidecar) Drain(ctx context.Context) {
 		u.stop()
 		delete(s.upstreams, name)
 	}
+	s.closeIntentions()
 	s.closeConsul()
 	for _, t := range s.transports {
 		t.CloseIdleConnections()
