@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/ferrymesh/ferry/policy/normalize"
 )
@@ -254,33 +255,50 @@ func (a *access) evaluateConn(id string, src netip.Addr, port uint16) Decision {
 	return a.fallback()
 }
 
-// ruleList is rules of one action, in order, indexed by caller: most rules name their
-// callers by exact SPIFFE ID, so only the rules naming the request's caller and those that
-// can match callers not named exactly (any, wildcards, CIDRs) are tried. The index is built
-// once and only read afterwards.
+// ruleList is rules in order, indexed by caller: most rules name their callers by SPIFFE
+// IDs whose last segment is literal (spiffe://td/svc/NAME, .../dc/*/svc/NAME), so only the
+// rules naming the last segment of the request's caller and those that can match callers
+// otherwise (any, wildcard last segments, CIDRs) are tried. The index is built once and
+// only read afterwards.
 type ruleList struct {
-	rules []rule
-	byID  map[string][]int32 // exact SPIFFE ID → indexes of the rules naming it (exact-only rules)
-	rest  []int32            // indexes of the other rules
+	rules  []rule
+	byLast map[string][]int32 // last ID segment → indexes of the rules whose IDs all end in a literal segment
+	rest   []int32            // indexes of the other rules
+}
+
+// lastSegment is what follows the last '/' of a SPIFFE ID or pattern.
+func lastSegment(id string) string { return id[strings.LastIndexByte(id, '/')+1:] }
+
+// literalLast returns the last segment every ID p matches ends with, if p fixes it.
+func (p *idPattern) literalLast() (string, bool) {
+	if p.exact != "" {
+		return lastSegment(p.exact), true
+	}
+	if n := len(p.segs); n > 0 && p.segs[n-1] != "*" && p.segs[n-1] != "**" {
+		return p.segs[n-1], true
+	}
+	return "", false
 }
 
 func (l *ruleList) index() {
 	for i := range l.rules {
 		f := &l.rules[i].from
-		exactOnly := !f.any && f.ips.empty() && len(f.ids) > 0
-		for _, id := range f.ids {
-			exactOnly = exactOnly && id.exact != ""
+		indexable := !f.any && f.ips.empty() && len(f.ids) > 0
+		for j := range f.ids {
+			_, ok := f.ids[j].literalLast()
+			indexable = indexable && ok
 		}
-		if !exactOnly {
+		if !indexable {
 			l.rest = append(l.rest, int32(i))
 			continue
 		}
-		if l.byID == nil {
-			l.byID = make(map[string][]int32)
+		if l.byLast == nil {
+			l.byLast = make(map[string][]int32)
 		}
-		for _, id := range f.ids {
-			if ids := l.byID[id.exact]; len(ids) == 0 || ids[len(ids)-1] != int32(i) {
-				l.byID[id.exact] = append(ids, int32(i))
+		for j := range f.ids {
+			key, _ := f.ids[j].literalLast()
+			if ids := l.byLast[key]; len(ids) == 0 || ids[len(ids)-1] != int32(i) {
+				l.byLast[key] = append(ids, int32(i))
 			}
 		}
 	}
@@ -290,8 +308,8 @@ func (l *ruleList) index() {
 // holds, or nil. match does not escape, so the closures callers pass cost no allocation.
 func (l *ruleList) first(id string, match func(*rule) bool) *rule {
 	var named []int32
-	if id != "" && l.byID != nil {
-		named = l.byID[id]
+	if id != "" && l.byLast != nil {
+		named = l.byLast[lastSegment(id)]
 	}
 	rest := l.rest
 	for len(named) > 0 || len(rest) > 0 {

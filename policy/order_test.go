@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"fmt"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -177,5 +178,53 @@ func BenchmarkAccessFirstMatch100Rules(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		p.Access(r)
+	}
+}
+
+// intentionRules are 100 rules shaped as translated Consul intentions: one per source
+// service, matching both SPIFFE ID forms, every tenth an L7 intention (two permissions and
+// its terminal rule), and a final wildcard deny.
+func intentionRules() []Rule {
+	var rules []Rule
+	for i := 0; i < 99; i++ {
+		src := fmt.Sprintf("client-%d", i)
+		from := []string{"spiffe://mesh.local/ns/default/dc/*/svc/" + src, "spiffe://mesh.local/svc/" + src}
+		name := "intention:" + src + "->web"
+		if i%10 == 0 {
+			rules = append(rules,
+				Rule{Name: name + ":permissions[0]", From: from, Paths: []string{"/admin*"}, Action: "deny"},
+				Rule{Name: name + ":permissions[1]", From: from, Paths: []string{"/api/*"}, Methods: []string{"GET"}, Action: "allow"},
+				Rule{Name: name, From: from, Action: "default"})
+			continue
+		}
+		rules = append(rules, Rule{Name: name, From: from, Action: "allow"})
+	}
+	rules = append(rules, Rule{Name: "intention:*->web", From: []string{"spiffe://mesh.local/ns/default/dc/*/svc/*",
+		"spiffe://mesh.local/svc/*"}, Action: "deny"})
+	return rules
+}
+
+func BenchmarkAccessIntentions(b *testing.B) {
+	p, err := Compile(&Config{Access: Access{Source: SourceConsul}}, Options{Rules: &RuleSet{Rules: intentionRules()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cases := []struct{ name, id, path, rule string }{
+		{"l4-last", "spiffe://mesh.local/svc/client-98", "/", "intention:client-98->web"},
+		{"l7-permission", "spiffe://mesh.local/ns/default/dc/dc1/svc/client-90", "/api/x", "intention:client-90->web:permissions[1]"},
+		{"wildcard", "spiffe://mesh.local/svc/stranger", "/", "intention:*->web"},
+	}
+	for _, tc := range cases {
+		r := benchRequest(tc.path)
+		r.SourceID = tc.id
+		if d := p.Access(r); d.Rule != tc.rule {
+			b.Fatalf("Access(%s) = %s, want %s", tc.name, d.Rule, tc.rule)
+		}
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				p.Access(r)
+			}
+		})
 	}
 }

@@ -82,6 +82,10 @@ func (s *Sidecar) prepareIntentions(cfg *config.Config, cc consulConn) error {
 	if m := cfg.MTLS; m != nil && m.Source != config.MTLSSourceConsul {
 		td = m.TrustDomain // Connect CA identities carry the cluster's trust domain: match any
 	}
+	if m := cfg.MTLS; m != nil && m.Mode == "permissive" && cfg.Policy.Access.Default != "deny" {
+		s.log.Warn("policy.access.source: consul with mtls mode permissive: plaintext callers have no identity, match no "+
+			"intention and get the default (allow); set policy.access.default: deny or mtls mode: strict")
+	}
 	key := cc.key + "|" + cfg.Service + "|" + td
 	if cur := s.intentions.cur; cur != nil && cur.key == key {
 		s.intentions.next = cur
