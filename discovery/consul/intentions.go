@@ -74,11 +74,30 @@ func (s IntentionStatus) Staleness(now time.Time) time.Duration {
 // intentionsAPI is the part of the Consul API the watcher consumes.
 type intentionsAPI interface {
 	IntentionMatch(args *api.IntentionMatch, q *api.QueryOptions) (map[string][]*api.Intention, *api.QueryMeta, error)
+	ConfigEntry(kind, name string, q *api.QueryOptions) (api.ConfigEntry, *api.QueryMeta, error)
 }
+
+// intentionsClient adapts *api.Client to intentionsAPI.
+type intentionsClient struct{ c *api.Client }
+
+func (a intentionsClient) IntentionMatch(args *api.IntentionMatch, q *api.QueryOptions) (map[string][]*api.Intention, *api.QueryMeta, error) {
+	return a.c.Connect().IntentionMatch(args, q)
+}
+
+func (a intentionsClient) ConfigEntry(kind, name string, q *api.QueryOptions) (api.ConfigEntry, *api.QueryMeta, error) {
+	return a.c.ConfigEntries().Get(kind, name, q)
+}
+
+// JWTRule is the one rule of the set published while the destination's service-intentions
+// entry requires a JWT of every request: Ferry does not verify JWTs, so it refuses all
+// (failing closed) rather than let in what Consul would not.
+const JWTRule = "intentions:jwt-unsupported"
 
 // IntentionWatcher follows the intentions whose destination is one service with blocking
 // queries on Consul's intention match endpoint, and publishes them as policy rules
-// (IntentionRules). Status is safe to call concurrently with Run.
+// (IntentionRules). When the service's service-intentions entry requires a JWT of every
+// request, the published set is the single deny rule JWTRule instead. Status is safe to
+// call concurrently with Run.
 type IntentionWatcher struct {
 	api  intentionsAPI
 	opts IntentionOptions
@@ -94,7 +113,7 @@ func NewIntentionWatcher(client *api.Client, opts IntentionOptions) (*IntentionW
 	if client == nil {
 		return nil, errors.New("consul intentions: nil client")
 	}
-	return newIntentionWatcher(client.Connect(), opts)
+	return newIntentionWatcher(intentionsClient{client}, opts)
 }
 
 func newIntentionWatcher(c intentionsAPI, opts IntentionOptions) (*IntentionWatcher, error) {
@@ -155,7 +174,7 @@ func (w *IntentionWatcher) Run(ctx context.Context, update func(*policy.RuleSet)
 			<-ctx.Done()
 			return
 		}
-		ixns, meta, err := w.query(ctx, index)
+		ixns, meta, jwt, err := w.query(ctx, index)
 		if ctx.Err() != nil {
 			return
 		}
@@ -203,6 +222,10 @@ func (w *IntentionWatcher) Run(ctx context.Context, update func(*policy.RuleSet)
 		var published *policy.RuleSet
 		if changed || last == nil {
 			rules, notes := IntentionRules(ixns, w.opts.TrustDomain)
+			if jwt {
+				rules = []policy.Rule{{Name: JWTRule, Action: "deny"}}
+				notes = append(notes, "the service-intentions entry of "+w.opts.Service+" requires a JWT, which Ferry does not verify: every request is refused")
+			}
 			if last == nil || !reflect.DeepEqual(last.Rules, rules) {
 				published = &policy.RuleSet{Version: strconv.FormatUint(meta.LastIndex, 10), Rules: rules}
 				for _, n := range notes {
@@ -230,16 +253,30 @@ func (w *IntentionWatcher) Run(ctx context.Context, update func(*policy.RuleSet)
 	}
 }
 
-// query runs one (blocking, if index > 0) intention match query.
-func (w *IntentionWatcher) query(ctx context.Context, index uint64) ([]*api.Intention, *api.QueryMeta, error) {
+// query runs one (blocking, if index > 0) intention match query and, when it brings a
+// new index, reads the destination's service-intentions entry for a JWT requirement (which
+// the match answer does not carry).
+func (w *IntentionWatcher) query(ctx context.Context, index uint64) ([]*api.Intention, *api.QueryMeta, bool, error) {
 	qctx, cancel := context.WithTimeout(ctx, w.opts.WaitTime+w.opts.WaitTime/16+10*time.Second)
 	defer cancel()
 	q := (&api.QueryOptions{AllowStale: true, WaitIndex: index, WaitTime: w.opts.WaitTime}).WithContext(qctx)
 	m, meta, err := w.api.IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.opts.Service}}, q)
 	if err != nil {
-		return nil, nil, fmt.Errorf("intention match: %w", err)
+		return nil, nil, false, fmt.Errorf("intention match: %w", err)
 	}
-	return m[w.opts.Service], meta, nil
+	if meta.LastIndex == index {
+		return m[w.opts.Service], meta, false, nil // unchanged: the rules are not rebuilt
+	}
+	e, _, err := w.api.ConfigEntry(api.ServiceIntentions, w.opts.Service, (&api.QueryOptions{AllowStale: true}).WithContext(qctx))
+	var se api.StatusError
+	switch {
+	case errors.As(err, &se) && se.Code == 404:
+		return m[w.opts.Service], meta, false, nil
+	case err != nil:
+		return nil, nil, false, fmt.Errorf("service-intentions entry: %w", err)
+	}
+	ie, _ := e.(*api.ServiceIntentionsConfigEntry)
+	return m[w.opts.Service], meta, ie != nil && ie.JWT != nil, nil
 }
 
 // IntentionRules translates the intentions of one destination into access rules

@@ -2,6 +2,7 @@ package consul
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"net/http"
 	"reflect"
@@ -173,6 +174,10 @@ type fakeIntentions struct {
 	next  func(call int, q *api.QueryOptions) (map[string][]*api.Intention, *api.QueryMeta, error)
 }
 
+func (f *fakeIntentions) ConfigEntry(string, string, *api.QueryOptions) (api.ConfigEntry, *api.QueryMeta, error) {
+	return nil, nil, api.StatusError{Code: 404, Body: "Config entry not found"}
+}
+
 func (f *fakeIntentions) IntentionMatch(_ *api.IntentionMatch, q *api.QueryOptions) (map[string][]*api.Intention, *api.QueryMeta, error) {
 	f.mu.Lock()
 	f.calls++
@@ -308,7 +313,20 @@ func TestIntentionWatcherAgent(t *testing.T) {
 		t.Errorf("unexpected extra set %q", names(s))
 	case <-time.After(300 * time.Millisecond):
 	}
-	if st := w.Status(); !st.Ready || st.Updates != 5 || st.Errors != 0 {
-		t.Errorf("Status() = %+v, want ready, 5 updates, no errors", st)
+
+	// A JWT required of every request to web: Ferry cannot verify it, so it refuses all.
+	jwks := base64.StdEncoding.EncodeToString([]byte(`{"keys":[{"kty":"oct","kid":"k","k":"c2VjcmV0"}]}`))
+	if _, _, err := ce.Set(&api.JWTProviderConfigEntry{Kind: api.JWTProvider, Name: "okta",
+		JSONWebKeySet: &api.JSONWebKeySet{Local: &api.LocalJWKS{JWKS: jwks}}}, nil); err != nil {
+		t.Fatalf("jwt-provider: %v", err)
+	}
+	if _, _, err := ce.Set(&api.ServiceIntentionsConfigEntry{Kind: api.ServiceIntentions, Name: "web",
+		JWT:     &api.IntentionJWTRequirement{Providers: []*api.IntentionJWTProvider{{Name: "okta"}}},
+		Sources: []*api.SourceIntention{{Name: "frontend", Action: "allow"}}}, nil); err != nil {
+		t.Fatalf("service-intentions with JWT: %v", err)
+	}
+	check("jwt", JWTRule+"=deny")
+	if st := w.Status(); !st.Ready || st.Updates != 6 || st.Errors != 0 {
+		t.Errorf("Status() = %+v, want ready, 6 updates, no errors", st)
 	}
 }
