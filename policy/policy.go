@@ -17,7 +17,9 @@
 //  1. NormalizePath: 400 for a path that cannot be normalized; gives the match key.
 //  2. Filter: IP deny/allow lists (403), URI length (414), header count and size (431),
 //     method allow-list (405), header deny list (403), declared body size (413).
-//  3. Access: access rules (403), or a dry-run decision.
+//  3. Access: access rules (403), or a dry-run decision. Rules are evaluated deny over
+//     allow, or first match (Access.Order); with Access.Source "consul" they are Consul
+//     intentions translated by the sidecar's watcher and passed as Options.Rules.
 //  4. RateLimit: request rate limits (429 with Retry-After and RateLimit-* headers).
 //
 // Rate limits marked global are not counted locally: GlobalRateLimit asks a rate limit

@@ -264,7 +264,7 @@ func (w *IntentionWatcher) query(ctx context.Context, index uint64) ([]*api.Inte
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("intention match: %w", err)
 	}
-	if meta.LastIndex == index {
+	if index != 0 && meta.LastIndex == index {
 		return m[w.opts.Service], meta, false, nil // unchanged: the rules are not rebuilt
 	}
 	e, _, err := w.api.ConfigEntry(api.ServiceIntentions, w.opts.Service, (&api.QueryOptions{AllowStale: true}).WithContext(qctx))
