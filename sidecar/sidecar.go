@@ -186,7 +186,8 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
-	// 0c. The inbound policy, and with source: consul the intentions it enforces.
+	// 0c. The inbound policy.
+	// With policy.access.source: consul, the intentions watch it takes its rules from.
 	if err := s.prepareIntentions(cfg, cc); err != nil {
 		return err
 	}
