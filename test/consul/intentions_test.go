@@ -187,6 +187,7 @@ func TestIntentions(t *testing.T) {
 			return got == status
 		})
 		took := time.Since(start)
+		t.Logf("%s %s %s answered %d after %v", caller, method, path, status, took.Round(time.Millisecond))
 		check(t, caller, method, path, status, rule)
 		return took
 	}
