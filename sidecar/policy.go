@@ -78,12 +78,14 @@ func (s *Sidecar) prepareIntentions(cfg *config.Config, cc consulConn) error {
 	if cc.client == nil {
 		return fmt.Errorf("policy.access.source: consul: no Consul client") // unreachable: usesConsul
 	}
+	// Callers are matched in this service's trust domain; with the Connect CA, whose
+	// identities carry the Consul cluster's trust domain, in any the CA bundle accepts.
 	td := ""
 	if m := cfg.MTLS; m != nil && m.Source != config.MTLSSourceConsul {
-		td = m.TrustDomain // Connect CA identities carry the cluster's trust domain: match any
+		td = m.TrustDomain
 	}
 	if m := cfg.MTLS; m != nil && m.Mode == "permissive" && cfg.Policy.Access.Default != "deny" {
-		s.log.Warn("policy.access.source: consul with mtls mode permissive: plaintext callers have no identity, match no "+
+		s.log.Warn("policy.access.source: consul with mtls mode permissive: plaintext callers have no identity, match no " +
 			"intention and get the default (allow); set policy.access.default: deny or mtls mode: strict")
 	}
 	key := cc.key + "|" + cfg.Service + "|" + td
