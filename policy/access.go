@@ -3,8 +3,10 @@ package policy
 import (
 	"net/http"
 	"net/netip"
+	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/ferrymesh/ferry/policy/normalize"
 )
@@ -15,7 +17,9 @@ const DefaultRule = "default"
 // access is the compiled access rules.
 type access struct {
 	enabled     bool
-	deny, allow ruleList
+	deny, allow ruleList // deny_first order
+	firstMatch  bool     // first_match order: every rule in all, in order
+	all         ruleList
 	// the decision when no rule matches, with its counters
 	dflt       rule
 	dfltAllows bool
@@ -27,37 +31,97 @@ type rule struct {
 	name    string
 	from    sources
 	paths   pathSet
+	regexes []*regexp.Regexp // path_regex: any may match (with paths)
 	methods MethodSet
 	mbits   methodBits // methods as bits
 	headers []HeaderMatcher
 	ports   []uint16
 	l7      bool // has request conditions (paths, methods, headers)
+	denies  bool // first_match: the rule refuses (deny, or default when the default denies)
 	counts  *counts
 	allowed Decision
 	refused Decision // denied, or dry-run: what the rule says when it denies
 }
 
-func (a *access) compile(c *Access, norm normalize.Options, cs *counters) []*FieldError {
+// Access sources and orders (Access.Source, Access.Order).
+const (
+	SourceFile   = "file"
+	SourceConsul = "consul"
+
+	OrderDenyFirst  = "deny_first"
+	OrderFirstMatch = "first_match"
+)
+
+// PendingRule is the Rule name of the refusals of an access block with source consul
+// before its first rule set has arrived (Options.Rules nil).
+const PendingRule = "intentions:pending"
+
+func (a *access) compile(c *Access, norm normalize.Options, cs *counters, ext *RuleSet) []*FieldError {
 	var errs []*FieldError
 	base := path{"access"}
-	a.enabled = c.Default != "" || len(c.Rules) > 0
 	a.dryRun = c.DryRun
 
+	rules, list := c.Rules, "rules"
+	order := c.Order
+	switch order {
+	case "", OrderDenyFirst, OrderFirstMatch:
+	default:
+		errs = append(errs, fieldErr(base.with("order"), "invalid order %q (want %s or %s)", order, OrderDenyFirst, OrderFirstMatch))
+	}
+	dflt := c.Default
+	switch c.Source {
+	case "", SourceFile:
+	case SourceConsul:
+		if len(c.Rules) > 0 {
+			errs = append(errs, fieldErr(base.with("rules"), "rules cannot be combined with source: consul "+
+				"(the rules are the Consul intentions whose destination is this service); remove them or use source: file"))
+		}
+		if order == OrderDenyFirst {
+			errs = append(errs, fieldErr(base.with("order"), "source: consul is evaluated first_match (intentions in precedence order)"))
+		}
+		order, list = OrderFirstMatch, "intentions"
+		if dflt == "" {
+			dflt = "allow" // Consul CE without ACLs: intentions default to allow
+		}
+		if ext != nil {
+			rules = ext.Rules
+		} else {
+			rules = []Rule{{Name: PendingRule, Action: "deny"}}
+		}
+	default:
+		errs = append(errs, fieldErr(base.with("source"), "invalid source %q (want %s or %s)", c.Source, SourceFile, SourceConsul))
+	}
+	a.enabled = dflt != "" || len(rules) > 0 || c.Source == SourceConsul
+	a.firstMatch = order == OrderFirstMatch
+
 	hasAllow := false
+	for i := range rules {
+		hasAllow = hasAllow || rules[i].Action == "allow"
+	}
+	switch dflt {
+	case "allow":
+		a.dfltAllows = true
+	case "deny":
+	case "":
+		a.dfltAllows = !hasAllow
+	default:
+		errs = append(errs, fieldErr(base.with("default"), "invalid default %q (want allow or deny)", c.Default))
+	}
+
 	names := make(map[string]int)
-	for i := range c.Rules {
-		rc := &c.Rules[i]
-		p := base.with("rules", i)
+	for i := range rules {
+		rc := &rules[i]
+		p := base.with(list, i)
 		r := rule{name: rc.Name}
 		if r.name == "" {
-			r.name = "rules[" + strconv.Itoa(i) + "]"
+			r.name = list + "[" + strconv.Itoa(i) + "]"
 		} else if !ValidName(r.name) {
 			errs = append(errs, fieldErr(p.with("name"), "invalid name %q (%s)", r.name, NameRule))
 		} else if r.name == DefaultRule {
 			errs = append(errs, fieldErr(p.with("name"), "the name %q is reserved for the default decision", DefaultRule))
 		}
 		if j, dup := names[r.name]; dup {
-			errs = append(errs, fieldErr(p.with("name"), "name %q already used by rules[%d]", r.name, j))
+			errs = append(errs, fieldErr(p.with("name"), "name %q already used by %s[%d]", r.name, list, j))
 		} else {
 			names[r.name] = i
 		}
@@ -72,6 +136,14 @@ func (a *access) compile(c *Access, norm normalize.Options, cs *counters) []*Fie
 				continue
 			}
 			r.paths = append(r.paths, pp)
+		}
+		for j, s := range rc.PathRegex {
+			re, err := regexp.Compile(`^(?:` + s + `)$`)
+			if err != nil {
+				errs = append(errs, fieldErr(p.with("path_regex", j), "invalid regular expression: %v", err))
+				continue
+			}
+			r.regexes = append(r.regexes, re)
 		}
 		r.methods, es = compileMethods(rc.Methods, p.with("methods"))
 		r.mbits = r.methods.bits()
@@ -88,36 +160,39 @@ func (a *access) compile(c *Access, norm normalize.Options, cs *counters) []*Fie
 			}
 			r.ports = append(r.ports, uint16(port))
 		}
-		r.l7 = len(rc.Paths) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
+		r.l7 = len(rc.Paths) > 0 || len(rc.PathRegex) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
 
 		r.counts = cs.get(KindAccess, r.name)
 		r.allowed = Decision{Allowed: true, Kind: KindAccess, Rule: r.name}
 		r.refused = a.refusal(r.name)
 		switch rc.Action {
 		case "allow":
-			hasAllow = true
-			a.allow.rules = append(a.allow.rules, r)
 		case "deny":
-			a.deny.rules = append(a.deny.rules, r)
+			r.denies = true
+		case "default":
+			if !a.firstMatch {
+				errs = append(errs, fieldErr(p.with("action"), "action default needs order: first_match"))
+			}
+			r.denies = !a.dfltAllows
 		case "":
 			errs = append(errs, fieldErr(p.with("action"), "missing action (allow or deny)"))
 		default:
 			errs = append(errs, fieldErr(p.with("action"), "invalid action %q (want allow or deny)", rc.Action))
 		}
+		switch {
+		case a.firstMatch:
+			a.all.rules = append(a.all.rules, r)
+		case r.denies:
+			a.deny.rules = append(a.deny.rules, r)
+		default:
+			a.allow.rules = append(a.allow.rules, r)
+		}
 	}
 
 	a.deny.index()
 	a.allow.index()
+	a.all.index()
 
-	switch c.Default {
-	case "allow":
-		a.dfltAllows = true
-	case "deny":
-	case "":
-		a.dfltAllows = !hasAllow
-	default:
-		errs = append(errs, fieldErr(base.with("default"), "invalid default %q (want allow or deny)", c.Default))
-	}
 	a.dflt = rule{name: DefaultRule,
 		allowed: Decision{Allowed: true, Kind: KindAccess, Rule: DefaultRule}, refused: a.refusal(DefaultRule)}
 	if a.enabled {
@@ -136,9 +211,16 @@ func (a *access) refusal(name string) Decision {
 	return d
 }
 
-// evaluate decides on an HTTP request: deny rules first, then allow rules, then the default.
+// evaluate decides on an HTTP request: deny rules first, then allow rules, then the default;
+// or, in first_match order, the first matching rule, then the default.
 func (a *access) evaluate(r *Request) Decision {
 	mb := methodBit(r.Method)
+	if a.firstMatch {
+		if ru := a.all.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+			return a.decide(ru)
+		}
+		return a.fallback()
+	}
 	if ru := a.deny.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
 		return a.refuse(ru)
 	}
@@ -150,7 +232,19 @@ func (a *access) evaluate(r *Request) Decision {
 }
 
 // evaluateConn decides on a TCP connection, where only the caller and port are known.
+// In first_match order the first rule whose caller and port conditions hold decides; one
+// with request conditions, which a connection cannot be checked against, refuses it
+// (failing closed) whatever its action.
 func (a *access) evaluateConn(id string, src netip.Addr, port uint16) Decision {
+	if a.firstMatch {
+		if ru := a.all.first(id, func(ru *rule) bool { return ru.matchConn(id, src, port) }); ru != nil {
+			if ru.l7 {
+				return a.refuse(ru)
+			}
+			return a.decide(ru)
+		}
+		return a.fallback()
+	}
 	if ru := a.deny.first(id, func(ru *rule) bool { return ru.matchConn(id, src, port) }); ru != nil {
 		return a.refuse(ru)
 	}
@@ -161,33 +255,50 @@ func (a *access) evaluateConn(id string, src netip.Addr, port uint16) Decision {
 	return a.fallback()
 }
 
-// ruleList is rules of one action, in order, indexed by caller: most rules name their
-// callers by exact SPIFFE ID, so only the rules naming the request's caller and those that
-// can match callers not named exactly (any, wildcards, CIDRs) are tried. The index is built
-// once and only read afterwards.
+// ruleList is rules in order, indexed by caller: most rules name their callers by SPIFFE
+// IDs whose last segment is literal (spiffe://td/svc/NAME, .../dc/*/svc/NAME), so only the
+// rules naming the last segment of the request's caller and those that can match callers
+// otherwise (any, wildcard last segments, CIDRs) are tried. The index is built once and
+// only read afterwards.
 type ruleList struct {
-	rules []rule
-	byID  map[string][]int32 // exact SPIFFE ID → indexes of the rules naming it (exact-only rules)
-	rest  []int32            // indexes of the other rules
+	rules  []rule
+	byLast map[string][]int32 // last ID segment → indexes of the rules whose IDs all end in a literal segment
+	rest   []int32            // indexes of the other rules
+}
+
+// lastSegment is what follows the last '/' of a SPIFFE ID or pattern.
+func lastSegment(id string) string { return id[strings.LastIndexByte(id, '/')+1:] }
+
+// literalLast returns the last segment every ID p matches ends with, if p fixes it.
+func (p *idPattern) literalLast() (string, bool) {
+	if p.exact != "" {
+		return lastSegment(p.exact), true
+	}
+	if n := len(p.segs); n > 0 && p.segs[n-1] != "*" && p.segs[n-1] != "**" {
+		return p.segs[n-1], true
+	}
+	return "", false
 }
 
 func (l *ruleList) index() {
 	for i := range l.rules {
 		f := &l.rules[i].from
-		exactOnly := !f.any && f.ips.empty() && len(f.ids) > 0
-		for _, id := range f.ids {
-			exactOnly = exactOnly && id.exact != ""
+		indexable := !f.any && f.ips.empty() && len(f.ids) > 0
+		for j := range f.ids {
+			_, ok := f.ids[j].literalLast()
+			indexable = indexable && ok
 		}
-		if !exactOnly {
+		if !indexable {
 			l.rest = append(l.rest, int32(i))
 			continue
 		}
-		if l.byID == nil {
-			l.byID = make(map[string][]int32)
+		if l.byLast == nil {
+			l.byLast = make(map[string][]int32)
 		}
-		for _, id := range f.ids {
-			if ids := l.byID[id.exact]; len(ids) == 0 || ids[len(ids)-1] != int32(i) {
-				l.byID[id.exact] = append(ids, int32(i))
+		for j := range f.ids {
+			key, _ := f.ids[j].literalLast()
+			if ids := l.byLast[key]; len(ids) == 0 || ids[len(ids)-1] != int32(i) {
+				l.byLast[key] = append(ids, int32(i))
 			}
 		}
 	}
@@ -197,8 +308,8 @@ func (l *ruleList) index() {
 // holds, or nil. match does not escape, so the closures callers pass cost no allocation.
 func (l *ruleList) first(id string, match func(*rule) bool) *rule {
 	var named []int32
-	if id != "" && l.byID != nil {
-		named = l.byID[id]
+	if id != "" && l.byLast != nil {
+		named = l.byLast[lastSegment(id)]
 	}
 	rest := l.rest
 	for len(named) > 0 || len(rest) > 0 {
@@ -223,6 +334,15 @@ func (a *access) fallback() Decision {
 	return a.refuse(&a.dflt)
 }
 
+// decide counts and returns the decision of ru, a first_match rule that matched.
+func (a *access) decide(ru *rule) Decision {
+	if ru.denies {
+		return a.refuse(ru)
+	}
+	ru.counts.allowed.Add(1)
+	return ru.allowed
+}
+
 func (a *access) refuse(ru *rule) Decision {
 	if a.dryRun {
 		ru.counts.dryRun.Add(1)
@@ -237,8 +357,25 @@ func (ru *rule) matchHTTP(r *Request, mb methodBits) bool {
 	return ru.mbits&mb != 0 && (mb != bitOther || ru.methods.Match(r.Method)) &&
 		ru.matchPort(r.DestPort) &&
 		ru.from.match(r.SourceID, r.SourceIP) &&
-		ru.paths.match(r.Path) &&
+		ru.matchPath(r.Path) &&
 		matchAllHeaders(ru.headers, r)
+}
+
+// matchPath reports whether path matches one of ru's patterns or regular expressions, or
+// ru has neither.
+func (ru *rule) matchPath(p string) bool {
+	if len(ru.regexes) == 0 {
+		return ru.paths.match(p)
+	}
+	if len(ru.paths) > 0 && ru.paths.match(p) {
+		return true
+	}
+	for _, re := range ru.regexes {
+		if re.MatchString(p) {
+			return true
+		}
+	}
+	return false
 }
 
 // matchConn reports whether the caller and port conditions of ru hold.

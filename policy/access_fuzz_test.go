@@ -56,7 +56,7 @@ func refMatch(rc *Rule, id string, ip netip.Addr, method, path string) bool {
 }
 
 // FuzzAccess builds a rule set and a request from the input and compares the evaluator
-// (with its caller index and deny-over-allow order) with the reference.
+// (with its caller index, in deny-over-allow or first-match order) with the reference.
 func FuzzAccess(f *testing.F) {
 	f.Add([]byte{3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20})
 	f.Add([]byte{8, 2, 2, 0, 1, 7, 3, 1, 4, 5, 0, 1, 6, 2, 3, 1, 0, 4, 5, 2, 2, 2, 1, 0, 3, 0})
@@ -85,7 +85,11 @@ func FuzzAccess(f *testing.F) {
 			rules = append(rules, rc)
 		}
 		dflt := []string{"allow", "deny"}[next(2)]
-		p, err := Compile(&Config{Access: Access{Default: dflt, Rules: rules}}, Options{})
+		order := []string{OrderDenyFirst, OrderFirstMatch}[next(2)]
+		if order == OrderFirstMatch && next(3) == 0 {
+			rules[len(rules)-1].Action = "default"
+		}
+		p, err := Compile(&Config{Access: Access{Default: dflt, Order: order, Rules: rules}}, Options{})
 		if err != nil {
 			t.Fatalf("Compile() error = %v", err)
 		}
@@ -94,7 +98,21 @@ func FuzzAccess(f *testing.F) {
 
 		want, wantAllowed := DefaultRule, dflt == "allow"
 		found := false
+		if order == OrderFirstMatch {
+			for i := range rules {
+				if refMatch(&rules[i], r.SourceID, r.SourceIP, r.Method, r.Path) {
+					want, wantAllowed, found = "rules["+strconv.Itoa(i)+"]", rules[i].Action == "allow", true
+					if rules[i].Action == "default" {
+						wantAllowed = dflt == "allow"
+					}
+					break
+				}
+			}
+		}
 		for _, action := range []string{"deny", "allow"} {
+			if found {
+				break
+			}
 			for i := range rules {
 				if rules[i].Action == action && refMatch(&rules[i], r.SourceID, r.SourceIP, r.Method, r.Path) {
 					want, wantAllowed, found = "rules["+strconv.Itoa(i)+"]", action == "allow", true

@@ -95,13 +95,26 @@ type Filter struct {
 }
 
 // Access is the `policy.access` block: access rules evaluated on the caller's verified
-// identity and address and on the request. Deny rules win over allow rules: a request
-// matching any deny rule is refused (403), else one matching an allow rule is allowed,
-// else Default decides.
+// identity and address and on the request. In the default order (deny_first) deny rules
+// win over allow rules: a request matching any deny rule is refused (403), else one
+// matching an allow rule is allowed, else Default decides. In first_match order the first
+// matching rule decides.
+//
+// With Source "consul" the rules are the Consul intentions whose destination is this
+// service, which the sidecar follows with blocking queries and hands to Compile as
+// Options.Rules, highest precedence first; they are evaluated first_match, and Rules must
+// be empty.
 type Access struct {
-	// Default is the decision when no rule matches: "allow" or "deny". Empty means "deny"
-	// if there is any allow rule (allow rules then list what is allowed) and "allow"
-	// otherwise.
+	// Source is where the rules come from: "file" (Rules; the default) or "consul".
+	Source string `yaml:"source" json:"source,omitempty"`
+	// Order is how rules are evaluated: "deny_first" (the default; see above) or
+	// "first_match" (in order, the first rule that matches decides by its action). Source
+	// consul is always first_match.
+	Order string `yaml:"order" json:"order,omitempty"`
+	// Default is the decision when no rule matches: "allow" or "deny". Empty means, for
+	// source consul, "allow" (Consul's default without ACLs; set "deny" for a cluster whose
+	// ACL default policy is deny) and otherwise "deny" if there is any allow rule (allow
+	// rules then list what is allowed) and "allow" if not.
 	Default string `yaml:"default" json:"default,omitempty"`
 	// DryRun evaluates and counts every decision but denies nothing: a request that would
 	// be denied is forwarded, and its decision says so (for logs, spans and metrics).
@@ -115,7 +128,8 @@ type Access struct {
 // request matches every condition set (Paths, Methods, Headers, Ports); an unset condition
 // matches everything. On TCP listeners, where only the caller is known, an allow rule with
 // request conditions (paths, methods, headers) never matches and a deny rule with them
-// matches on From and Ports alone (failing closed).
+// matches on From and Ports alone (failing closed); in first_match order, the first rule
+// matching on From and Ports refuses the connection if it has request conditions.
 type Rule struct {
 	// Name names the rule in decisions, Proxy-Status, logs and metrics. Default
 	// "rules[INDEX]". Letters, digits and . _ - : / [ ] only.
@@ -128,13 +142,18 @@ type Rule struct {
 	// Paths are path patterns (see PathPattern: /exact, /prefix/*, /glob/*/x, /a/**/b),
 	// matched against the normalized path; any may match.
 	Paths []string `yaml:"paths" json:"paths,omitempty"`
+	// PathRegex are RE2 expressions matched against the whole normalized path (they are
+	// anchored); any of them, or of Paths, may match.
+	PathRegex []string `yaml:"path_regex" json:"path_regex,omitempty"`
 	// Methods are request methods; any may match.
 	Methods []string `yaml:"methods" json:"methods,omitempty"`
 	// Headers are header conditions; all must match.
 	Headers []HeaderMatch `yaml:"headers" json:"headers,omitempty"`
 	// Ports are destination (listener) ports; any may match.
 	Ports []int `yaml:"ports" json:"ports,omitempty"`
-	// Action is "allow" or "deny".
+	// Action is "allow" or "deny"; with order first_match also "default": stop here and
+	// let Default decide (Consul's meaning of an L7 intention none of whose permissions
+	// matched).
 	Action string `yaml:"action" json:"action"`
 }
 

@@ -17,7 +17,9 @@
 //  1. NormalizePath: 400 for a path that cannot be normalized; gives the match key.
 //  2. Filter: IP deny/allow lists (403), URI length (414), header count and size (431),
 //     method allow-list (405), header deny list (403), declared body size (413).
-//  3. Access: access rules (403), or a dry-run decision.
+//  3. Access: access rules (403), or a dry-run decision. Rules are evaluated deny over
+//     allow, or first match (Access.Order); with Access.Source "consul" they are Consul
+//     intentions translated by the sidecar's watcher and passed as Options.Rules.
 //  4. RateLimit: request rate limits (429 with Retry-After and RateLimit-* headers).
 //
 // Rate limits marked global are not counted locally: GlobalRateLimit asks a rate limit
@@ -64,6 +66,20 @@ type Options struct {
 	Prev *Policy
 	// Now is the rate limiters' clock; nil means time.Now.
 	Now func() time.Time
+	// Rules, when Access.Source is "consul", are the access rules received from Consul
+	// (translated intentions, highest precedence first), evaluated first match. nil means
+	// none has arrived yet: every access check is then refused as rule PendingRule, so that
+	// a sidecar that has not heard from Consul does not let everyone in.
+	Rules *RuleSet
+}
+
+// RuleSet is a set of access rules from a source other than the config file (Consul
+// intentions). It is immutable once published: safe to share between goroutines.
+type RuleSet struct {
+	// Version identifies the set in logs (the source's index).
+	Version string
+	// Rules are evaluated in order, first match (see Access.Order).
+	Rules []Rule
 }
 
 // Compile validates c and compiles it. A nil c is the zero Config. On any problem it
@@ -108,7 +124,7 @@ func compile(c *Config, opts Options) (*Policy, []*FieldError) {
 	p.norm = normalize.Options{EscapedSlashes: es, CaseInsensitive: c.Normalize.CaseInsensitive}
 
 	errs = append(errs, p.filter.compile(&c.Filter, &cs)...)
-	errs = append(errs, p.access.compile(&c.Access, p.norm, &cs)...)
+	errs = append(errs, p.access.compile(&c.Access, p.norm, &cs, opts.Rules)...)
 	errs = append(errs, p.compileRateLimits(c, opts, &cs)...)
 	if len(errs) > 0 {
 		return nil, errs
@@ -290,7 +306,7 @@ func (p *Policy) Stats() []RuleStats {
 	return out
 }
 
-// ValidName reports whether s may name a rule or route: letters, digits and . _ - : / [ ],
+// ValidName reports whether s may name a rule or route: letters, digits and . _ - : / [ ] > *,
 // at most 128 bytes, so that it can be put in a Proxy-Status string and a metrics label as
 // is. NameRule says so in words, for error messages.
 func ValidName(s string) bool {
@@ -299,7 +315,7 @@ func ValidName(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._-:/[]", c) >= 0) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("._-:/[]>*", c) >= 0) {
 			return false
 		}
 	}
@@ -307,7 +323,7 @@ func ValidName(s string) bool {
 }
 
 // NameRule describes valid names (see ValidName) for error messages.
-const NameRule = "letters, digits and . _ - : / [ ] only, at most 128 bytes"
+const NameRule = "letters, digits and . _ - : / [ ] > * only, at most 128 bytes"
 
 // limitFor returns a ratelimit.Limit for rate r and burst b (0: r rounded up, at least 1).
 func limitFor(r float64, b int) ratelimit.Limit {

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrymesh/ferry/discovery/consul"
+	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/sidecar/config"
 )
 
@@ -63,6 +64,9 @@ func consulClientKey(d *config.ConsulDiscovery) string {
 // usesConsul reports whether cfg needs a Consul client.
 func usesConsul(cfg *config.Config) bool {
 	if cfg.Discovery != nil && cfg.Discovery.Consul != nil && cfg.Discovery.Consul.Register {
+		return true
+	}
+	if cfg.Policy.Access.Source == policy.SourceConsul {
 		return true
 	}
 	for i := range cfg.Upstreams {

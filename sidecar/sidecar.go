@@ -66,6 +66,8 @@ type Sidecar struct {
 	rls *rlsClient
 	// handshakeFailures is ferry_tls_handshake_failures_total (see tls.go).
 	handshakeFailures *prometheus.CounterVec
+	// intentions is the Consul intentions watch of policy.access.source: consul; see policy.go.
+	intentions intentionsState
 }
 
 // snapshot is what one successful Apply put in place: the config and when.
@@ -124,6 +126,9 @@ func (s *Sidecar) Ready() (bool, string) {
 		return false, "no config applied"
 	}
 	if why := s.certsWaiting(); why != "" {
+		return false, why
+	}
+	if why := s.intentionsWaiting(); why != "" {
 		return false, why
 	}
 	s.mu.Lock()
@@ -194,6 +199,11 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		return err
 	}
 	// 0c. The inbound policy.
+	// With policy.access.source: consul, the intentions watch it takes its rules from.
+	if err := s.prepareIntentions(cfg, cc); err != nil {
+		return err
+	}
+	defer s.settleIntentions()
 	pol, err := s.policyFor(cfg)
 	if err != nil {
 		return err
@@ -441,6 +451,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		s.commitTracing(cfg, tracing, drain)
 	}
 	s.commitMesh(mesh, drain)
+	s.commitIntentions()
 	s.pol.Store(pol)
 	return nil
 }
@@ -519,6 +530,7 @@ func (s *Sidecar) Drain(ctx context.Context) {
 		u.stop()
 		delete(s.upstreams, name)
 	}
+	s.closeIntentions()
 	s.closeConsul()
 	for _, t := range s.transports {
 		t.CloseIdleConnections()

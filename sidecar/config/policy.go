@@ -71,3 +71,15 @@ func setAnything(v reflect.Value) bool {
 	}
 	return !v.IsZero()
 }
+
+// checkPolicySource checks what policy.access.source: consul needs besides the block
+// itself: intentions match callers by their verified identity, so mTLS must be on.
+func checkPolicySource(col *collector, c *Config) {
+	if c.Policy.Access.Source != policy.SourceConsul {
+		return
+	}
+	if c.MTLS == nil || c.MTLS.Mode == "disabled" {
+		col.add(path{"policy", "access", "source"}, "source: consul needs mtls (intentions match the caller's verified "+
+			"SPIFFE ID, which only mTLS gives)")
+	}
+}

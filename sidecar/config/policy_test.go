@@ -115,6 +115,45 @@ policy:
 				`ferry.yaml:7: policy.rate_limit_service.failure_mode: invalid failure_mode "sometimes"`,
 			},
 		},
+		{
+			name: "consul source with file rules and without mtls",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+policy:
+  access:
+    source: consul
+    order: deny_first
+    rules:
+      - {from: [any], action: allow}
+`,
+			want: []string{
+				`ferry.yaml:6: policy.access.source: source: consul needs mtls`,
+				`ferry.yaml:7: policy.access.order: source: consul is evaluated first_match`,
+				`ferry.yaml:9: policy.access.rules: rules cannot be combined with source: consul`,
+			},
+		},
+		{
+			name: "bad source and order",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+policy:
+  access:
+    source: xds
+    order: random
+    rules:
+      - {from: [any], path_regex: ["("], action: default}
+`,
+			want: []string{
+				`ferry.yaml:6: policy.access.source: invalid source "xds"`,
+				`ferry.yaml:7: policy.access.order: invalid order "random"`,
+				`ferry.yaml:9: policy.access.rules[0].path_regex[0]: invalid regular expression`,
+				`ferry.yaml:9: policy.access.rules[0].action: action default needs order: first_match`,
+			},
+		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -82,6 +82,7 @@ func validate(c *Config, col *collector) {
 	checkMTLS(c, col)
 	checkTelemetry(col, &c.Telemetry)
 	checkPolicy(col, &c.Policy)
+	checkPolicySource(col, c)
 }
 
 // checkUpstream checks the i-th upstream and records its name in names.
