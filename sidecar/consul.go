@@ -65,6 +65,9 @@ func usesConsul(cfg *config.Config) bool {
 	if cfg.Discovery != nil && cfg.Discovery.Consul != nil && cfg.Discovery.Consul.Register {
 		return true
 	}
+	if cfg.MTLS != nil && cfg.MTLS.Source == config.MTLSSourceConsul {
+		return true
+	}
 	for i := range cfg.Upstreams {
 		if cfg.Upstreams[i].Consul != nil {
 			return true

@@ -44,8 +44,11 @@ type meshState struct {
 type meshTLS struct {
 	key  string
 	src  mtls.Source
-	td   spiffeid.TrustDomain
-	stop context.CancelFunc // ends the expiry watch
+	td   spiffeid.TrustDomain // zero for source consul without a pinned trust domain
+	stop context.CancelFunc   // ends the expiry watch
+	// consul is set for source consul: upstream identities take Consul's form, with the
+	// trust domain and datacenter of the current certificate.
+	consul bool
 }
 
 // source returns the certificate source, nil without mTLS.
@@ -58,19 +61,27 @@ func (m *meshTLS) source() mtls.Source {
 
 // meshFor returns the certificate source cfg asks for: the running one while its settings
 // are unchanged, a new one otherwise (nil without an mtls block). A new one is used only
-// if commitMesh is called; settleMesh closes it otherwise.
-func (s *Sidecar) meshFor(cfg *config.Config) (*meshTLS, error) {
+// if commitMesh is called; settleMesh closes it otherwise. cc is the Consul client
+// (source consul).
+func (s *Sidecar) meshFor(cfg *config.Config, cc consulConn) (*meshTLS, error) {
 	mc := cfg.MTLS
 	if mc == nil {
 		return nil, nil
 	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s", mc.Source, mc.TrustDomain, cfg.Service, mc.CertFile, mc.KeyFile, mc.CAFile, mc.Dir)
+	consulCA := mc.Source == config.MTLSSourceConsul
+	if consulCA {
+		key += fmt.Sprintf("|%s|%s|%p", mc.ConsulService, cc.key, cc.client)
+	}
 	if cur := s.mesh.cur; cur != nil && cur.key == key {
 		return cur, nil
 	}
-	td, err := mtls.ParseTrustDomain(mc.TrustDomain)
-	if err != nil {
-		return nil, err
+	var td spiffeid.TrustDomain
+	var err error
+	if !consulCA || mc.TrustDomain != "" {
+		if td, err = mtls.ParseTrustDomain(mc.TrustDomain); err != nil {
+			return nil, err
+		}
 	}
 	var src mtls.Source
 	switch mc.Source {
@@ -79,6 +90,16 @@ func (s *Sidecar) meshFor(cfg *config.Config) (*meshTLS, error) {
 			TrustDomain: td, Logger: s.log})
 	case config.MTLSSourceDev:
 		src, err = mtls.NewDevSource(mtls.DevOptions{Dir: mc.Dir, Service: cfg.Service, TrustDomain: td, Logger: s.log})
+	case config.MTLSSourceConsul:
+		if cc.client == nil {
+			return nil, errors.New("mtls: source consul needs a Consul client") // unreachable: usesConsul
+		}
+		svc := mc.ConsulService
+		if svc == "" {
+			svc = cfg.Service
+		}
+		src, err = mtls.NewConsulSource(mtls.ConsulOptions{Agent: cc.client.API().Agent(), Service: svc,
+			TrustDomain: td, Address: cc.addr, Logger: s.log})
 	default:
 		err = fmt.Errorf("mtls source %q is not available", mc.Source)
 	}
@@ -86,6 +107,20 @@ func (s *Sidecar) meshFor(cfg *config.Config) (*meshTLS, error) {
 		return nil, fmt.Errorf("mtls: %w", err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
+	if consulCA {
+		// Consul renews the leaf itself, by 90% of its lifetime at the latest: warn only
+		// when the renewal is overdue, sized once the first leaf shows the lifetime.
+		s.log.Info("waiting for the first certificate from Consul: /ready answers 503 until it arrives",
+			"agent", cc.addr, "consul_service", mc.ConsulService)
+		go func() {
+			m, err := mtls.Wait(ctx, src)
+			if err != nil {
+				return
+			}
+			mtls.WatchExpiry(ctx, src, s.log, min(maxExpiryWarning, m.NotAfter().Sub(m.Leaf().NotBefore)/20))
+		}()
+		return &meshTLS{key: key, src: src, td: td, stop: stop, consul: true}, nil
+	}
 	warn := maxExpiryWarning
 	if m, err := src.Current(); err == nil {
 		warn = min(warn, m.NotAfter().Sub(m.Leaf().NotBefore)/3)
@@ -155,6 +190,10 @@ func upstreamTLS(cfg *config.Config, m *meshTLS) (map[string]l7.UpstreamTLS, err
 			if m == nil {
 				return nil, fmt.Errorf("upstream %q: tls mesh needs an mtls block", uc.Name)
 			}
+			if m.consul && uc.Identity == "" {
+				out[uc.Name] = l7.UpstreamTLS{Source: m.src, Identities: newConsulIdentity(m.src, uc)}
+				continue
+			}
 			want, err := mtls.ExpectedID(m.td, uc.Name, uc.Identity)
 			if err != nil {
 				return nil, fmt.Errorf("upstream %q: %w", uc.Name, err)
@@ -182,12 +221,84 @@ func upstreamTLS(cfg *config.Config, m *meshTLS) (map[string]l7.UpstreamTLS, err
 type dialFunc = func(ctx context.Context, ep *balancer.Endpoint) (net.Conn, error)
 
 // withIdentities makes t (mesh TLS) verify the identity discovery gives each of u's
-// endpoints, when it gives one.
+// endpoints, when it gives one; t's own lookup (source consul) answers for the others.
 func withIdentities(t l7.UpstreamTLS, u *upstream) l7.UpstreamTLS {
 	if t.Source != nil && u != nil {
-		t.Identities = u
+		if t.Identities != nil {
+			t.Identities = identityChain{u, t.Identities}
+		} else {
+			t.Identities = u
+		}
 	}
 	return t
+}
+
+// identityChain asks each lookup in turn; the first identity given wins.
+type identityChain []l7.IdentityLookup
+
+// IdentityOf implements l7.IdentityLookup. Safe for concurrent use.
+func (c identityChain) IdentityOf(addr string) string {
+	for _, l := range c {
+		if id := l.IdentityOf(addr); id != "" {
+			return id
+		}
+	}
+	return ""
+}
+
+// consulIdentity is the expected identity of an upstream's endpoints with source consul
+// and no configured identity: Consul's spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>, with
+// the trust domain of the current certificate, the upstream's Consul namespace (default
+// "default") and datacenter (default: this sidecar's, from its own certificate), and its
+// Consul service name (default: the upstream's name). It follows the certificate as it
+// rotates; the ID is computed once per certificate. Safe for concurrent use.
+type consulIdentity struct {
+	src             mtls.Source
+	service, ns, dc string
+	last            atomic.Pointer[consulIdentityCache]
+}
+
+type consulIdentityCache struct {
+	m  *mtls.Material
+	id string
+}
+
+func newConsulIdentity(src mtls.Source, uc *config.Upstream) *consulIdentity {
+	c := &consulIdentity{src: src, service: uc.Name, ns: "default"}
+	if cu := uc.Consul; cu != nil {
+		c.service = cu.Service
+		if cu.Namespace != "" {
+			c.ns = cu.Namespace
+		}
+		c.dc = cu.Datacenter
+	}
+	return c
+}
+
+// IdentityOf implements l7.IdentityLookup: the same identity for every address, "" while
+// no certificate is loaded (the handshake then fails for want of one anyway).
+func (c *consulIdentity) IdentityOf(string) string {
+	m, err := c.src.Current()
+	if err != nil {
+		return ""
+	}
+	if p := c.last.Load(); p != nil && p.m == m {
+		return p.id
+	}
+	dc := c.dc
+	if dc == "" {
+		own, err := mtls.ParseService(m.ID())
+		if err != nil || own.Datacenter == "" {
+			return "" // unreachable: ConsulSource publishes Consul identities only
+		}
+		dc = own.Datacenter
+	}
+	id, err := mtls.ConsulServiceID(m.ID().TrustDomain(), c.ns, dc, c.service)
+	if err != nil {
+		return ""
+	}
+	c.last.Store(&consulIdentityCache{m: m, id: id.String()})
+	return id.String()
 }
 
 // tcpDial returns the l4 dial function of a TCP upstream secured by t (mTLS or TLS, no
