@@ -179,9 +179,14 @@ drain_timeout: 2s
 			t.Errorf("GET via %s = %d %q, want api seeing URI=%s and By=%s in X-Forwarded-Client-Cert", out, code, body, wantWeb, wantAPI)
 		}
 	}
-	if code, body := get(cl, "http://"+outWrong+"/"); code == http.StatusOK {
-		t.Errorf("GET via billing (really api) = %d %q, want a refusal: the peer is not %s", code, body,
-			fmt.Sprintf("spiffe://%s/ns/default/dc/dc1/svc/billing", tdName))
+	resp, err := cl.Get("http://" + outWrong + "/")
+	if err != nil {
+		t.Fatalf("GET via billing: %v", err)
+	}
+	resp.Body.Close()
+	wantPS := fmt.Sprintf(`ferry; error=tls_certificate_error; details="want spiffe://%s/ns/default/dc/dc1/svc/billing, got %s"`, tdName, wantAPI)
+	if ps := resp.Header.Get("Proxy-Status"); resp.StatusCode != http.StatusServiceUnavailable || ps != wantPS {
+		t.Errorf("GET via billing (really api) = %d, Proxy-Status %q; want 503 with %q", resp.StatusCode, ps, wantPS)
 	}
 
 	// A bounded load through both paths while Consul rotates its CA root.
@@ -194,6 +199,7 @@ drain_timeout: 2s
 		firstFail  atomic.Value
 		wg         sync.WaitGroup
 		stopLoad   = make(chan struct{})
+		certsSeen  sync.Map // X-Forwarded-Client-Cert values api's app saw: one per web certificate
 	)
 	for i := range 6 {
 		url := "http://" + []string{outConnect, outStatic}[i%2] + "/"
@@ -209,6 +215,7 @@ drain_timeout: 2s
 				code, body := get(wc, url)
 				if code == http.StatusOK && strings.Contains(body, "URI="+wantWeb) {
 					ok.Add(1)
+					certsSeen.Store(body, true)
 				} else {
 					failed.Add(1)
 					firstFail.CompareAndSwap(nil, fmt.Sprintf("%s: %d %s", url, code, body))
@@ -258,6 +265,12 @@ drain_timeout: 2s
 		t.Fatalf("load across the CA rotation: %d ok, %d failed (first: %v), want 0 failed", ok.Load(), failed.Load(), firstFail.Load())
 	}
 	t.Logf("load across the CA rotation: %d requests, 0 failed", ok.Load())
+	// The load went through handshakes with web's old and its new leaf.
+	n := 0
+	certsSeen.Range(func(any, any) bool { n++; return true })
+	if n < 2 {
+		t.Errorf("api's app saw %d distinct client certificates during the load, want at least 2 (before and after the rotation)", n)
+	}
 	for _, f := range []*ferry{web, apiF} {
 		if code, body := f.ready(); code != http.StatusOK {
 			t.Errorf("/ready after rotation = %d %s, want 200", code, body)
