@@ -32,6 +32,10 @@ import (
 // last third.
 const maxExpiryWarning = 24 * time.Hour
 
+// consulReloadWait bounds how long a reload that replaces a Consul certificate source
+// waits for the new source's first certificate.
+const consulReloadWait = 10 * time.Second
+
 // meshState is the sidecar's mTLS certificate source. cur is changed by Apply (under
 // Sidecar.mu); live is what /ready, /certs and the metrics read.
 type meshState struct {
@@ -105,6 +109,16 @@ func (s *Sidecar) meshFor(cfg *config.Config, cc consulConn) (*meshTLS, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mtls: %w", err)
+	}
+	if consulCA && s.mesh.cur != nil {
+		// A reload replaces a running source: give the new one a moment to load its first
+		// certificate, so that handshakes do not fail once it is swapped in.
+		wctx, cancel := context.WithTimeout(context.Background(), consulReloadWait)
+		if _, err := mtls.Wait(wctx, src); err != nil {
+			s.log.Warn("the new Consul certificate source has no certificate yet; applying the config anyway",
+				"agent", cc.addr, "error", err)
+		}
+		cancel()
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	if consulCA {
@@ -233,17 +247,16 @@ func withIdentities(t l7.UpstreamTLS, u *upstream) l7.UpstreamTLS {
 	return t
 }
 
-// identityChain asks each lookup in turn; the first identity given wins.
-type identityChain []l7.IdentityLookup
+// identityChain asks first, then second; the first identity given wins. It is a
+// comparable value (transport options are compared to keep pools across reloads).
+type identityChain struct{ first, second l7.IdentityLookup }
 
 // IdentityOf implements l7.IdentityLookup. Safe for concurrent use.
 func (c identityChain) IdentityOf(addr string) string {
-	for _, l := range c {
-		if id := l.IdentityOf(addr); id != "" {
-			return id
-		}
+	if id := c.first.IdentityOf(addr); id != "" {
+		return id
 	}
-	return ""
+	return c.second.IdentityOf(addr)
 }
 
 // consulIdentity is the expected identity of an upstream's endpoints with source consul
@@ -251,20 +264,15 @@ func (c identityChain) IdentityOf(addr string) string {
 // the trust domain of the current certificate, the upstream's Consul namespace (default
 // "default") and datacenter (default: this sidecar's, from its own certificate), and its
 // Consul service name (default: the upstream's name). It follows the certificate as it
-// rotates; the ID is computed once per certificate. Safe for concurrent use.
+// rotates (it is computed per dial, which a handshake dwarfs). A comparable value, so that
+// an unchanged upstream keeps its transport across reloads. Safe for concurrent use.
 type consulIdentity struct {
 	src             mtls.Source
 	service, ns, dc string
-	last            atomic.Pointer[consulIdentityCache]
 }
 
-type consulIdentityCache struct {
-	m  *mtls.Material
-	id string
-}
-
-func newConsulIdentity(src mtls.Source, uc *config.Upstream) *consulIdentity {
-	c := &consulIdentity{src: src, service: uc.Name, ns: "default"}
+func newConsulIdentity(src mtls.Source, uc *config.Upstream) consulIdentity {
+	c := consulIdentity{src: src, service: uc.Name, ns: "default"}
 	if cu := uc.Consul; cu != nil {
 		c.service = cu.Service
 		if cu.Namespace != "" {
@@ -277,13 +285,10 @@ func newConsulIdentity(src mtls.Source, uc *config.Upstream) *consulIdentity {
 
 // IdentityOf implements l7.IdentityLookup: the same identity for every address, "" while
 // no certificate is loaded (the handshake then fails for want of one anyway).
-func (c *consulIdentity) IdentityOf(string) string {
+func (c consulIdentity) IdentityOf(string) string {
 	m, err := c.src.Current()
 	if err != nil {
 		return ""
-	}
-	if p := c.last.Load(); p != nil && p.m == m {
-		return p.id
 	}
 	dc := c.dc
 	if dc == "" {
@@ -297,7 +302,6 @@ func (c *consulIdentity) IdentityOf(string) string {
 	if err != nil {
 		return ""
 	}
-	c.last.Store(&consulIdentityCache{m: m, id: id.String()})
 	return id.String()
 }
 
