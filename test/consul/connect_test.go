@@ -165,6 +165,9 @@ drain_timeout: 2s
 	if got := web.MetricWith("ferry_mtls_certificate_loaded", `source="consul"`); got != 1 {
 		t.Errorf("ferry_mtls_certificate_loaded{source=consul} = %v, want 1", got)
 	}
+	if got := web.MetricWith("ferry_mtls_certificate_expiry_seconds", `source="consul"`, `role="leaf"`); got <= 0 {
+		t.Errorf("ferry_mtls_certificate_expiry_seconds{source=consul,role=leaf} = %v, want > 0", got)
+	}
 
 	cl := &http.Client{Timeout: ioTimeout}
 	defer cl.CloseIdleConnections()
@@ -274,6 +277,23 @@ drain_timeout: 2s
 	for _, f := range []*ferry{web, apiF} {
 		if code, body := f.ready(); code != http.StatusOK {
 			t.Errorf("/ready after rotation = %d %s, want 200", code, body)
+		}
+	}
+
+	// The agent goes away: both sidecars keep their certificates and keep serving.
+	agent.Stop()
+	eventually(t, "web records a failed certificate query", func() bool {
+		return web.MetricWith("ferry_mtls_certificate_update_failures_total", `source="consul"`) > 0
+	})
+	for _, out := range []string{outConnect, outStatic} {
+		if got := seen(t, "http://"+out+"/", 10); len(got) != 1 {
+			t.Errorf("10 GETs via %s with the agent down = %v, want all answered by api", out, got)
+		} else {
+			for body := range got {
+				if !strings.Contains(body, "URI="+wantWeb) {
+					t.Errorf("GET via %s with the agent down = %q, want api seeing %s", out, body, wantWeb)
+				}
+			}
 		}
 	}
 }
