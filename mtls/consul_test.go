@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/ferrymesh/ferry/discovery/consul/consultest"
 	"github.com/ferrymesh/ferry/mtls"
@@ -160,6 +162,12 @@ func TestConsulSource(t *testing.T) {
 	})
 	if rotated.ID() != want {
 		t.Errorf("after rotation ID() = %v, want %v", rotated.ID(), want)
+	}
+	// The new leaf carries the new root cross-signed by the old one, so a peer that
+	// still trusts only the old root accepts it.
+	oldOnly := x509bundle.FromX509Authorities(td, []*x509.Certificate{oldRoot})
+	if _, _, err := x509svid.Verify(rotated.SVID().Certificates, oldOnly); err != nil {
+		t.Errorf("new leaf chain (%d certificates) against the old root only: %v, want it to verify", len(rotated.SVID().Certificates), err)
 	}
 	for name, root := range map[string]*x509.Certificate{"old": oldRoot, "new": newRoot} {
 		if !rotated.Bundles()[0].HasX509Authority(root) {
