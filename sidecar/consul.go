@@ -69,6 +69,9 @@ func usesConsul(cfg *config.Config) bool {
 	if cfg.Policy.Access.Source == policy.SourceConsul {
 		return true
 	}
+	if cfg.MTLS != nil && cfg.MTLS.Source == config.MTLSSourceConsul {
+		return true
+	}
 	for i := range cfg.Upstreams {
 		if cfg.Upstreams[i].Consul != nil {
 			return true

@@ -189,7 +189,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	}
 	// 0b. The mTLS certificate source (the running one while its settings are unchanged)
 	// and how each upstream's connections are secured.
-	mesh, err := s.meshFor(cfg)
+	mesh, err := s.meshFor(cfg, cc)
 	if err != nil {
 		return err
 	}

@@ -32,6 +32,10 @@ import (
 // last third.
 const maxExpiryWarning = 24 * time.Hour
 
+// consulReloadWait bounds how long a reload that replaces a Consul certificate source
+// waits for the new source's first certificate.
+const consulReloadWait = 10 * time.Second
+
 // meshState is the sidecar's mTLS certificate source. cur is changed by Apply (under
 // Sidecar.mu); live is what /ready, /certs and the metrics read.
 type meshState struct {
@@ -44,8 +48,11 @@ type meshState struct {
 type meshTLS struct {
 	key  string
 	src  mtls.Source
-	td   spiffeid.TrustDomain
-	stop context.CancelFunc // ends the expiry watch
+	td   spiffeid.TrustDomain // zero for source consul without a pinned trust domain
+	stop context.CancelFunc   // ends the expiry watch
+	// consul is set for source consul: upstream identities take Consul's form, with the
+	// trust domain and datacenter of the current certificate.
+	consul bool
 }
 
 // source returns the certificate source, nil without mTLS.
@@ -58,19 +65,27 @@ func (m *meshTLS) source() mtls.Source {
 
 // meshFor returns the certificate source cfg asks for: the running one while its settings
 // are unchanged, a new one otherwise (nil without an mtls block). A new one is used only
-// if commitMesh is called; settleMesh closes it otherwise.
-func (s *Sidecar) meshFor(cfg *config.Config) (*meshTLS, error) {
+// if commitMesh is called; settleMesh closes it otherwise. cc is the Consul client
+// (source consul).
+func (s *Sidecar) meshFor(cfg *config.Config, cc consulConn) (*meshTLS, error) {
 	mc := cfg.MTLS
 	if mc == nil {
 		return nil, nil
 	}
 	key := fmt.Sprintf("%s|%s|%s|%s|%s|%s|%s", mc.Source, mc.TrustDomain, cfg.Service, mc.CertFile, mc.KeyFile, mc.CAFile, mc.Dir)
+	consulCA := mc.Source == config.MTLSSourceConsul
+	if consulCA {
+		key += fmt.Sprintf("|%s|%s|%p", mc.ConsulService, cc.key, cc.client)
+	}
 	if cur := s.mesh.cur; cur != nil && cur.key == key {
 		return cur, nil
 	}
-	td, err := mtls.ParseTrustDomain(mc.TrustDomain)
-	if err != nil {
-		return nil, err
+	var td spiffeid.TrustDomain
+	var err error
+	if !consulCA || mc.TrustDomain != "" {
+		if td, err = mtls.ParseTrustDomain(mc.TrustDomain); err != nil {
+			return nil, err
+		}
 	}
 	var src mtls.Source
 	switch mc.Source {
@@ -79,13 +94,47 @@ func (s *Sidecar) meshFor(cfg *config.Config) (*meshTLS, error) {
 			TrustDomain: td, Logger: s.log})
 	case config.MTLSSourceDev:
 		src, err = mtls.NewDevSource(mtls.DevOptions{Dir: mc.Dir, Service: cfg.Service, TrustDomain: td, Logger: s.log})
+	case config.MTLSSourceConsul:
+		if cc.client == nil {
+			return nil, errors.New("mtls: source consul needs a Consul client") // unreachable: usesConsul
+		}
+		svc := mc.ConsulService
+		if svc == "" {
+			svc = cfg.Service
+		}
+		src, err = mtls.NewConsulSource(mtls.ConsulOptions{Agent: cc.client.API().Agent(), Service: svc,
+			TrustDomain: td, Address: cc.addr, Logger: s.log})
 	default:
 		err = fmt.Errorf("mtls source %q is not available", mc.Source)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("mtls: %w", err)
 	}
+	if consulCA && s.mesh.cur != nil {
+		// A reload replaces a running source: give the new one a moment to load its first
+		// certificate, so that handshakes do not fail once it is swapped in.
+		wctx, cancel := context.WithTimeout(context.Background(), consulReloadWait)
+		if _, err := mtls.Wait(wctx, src); err != nil {
+			s.log.Warn("the new Consul certificate source has no certificate yet; applying the config anyway",
+				"agent", cc.addr, "error", err)
+		}
+		cancel()
+	}
 	ctx, stop := context.WithCancel(context.Background())
+	if consulCA {
+		// Consul renews the leaf itself, by 90% of its lifetime at the latest: warn only
+		// when the renewal is overdue, sized once the first leaf shows the lifetime.
+		s.log.Info("waiting for the first certificate from Consul: /ready answers 503 until it arrives",
+			"agent", cc.addr, "consul_service", mc.ConsulService)
+		go func() {
+			m, err := mtls.Wait(ctx, src)
+			if err != nil {
+				return
+			}
+			mtls.WatchExpiry(ctx, src, s.log, min(maxExpiryWarning, m.NotAfter().Sub(m.Leaf().NotBefore)/20))
+		}()
+		return &meshTLS{key: key, src: src, td: td, stop: stop, consul: true}, nil
+	}
 	warn := maxExpiryWarning
 	if m, err := src.Current(); err == nil {
 		warn = min(warn, m.NotAfter().Sub(m.Leaf().NotBefore)/3)
@@ -155,6 +204,10 @@ func upstreamTLS(cfg *config.Config, m *meshTLS) (map[string]l7.UpstreamTLS, err
 			if m == nil {
 				return nil, fmt.Errorf("upstream %q: tls mesh needs an mtls block", uc.Name)
 			}
+			if m.consul && uc.Identity == "" {
+				out[uc.Name] = l7.UpstreamTLS{Source: m.src, Identities: newConsulIdentity(m.src, uc)}
+				continue
+			}
 			want, err := mtls.ExpectedID(m.td, uc.Name, uc.Identity)
 			if err != nil {
 				return nil, fmt.Errorf("upstream %q: %w", uc.Name, err)
@@ -182,12 +235,74 @@ func upstreamTLS(cfg *config.Config, m *meshTLS) (map[string]l7.UpstreamTLS, err
 type dialFunc = func(ctx context.Context, ep *balancer.Endpoint) (net.Conn, error)
 
 // withIdentities makes t (mesh TLS) verify the identity discovery gives each of u's
-// endpoints, when it gives one.
+// endpoints, when it gives one; t's own lookup (source consul) answers for the others.
 func withIdentities(t l7.UpstreamTLS, u *upstream) l7.UpstreamTLS {
 	if t.Source != nil && u != nil {
-		t.Identities = u
+		if t.Identities != nil {
+			t.Identities = identityChain{u, t.Identities}
+		} else {
+			t.Identities = u
+		}
 	}
 	return t
+}
+
+// identityChain asks first, then second; the first identity given wins. It is a
+// comparable value (transport options are compared to keep pools across reloads).
+type identityChain struct{ first, second l7.IdentityLookup }
+
+// IdentityOf implements l7.IdentityLookup. Safe for concurrent use.
+func (c identityChain) IdentityOf(addr string) string {
+	if id := c.first.IdentityOf(addr); id != "" {
+		return id
+	}
+	return c.second.IdentityOf(addr)
+}
+
+// consulIdentity is the expected identity of an upstream's endpoints with source consul
+// and no configured identity: Consul's spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>, with
+// the trust domain of the current certificate, the upstream's Consul namespace (default
+// "default") and datacenter (default: this sidecar's, from its own certificate), and its
+// Consul service name (default: the upstream's name). It follows the certificate as it
+// rotates (it is computed per dial, which a handshake dwarfs). A comparable value, so that
+// an unchanged upstream keeps its transport across reloads. Safe for concurrent use.
+type consulIdentity struct {
+	src             mtls.Source
+	service, ns, dc string
+}
+
+func newConsulIdentity(src mtls.Source, uc *config.Upstream) consulIdentity {
+	c := consulIdentity{src: src, service: uc.Name, ns: "default"}
+	if cu := uc.Consul; cu != nil {
+		c.service = cu.Service
+		if cu.Namespace != "" {
+			c.ns = cu.Namespace
+		}
+		c.dc = cu.Datacenter
+	}
+	return c
+}
+
+// IdentityOf implements l7.IdentityLookup: the same identity for every address, "" while
+// no certificate is loaded (the handshake then fails for want of one anyway).
+func (c consulIdentity) IdentityOf(string) string {
+	m, err := c.src.Current()
+	if err != nil {
+		return ""
+	}
+	dc := c.dc
+	if dc == "" {
+		own, err := mtls.ParseService(m.ID())
+		if err != nil || own.Datacenter == "" {
+			return "" // unreachable: ConsulSource publishes Consul identities only
+		}
+		dc = own.Datacenter
+	}
+	id, err := mtls.ConsulServiceID(m.ID().TrustDomain(), c.ns, dc, c.service)
+	if err != nil {
+		return ""
+	}
+	return id.String()
 }
 
 // tcpDial returns the l4 dial function of a TCP upstream secured by t (mTLS or TLS, no

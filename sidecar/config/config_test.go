@@ -399,15 +399,15 @@ upstreams: [{name: api, endpoints: [127.0.0.1:8081], tls: mesh}]
 			},
 		},
 		{
-			name: "mtls consul source is not available yet",
+			name: "mtls sds source is not available yet",
 			doc: `
 service: web
 outbound: [{upstream: api, address: 127.0.0.1:9191}]
 upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
-mtls: {source: consul}
+mtls: {source: sds}
 `,
 			want: []string{
-				`ferry.yaml:4: mtls.source: source consul is not available yet (use files or dev)`,
+				`ferry.yaml:4: mtls.source: source sds is not available yet (use files, dev or consul)`,
 			},
 		},
 		{

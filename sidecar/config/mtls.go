@@ -15,12 +15,21 @@ type MTLS struct {
 	// (plaintext; outbound connections still use mTLS).
 	Mode string `yaml:"mode" json:"mode"`
 	// TrustDomain is the SPIFFE trust domain: this service is
-	// spiffe://<trust_domain>/svc/<service>. Default mesh.local.
+	// spiffe://<trust_domain>/svc/<service>. Default mesh.local, except with source
+	// consul: there the trust domain is Consul's (learnt at run time from its CA roots)
+	// and, if set here, must equal it, or no certificate is loaded (a pin against
+	// talking to the wrong Consul cluster).
 	TrustDomain string `yaml:"trust_domain" json:"trust_domain"`
 	// Source is where the certificates come from: files (CertFile, KeyFile, CAFile; the
-	// default) or dev (the development CA of `ferry ca`, in Dir). consul and sds are
-	// reserved for the sources still to come.
+	// default), dev (the development CA of `ferry ca`, in Dir) or consul (Consul
+	// Connect's CA, through the agent of discovery.consul or the CONSUL_* environment:
+	// the leaf certificate of ConsulService and the CA roots, followed as they rotate).
+	// sds is reserved for the source still to come.
 	Source string `yaml:"source" json:"source"`
+	// ConsulService is the Consul service name the leaf certificate is issued for (source
+	// consul; default: service). The sidecar's identity is then Consul's
+	// spiffe://<trust domain>/ns/default/dc/<datacenter>/svc/<consul_service>.
+	ConsulService string `yaml:"consul_service" json:"consul_service,omitempty"`
 	// CertFile, KeyFile and CAFile are PEM files (source files): this sidecar's
 	// certificate chain, its private key and the trust bundle. They are re-read when
 	// they change.
@@ -59,11 +68,14 @@ func mtlsDefaults(c *Config) {
 		if m.Mode == "" {
 			m.Mode = DefaultMTLSMode
 		}
-		if m.TrustDomain == "" {
-			m.TrustDomain = mtls.DefaultTrustDomain
-		}
 		if m.Source == "" {
 			m.Source = DefaultMTLSSource
+		}
+		if m.TrustDomain == "" && m.Source != MTLSSourceConsul {
+			m.TrustDomain = mtls.DefaultTrustDomain
+		}
+		if m.ConsulService == "" && m.Source == MTLSSourceConsul {
+			m.ConsulService = c.Service
 		}
 	}
 	for i := range c.Upstreams {
@@ -75,6 +87,11 @@ func mtlsDefaults(c *Config) {
 			}
 		}
 		if u.TLS != UpstreamTLSMesh || u.Identity != "" || m == nil || !validName(u.Name) {
+			continue
+		}
+		if m.Source == MTLSSourceConsul {
+			// Consul's identities name the trust domain and datacenter, known only at
+			// run time: the sidecar derives the expected identity then.
 			continue
 		}
 		td, err := mtls.ParseTrustDomain(m.TrustDomain)
@@ -94,7 +111,7 @@ func checkMTLS(c *Config, col *collector) {
 		if _, err := mtls.ParseMode(m.Mode); err != nil || m.Mode == "" {
 			col.add(p.with("mode"), "unknown mode %q (want strict, permissive or disabled)", m.Mode)
 		}
-		if _, err := mtls.ParseTrustDomain(m.TrustDomain); err != nil {
+		if _, err := mtls.ParseTrustDomain(m.TrustDomain); err != nil && (m.TrustDomain != "" || m.Source != MTLSSourceConsul) {
 			col.add(p.with("trust_domain"), "%s", strings.TrimPrefix(err.Error(), "mtls: "))
 		}
 		switch m.Source {
@@ -116,10 +133,25 @@ func checkMTLS(c *Config, col *collector) {
 					col.add(p.with(f.key), "%s applies to source files only", f.key)
 				}
 			}
-		case MTLSSourceConsul, MTLSSourceSDS:
-			col.add(p.with("source"), "source %s is not available yet (use files or dev)", m.Source)
+		case MTLSSourceConsul:
+			for _, f := range []struct{ key, v string }{{"cert_file", m.CertFile}, {"key_file", m.KeyFile}, {"ca_file", m.CAFile}} {
+				if f.v != "" {
+					col.add(p.with(f.key), "%s applies to source files only (source consul takes the certificate from Consul)", f.key)
+				}
+			}
+			if m.Dir != "" {
+				col.add(p.with("dir"), "dir applies to source dev only")
+			}
+			if m.ConsulService != "" && !validName(m.ConsulService) {
+				col.add(p.with("consul_service"), "invalid Consul service name %q (%s)", m.ConsulService, nameRule)
+			}
+		case MTLSSourceSDS:
+			col.add(p.with("source"), "source %s is not available yet (use files, dev or consul)", m.Source)
 		default:
-			col.add(p.with("source"), "unknown source %q (want files or dev)", m.Source)
+			col.add(p.with("source"), "unknown source %q (want files, dev or consul)", m.Source)
+		}
+		if m.ConsulService != "" && m.Source != MTLSSourceConsul {
+			col.add(p.with("consul_service"), "consul_service applies to source consul only")
 		}
 		for _, f := range []struct{ key, v string }{{"cert_file", m.CertFile}, {"key_file", m.KeyFile}, {"ca_file", m.CAFile}, {"dir", m.Dir}} {
 			if strings.ContainsRune(f.v, 0) {
