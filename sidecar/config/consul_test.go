@@ -160,15 +160,15 @@ discovery:
 			},
 		},
 		{
-			name: "later keys are unknown for now",
+			name: "config_key must be a KV key",
 			doc: `
 service: web
 outbound: [{upstream: api, address: 127.0.0.1:9191}]
 upstreams: [{name: api, consul: {}}]
 discovery:
-  consul: {config_key: ferry/web}
+  consul: {config_key: /ferry/web}
 `,
-			want: []string{`ferry.yaml:5: discovery.consul.config_key: unknown key`},
+			want: []string{`ferry.yaml:5: discovery.consul.config_key: invalid KV key "/ferry/web"`},
 		},
 	}
 	for _, tc := range tests {

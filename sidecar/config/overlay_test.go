@@ -330,3 +330,37 @@ func TestLoadWithOverlay(t *testing.T) {
 		t.Errorf("LoadWithOverlay(missing) error = %v, want one naming the file", err)
 	}
 }
+
+func TestConfigKey(t *testing.T) {
+	tests := []struct {
+		key     string
+		wantErr bool
+	}{
+		{"ferry/web", false},
+		{"ferry", false},
+		{"mesh/ferry/web-v2", false},
+		{"/ferry/web", true},
+		{"ferry/web/", true},
+		{"ferry web", true},
+		{"ferry/\\tweb", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			doc := overlayFile + "discovery:\n  consul:\n    config_key: \"" + tt.key + "\"\n"
+			c, err := Parse("ferry.yaml", []byte(doc))
+			if tt.wantErr {
+				want := `ferry.yaml:12: discovery.consul.config_key: invalid KV key`
+				if err == nil || !strings.HasPrefix(err.Error(), want) {
+					t.Errorf("Parse(config_key %q) error = %v, want %q...", tt.key, err, want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Parse(config_key %q) error = %v", tt.key, err)
+			}
+			if got := c.Discovery.Consul.ConfigKey; got != tt.key {
+				t.Errorf("ConfigKey = %q, want %q", got, tt.key)
+			}
+		})
+	}
+}
