@@ -177,8 +177,10 @@ func (m *meshConfig) refused(msg string, v consul.KVValue, err error) {
 	var es config.Errors
 	if errors.As(err, &es) {
 		for _, e := range es {
-			m.log.Error("consul kv: "+e.Error(), "key", m.key, "modify_index", v.ModifyIndex)
+			m.log.Error(e.Error(), "key", m.key, "modify_index", v.ModifyIndex)
 		}
+		m.log.Error(msg, "key", m.key, "modify_index", v.ModifyIndex, "problems", len(es))
+		return
 	}
 	m.log.Error(msg, "key", m.key, "modify_index", v.ModifyIndex, "error", err.Error())
 }
