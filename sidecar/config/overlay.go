@@ -14,14 +14,9 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// OverlayKeys are the top-level keys an overlay document may set: the mesh-wide part of
-// the config, in schema order. Every other key stays with the local file.
+// overlayKeys are the top-level keys an overlay document may set: the mesh-wide part of
+// the config, in schema order. Every other key stays with the local file. Read-only.
 var overlayKeys = []string{"outbound", "upstreams", "policy"}
-
-// OverlayKeys returns the top-level keys an overlay document may set (outbound,
-// upstreams, policy). It returns a new slice each time, so it is safe to call
-// concurrently.
-func OverlayKeys() []string { return slices.Clone(overlayKeys) }
 
 // Overlay is a parsed mesh-wide config document, such as the value of a Consul KV key:
 // a YAML mapping holding any of outbound, upstreams and policy. Merged with a config file
@@ -54,7 +49,8 @@ type OverlayInfo struct {
 	FileVersion string `json:"file_version"`
 }
 
-// Source returns the name the overlay's messages use, e.g. "consul kv ferry/web".
+// Source returns the name the overlay's messages use, e.g. "consul kv ferry/web". The
+// accessors of Overlay only read it and are safe to call concurrently.
 func (o *Overlay) Source() string { return o.source }
 
 // Index returns the revision given to ParseOverlay (Consul's ModifyIndex).
