@@ -221,8 +221,9 @@ func TestAgentKVWatchFollowsKey(t *testing.T) {
 	rec.waitFor(t, 10*time.Second, fmt.Sprintf("absent one@%d two@%d absent", i1, i2))
 }
 
+// TestAgentKVWatchOutageAndFirstStartDown is not parallel: it frees its agent's ports and
+// takes them again, and a parallel test's agent could pick them up meanwhile.
 func TestAgentKVWatchOutageAndFirstStartDown(t *testing.T) {
-	t.Parallel()
 	ports, err := consultest.FreePorts()
 	if err != nil {
 		t.Fatal(err)
