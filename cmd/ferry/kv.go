@@ -18,6 +18,12 @@ import (
 // past it Ferry starts with the file alone and applies the KV document once Consul answers.
 const kvStartWait = 5 * time.Second
 
+// kvWatcher follows one KV key (a *consul.KVWatcher): update gets the first value and
+// every change, from Watch's goroutine, until ctx is done.
+type kvWatcher interface {
+	Watch(ctx context.Context, update func(consul.KVValue)) error
+}
+
 // meshConfig is the running config's two sources: the config file (as last loaded, so that
 // a KV change is merged with the file that runs, not with unreloaded edits) and the Consul
 // KV key the file names in discovery.consul.config_key, followed by a consul.KVWatcher.
@@ -26,6 +32,11 @@ type meshConfig struct {
 	file    string
 	log     *slog.Logger
 	metrics *telemetry.Metrics
+
+	// startWait bounds the wait for the first value at start-up (kvStartWait).
+	startWait time.Duration
+	// watcher builds the watch of d.ConfigKey and a func releasing what it holds.
+	watcher func(d *config.ConsulDiscovery, log *slog.Logger) (kvWatcher, func(), error)
 
 	fileData []byte          // the file as last applied
 	pending  []byte          // the file read by reloadFile, until commit
@@ -43,7 +54,23 @@ type kvValue struct {
 }
 
 func newMeshConfig(file string, log *slog.Logger, m *telemetry.Metrics) *meshConfig {
-	return &meshConfig{file: file, log: log, metrics: m, stop: func() {}}
+	return &meshConfig{file: file, log: log, metrics: m, stop: func() {}, startWait: kvStartWait, watcher: consulKVWatcher}
+}
+
+// consulKVWatcher builds a consul.KVWatcher of d.ConfigKey on its own Consul client.
+func consulKVWatcher(d *config.ConsulDiscovery, log *slog.Logger) (kvWatcher, func(), error) {
+	client, err := consul.NewClient(consul.Config{Address: d.Address, Scheme: d.Scheme, Datacenter: d.Datacenter,
+		Token: d.Token, TokenFile: d.TokenFile, TLS: consul.TLSConfig{CAFile: d.CAFile, CertFile: d.CertFile,
+			KeyFile: d.KeyFile, ServerName: d.TLSServerName}})
+	if err != nil {
+		return nil, nil, fmt.Errorf("discovery.consul (config_key %s): %w", d.ConfigKey, err)
+	}
+	w, err := consul.NewKVWatcher(client.API(), consul.KVOptions{Key: d.ConfigKey, Datacenter: d.Datacenter, Logger: log})
+	if err != nil {
+		client.Close()
+		return nil, nil, fmt.Errorf("discovery.consul.config_key: %w", err)
+	}
+	return w, client.Close, nil
 }
 
 // readFile reads the config file's bytes, as config.Load would.
@@ -82,7 +109,7 @@ func (m *meshConfig) start() (*config.Config, error) {
 	if m.values == nil {
 		return cfg, nil
 	}
-	t := time.NewTimer(kvStartWait)
+	t := time.NewTimer(m.startWait)
 	defer t.Stop()
 	select {
 	case kv := <-m.values:
@@ -101,7 +128,7 @@ func (m *meshConfig) start() (*config.Config, error) {
 		return merged, nil
 	case <-t.C:
 		m.log.Warn("consul kv: no answer from Consul; starting with the file alone, the KV document is applied once Consul answers",
-			"key", m.key, "waited", kvStartWait)
+			"key", m.key, "waited", m.startWait)
 		return cfg, nil
 	}
 }
@@ -131,16 +158,9 @@ func (m *meshConfig) follow(cfg *config.Config) error {
 		return nil
 	}
 	d := cfg.Discovery.Consul
-	client, err := consul.NewClient(consul.Config{Address: d.Address, Scheme: d.Scheme, Datacenter: d.Datacenter,
-		Token: d.Token, TokenFile: d.TokenFile, TLS: consul.TLSConfig{CAFile: d.CAFile, CertFile: d.CertFile,
-			KeyFile: d.KeyFile, ServerName: d.TLSServerName}})
+	w, release, err := m.watcher(d, m.log)
 	if err != nil {
-		return fmt.Errorf("discovery.consul (config_key %s): %w", d.ConfigKey, err)
-	}
-	w, err := consul.NewKVWatcher(client.API(), consul.KVOptions{Key: d.ConfigKey, Datacenter: d.Datacenter, Logger: m.log})
-	if err != nil {
-		client.Close()
-		return fmt.Errorf("discovery.consul.config_key: %w", err)
+		return err
 	}
 	m.stop()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -155,7 +175,7 @@ func (m *meshConfig) follow(cfg *config.Config) error {
 			}
 		})
 	}()
-	m.stop = func() { cancel(); <-done; client.Close() }
+	m.stop = func() { cancel(); <-done; release() }
 	m.values, m.watchID, m.key, m.latest = values, id, d.ConfigKey, nil
 	m.log.Info("consul kv: following config key", "key", d.ConfigKey)
 	return nil
