@@ -364,3 +364,61 @@ func TestConfigKey(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseWithOverlay feeds arbitrary bytes as the KV document merged into a valid file.
+// Neither ParseOverlay nor ParseWithOverlay may panic; every problem must name the file or
+// the document, with a message and a line within the document it names; a success must
+// re-validate and take from the document exactly the keys it reports.
+func FuzzParseWithOverlay(f *testing.F) {
+	for _, s := range []string{
+		"",
+		"upstreams: [{name: api, endpoints: [127.0.0.1:9001]}]\n",
+		"outbound: [{upstream: db, address: 127.0.0.1:15432, protocol: tcp}]\nupstreams: [{name: db, endpoints: [127.0.0.1:5432]}]\n",
+		"policy: {access: {default: deny}}\n",
+		"<<: {upstreams: []}\nservice: x\n",
+		"upstreams: &u [{name: api, endpoints: [a:1]}]\noutbound: *u\n",
+		"upstreams: ~\n",
+		"- a\n",
+		"upstreams: [\n",
+	} {
+		f.Add([]byte(s))
+	}
+	fileLines := countLines([]byte(overlayFile))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ov, err := ParseOverlay(kvSource, 1, data)
+		if err == nil {
+			var c *Config
+			c, err = ParseWithOverlay("ferry.yaml", []byte(overlayFile), ov)
+			if err == nil {
+				if err := c.Validate(); err != nil {
+					t.Fatalf("Validate() of a merged config = %v\ndocument:\n%s", err, data)
+				}
+				if c.Overlay == nil || !slices.Equal(c.Overlay.Keys, ov.Keys()) {
+					t.Fatalf("Overlay = %+v, want keys %v", c.Overlay, ov.Keys())
+				}
+				return
+			}
+		}
+		var errs Errors
+		if !errors.As(err, &errs) || len(errs) == 0 {
+			t.Fatalf("error = %T %v, want non-empty config.Errors", err, err)
+		}
+		text, terr := utf8Text(data)
+		if terr != nil {
+			text = data
+		}
+		kvLines := countLines(text)
+		for _, e := range errs {
+			switch {
+			case e.Msg == "":
+				t.Errorf("error %q has no message", e)
+			case e.File == kvSource && (e.Line < 0 || e.Line > kvLines):
+				t.Errorf("error %q: line outside the document's 0..%d", e, kvLines)
+			case e.File == "ferry.yaml" && (e.Line < 0 || e.Line > fileLines):
+				t.Errorf("error %q: line outside the file's 0..%d", e, fileLines)
+			case e.File != kvSource && e.File != "ferry.yaml":
+				t.Errorf("error %q names neither the file nor the document", e)
+			}
+		}
+	})
+}
