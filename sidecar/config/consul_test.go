@@ -25,7 +25,8 @@ func TestParseFullConsul(t *testing.T) {
 	want := &ConsulDiscovery{Address: "https://consul.internal:8501", Scheme: "https", Datacenter: "dc1",
 		TokenFile: "/etc/ferry/consul-token", CAFile: "/etc/ferry/consul-ca.pem", CertFile: "/etc/ferry/consul-client.pem",
 		KeyFile: "/etc/ferry/consul-client-key.pem", TLSServerName: "consul.internal", Register: true, ServiceID: "web-1",
-		ServiceTags: []string{"v1"}, CheckInterval: Duration(5 * time.Second), DeregisterDelay: Duration(2 * time.Second)}
+		ServiceTags: []string{"v1"}, CheckInterval: Duration(5 * time.Second), DeregisterDelay: Duration(2 * time.Second),
+		ConfigKey: "ferry/web"}
 	if c.Discovery == nil || !reflect.DeepEqual(c.Discovery.Consul, want) {
 		t.Errorf("discovery.consul = %+v, want %+v", c.Discovery, want)
 	}
