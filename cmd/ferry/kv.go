@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"time"
@@ -73,16 +74,24 @@ func consulKVWatcher(d *config.ConsulDiscovery, log *slog.Logger) (kvWatcher, fu
 	return w, client.Close, nil
 }
 
-// readFile reads the config file's bytes, as config.Load would.
+// readFile reads a config file's bytes, as config.Load does, with the same error.
 func readFile(path string) ([]byte, error) {
+	fail := func(err error) error {
+		msg := err.Error()
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			msg = pe.Op + ": " + pe.Err.Error()
+		}
+		return config.Errors{{File: path, Msg: "cannot read config: " + msg, Err: err}}
+	}
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, config.Errors{{File: path, Msg: "cannot read config: " + err.Error(), Err: err}}
+		return nil, fail(err)
 	}
 	defer f.Close()
 	data, err := io.ReadAll(io.LimitReader(f, config.MaxFileSize+1))
 	if err != nil {
-		return nil, config.Errors{{File: path, Msg: "cannot read config: " + err.Error(), Err: err}}
+		return nil, fail(err)
 	}
 	return data, nil
 }

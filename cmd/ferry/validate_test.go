@@ -57,3 +57,14 @@ discovery:
 		t.Errorf("validate with a missing --kv-file = %d, %q; want 1 and a message naming it", code, stderr.String())
 	}
 }
+
+func TestRunMissingConfig(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope.yaml")
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"run", "--config", missing}, &stdout, &stderr); code != 1 {
+		t.Fatalf("run with a missing config = %d, want 1", code)
+	}
+	if want := missing + ": cannot read config: open: no such file or directory"; !strings.Contains(stderr.String(), want) {
+		t.Errorf("run with a missing config printed %q, want %q", stderr.String(), want)
+	}
+}
