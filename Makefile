@@ -94,6 +94,7 @@ demo-consul: build deps-consul
 bench: build deps
 	bash bench/run.sh
 	bash bench/instructions.sh
+	$(GO) test -run '^$$' -bench BenchmarkConsulConvergence500 -benchtime 1x ./test/consul
 
 clean:
 	rm -rf $(BIN)

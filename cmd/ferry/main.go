@@ -18,9 +18,12 @@ Usage:
   ferry run --config FILE [--log-level LEVEL] [--log-format text|json] [-- APP ARGS...]
         Run the sidecar. With an application command after --, start it once Ferry is
         ready, pass signals on to it, and when it exits drain and exit with its code.
-        SIGHUP reloads FILE; SIGTERM or SIGINT drain gracefully and exit.
-  ferry validate --config FILE
+        SIGHUP reloads FILE; SIGTERM or SIGINT drain gracefully and exit. With
+        discovery.consul.config_key, the KV document is merged into FILE and followed.
+  ferry validate --config FILE [--kv-file PATH]
         Check a config file; print every problem as file:line and exit 1 if there is one.
+        With --kv-file, also check PATH as the Consul KV document of
+        discovery.consul.config_key, merged with FILE (before consul kv put).
   ferry ca create|issue ...
         Development certificate authority: create a CA, issue SVIDs (ferry ca help).
   ferry version

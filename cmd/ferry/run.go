@@ -46,7 +46,11 @@ func cmdRun(args []string, _ io.Writer, stderr io.Writer) int {
 		syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
 	defer signal.Stop(sigs)
 
-	cfg, err := config.Load(*file)
+	metrics := telemetry.NewMetrics()
+	// The file, merged with the Consul KV document it names in discovery.consul.config_key.
+	mesh := newMeshConfig(*file, log, metrics)
+	defer mesh.close()
+	cfg, err := mesh.start()
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
@@ -55,7 +59,6 @@ func cmdRun(args []string, _ io.Writer, stderr io.Writer) int {
 		log.Warn("no mtls block: traffic between sidecars is plaintext")
 	}
 
-	metrics := telemetry.NewMetrics()
 	sc := sidecar.New(sidecar.Options{Logger: log, Metrics: metrics,
 		TracingInstance: map[string]string{"version": versionString(), "admin": cfg.Admin.Address}})
 	adminLn, err := net.Listen("tcp", cfg.Admin.Address)
@@ -109,7 +112,11 @@ func cmdRun(args []string, _ io.Writer, stderr io.Writer) int {
 		case sig := <-sigs:
 			switch sig {
 			case syscall.SIGHUP:
-				cfg = reload(sc, *file, cfg, metrics, log)
+				if next := mesh.reloadFile(); next != nil {
+					if cfg = reload(sc, next, cfg, "SIGHUP", log); cfg == next {
+						mesh.commit(next)
+					}
+				}
 			case syscall.SIGTERM, syscall.SIGINT:
 				if stopping {
 					log.Warn("second signal: stopping now", "signal", sig.String())
@@ -134,6 +141,10 @@ func cmdRun(args []string, _ io.Writer, stderr io.Writer) int {
 					_ = proc.Signal(sig)
 				}
 			}
+		case kv := <-mesh.values:
+			if next := mesh.kvChanged(kv); next != nil {
+				cfg = reload(sc, next, cfg, "consul kv", log)
+			}
 		case err := <-appDone:
 			code := exitCode(err)
 			log.Info("application exited; draining", "code", code)
@@ -143,22 +154,22 @@ func cmdRun(args []string, _ io.Writer, stderr io.Writer) int {
 	}
 }
 
-// reload loads the file again and applies it; on any error the running config stays.
-func reload(sc *sidecar.Sidecar, file string, cur *config.Config, m *telemetry.Metrics, log *slog.Logger) *config.Config {
-	next, err := config.Load(file)
-	if err != nil {
-		m.ConfigReloads.WithLabelValues("error").Inc()
-		log.Error("reload refused: invalid config; the running config stays", "config", file, "version", cur.Version, "error", err.Error())
-		return cur
-	}
+// reload applies next (the file reloaded on SIGHUP, or merged with a changed Consul KV
+// document; already validated) and returns it, or cur if Apply refuses it (the running
+// config stays).
+func reload(sc *sidecar.Sidecar, next, cur *config.Config, trigger string, log *slog.Logger) *config.Config {
 	if next.Admin.Address != cur.Admin.Address {
 		log.Warn("admin.address changes take effect on restart", "running", cur.Admin.Address, "file", next.Admin.Address)
 	}
 	if err := sc.Apply(next); err != nil {
-		log.Error("reload refused; the running config stays", "config", file, "version", cur.Version, "error", err)
+		log.Error("reload refused; the running config stays", "config", next.File, "trigger", trigger, "version", cur.Version, "error", err)
 		return cur
 	}
-	log.Info("config reloaded", "config", file, "version", next.Version, "previous", cur.Version)
+	attrs := []any{"config", next.File, "trigger", trigger, "version", next.Version, "previous", cur.Version}
+	if ov := next.Overlay; ov != nil {
+		attrs = append(attrs, "kv", ov.Source, "modify_index", ov.ModifyIndex, "kv_keys", ov.Keys)
+	}
+	log.Info("config reloaded", attrs...)
 	return next
 }
 

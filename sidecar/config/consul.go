@@ -67,6 +67,11 @@ type ConsulDiscovery struct {
 	// DeregisterDelay is how long a drain waits after deregistering, before listeners
 	// stop accepting, so that peers' blocking queries see the change first. Default 1s.
 	DeregisterDelay Duration `yaml:"deregister_delay" json:"deregister_delay"`
+	// ConfigKey, if set, is a Consul KV key (e.g. "ferry/web") holding a mesh-wide YAML
+	// document with any of outbound, upstreams and policy: each key it sets replaces the
+	// file's, and Ferry reloads when the value changes (see ParseWithOverlay). The file
+	// must be valid on its own: it is what runs while Consul cannot be reached.
+	ConfigKey string `yaml:"config_key" json:"config_key,omitempty"`
 }
 
 // ConsulUpstream is upstreams[].consul: the upstream's endpoints are the instances of a
@@ -197,6 +202,10 @@ func checkDiscovery(c *Config, col *collector) {
 		col.add(p.with("check_interval"), "must be at least 1s, got %s", d.CheckInterval)
 	}
 	notNegative(col, p.with("deregister_delay"), d.DeregisterDelay)
+	if k := d.ConfigKey; k != "" && (strings.HasPrefix(k, "/") || strings.HasSuffix(k, "/") ||
+		strings.ContainsFunc(k, func(r rune) bool { return r < 0x20 || r == 0x7f || r == ' ' })) {
+		col.add(p.with("config_key"), "invalid KV key %q (want a key such as ferry/web: no leading or trailing /, no spaces or control characters)", k)
+	}
 }
 
 // consulAddressProblem says what is wrong with a Consul agent address, or returns "".

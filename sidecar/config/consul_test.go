@@ -25,7 +25,8 @@ func TestParseFullConsul(t *testing.T) {
 	want := &ConsulDiscovery{Address: "https://consul.internal:8501", Scheme: "https", Datacenter: "dc1",
 		TokenFile: "/etc/ferry/consul-token", CAFile: "/etc/ferry/consul-ca.pem", CertFile: "/etc/ferry/consul-client.pem",
 		KeyFile: "/etc/ferry/consul-client-key.pem", TLSServerName: "consul.internal", Register: true, ServiceID: "web-1",
-		ServiceTags: []string{"v1"}, CheckInterval: Duration(5 * time.Second), DeregisterDelay: Duration(2 * time.Second)}
+		ServiceTags: []string{"v1"}, CheckInterval: Duration(5 * time.Second), DeregisterDelay: Duration(2 * time.Second),
+		ConfigKey: "ferry/web"}
 	if c.Discovery == nil || !reflect.DeepEqual(c.Discovery.Consul, want) {
 		t.Errorf("discovery.consul = %+v, want %+v", c.Discovery, want)
 	}
@@ -160,15 +161,15 @@ discovery:
 			},
 		},
 		{
-			name: "later keys are unknown for now",
+			name: "config_key must be a KV key",
 			doc: `
 service: web
 outbound: [{upstream: api, address: 127.0.0.1:9191}]
 upstreams: [{name: api, consul: {}}]
 discovery:
-  consul: {config_key: ferry/web}
+  consul: {config_key: /ferry/web}
 `,
-			want: []string{`ferry.yaml:5: discovery.consul.config_key: unknown key`},
+			want: []string{`ferry.yaml:5: discovery.consul.config_key: invalid KV key "/ferry/web"`},
 		},
 	}
 	for _, tc := range tests {

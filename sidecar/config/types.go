@@ -42,6 +42,9 @@ type Config struct {
 	File string `yaml:"-" json:"file"`
 	// Version is a content hash of the file (not a YAML key).
 	Version string `yaml:"-" json:"version"`
+	// Overlay, when a mesh-wide document (Consul KV) was merged into the file, says where
+	// it came from and which keys it set (not a YAML key); nil for the file alone.
+	Overlay *OverlayInfo `yaml:"-" json:"overlay,omitempty"`
 }
 
 // Telemetry is the telemetry block.
