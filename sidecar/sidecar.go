@@ -59,6 +59,8 @@ type Sidecar struct {
 	mesh       meshState   // the mTLS certificate source; see tls.go
 	// pol is the running inbound policy (nil: none), read by the metrics collector.
 	pol atomic.Pointer[policy.Policy]
+	// ingress is the ingress listeners' certificates; see ingress.go.
+	ingress ingressState
 }
 
 // snapshot is what one successful Apply put in place: the config and when.
@@ -90,6 +92,9 @@ func New(o Options) *Sidecar {
 	}
 	if err := o.Metrics.Registry.Register(policyCollector{s}); err != nil {
 		s.log.Warn("policy metrics not registered", "error", err)
+	}
+	if err := o.Metrics.Registry.Register(newIngressCertCollector(s)); err != nil {
+		s.log.Warn("ingress certificate metrics not registered", "error", err)
 	}
 	return s
 }
@@ -186,6 +191,12 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	if err != nil {
 		return err
 	}
+	// 0d. The ingress listeners' certificates (the running stores while unchanged).
+	ingCerts, err := s.ingressCertsFor(cfg)
+	if err != nil {
+		return err
+	}
+	defer s.settleIngress(ingCerts)
 
 	// 1. Bind every new address first, so a failure changes nothing.
 	fresh := map[string]*listener{}
@@ -196,6 +207,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	for _, o := range cfg.Outbound {
 		addrs = append(addrs, o.Address)
 	}
+	addrs = append(addrs, ingressAddrs(cfg)...)
 	for _, a := range addrs {
 		if s.listeners[a] != nil {
 			continue
@@ -244,6 +256,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		specs[inboundUpstream] = upstreamConfig{policy: balancer.RoundRobin,
 			endpoints: []discovery.Endpoint{{Address: cfg.Inbound.Target, Weight: 1}}}
 	}
+	addIngressSpecs(cfg, specs)
 	published := map[string]<-chan struct{}{} // watches (re)started by this Apply
 	for name, spec := range specs {
 		u := s.upstreams[name]
@@ -343,6 +356,8 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		}
 		want = append(want, d)
 	}
+	want = append(want, s.ingressListeners(cfg, ingressEnv{certs: ingCerts, transports: transports, upTLS: upTLS,
+		accessLog: accessLog, tracing: tracing, pol: pol})...)
 
 	// 5. Swap. From here on nothing fails.
 	drain := cfg.DrainTimeout.D()
@@ -420,6 +435,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		s.commitTracing(cfg, tracing, drain)
 	}
 	s.commitMesh(mesh, drain)
+	s.commitIngress(ingCerts, drain)
 	s.pol.Store(pol)
 	return nil
 }
@@ -506,6 +522,7 @@ func (s *Sidecar) Drain(ctx context.Context) {
 	s.retiring.Wait()
 	_ = s.accessLog.Close()
 	s.closeMesh()
+	s.closeIngress()
 	if t := s.tracing.cur; t != nil {
 		shutdownTracing(t, s)
 	}
