@@ -58,6 +58,45 @@ func ingressUpstream(addr string) string { return "ingress|" + addr }
 type ingressState struct {
 	cur  map[string]*ingressCerts // by listener address
 	live atomic.Pointer[[]*ingressCerts]
+	// pickers hold, per listener address, the store handshakes read: fronts keep the
+	// picker, so a change of certificate files does not replace the front (and close
+	// its idle connections).
+	pickers map[string]*certPicker
+}
+
+// certPicker is what an ingress listener's TLS config reads its certificates from: the
+// listener's current store, swapped by Apply. GetCertificate is safe for concurrent use.
+type certPicker struct{ cur atomic.Pointer[ingressCerts] }
+
+// GetCertificate is tls.Config.GetCertificate: the current store's certificate for the
+// client's SNI.
+func (p *certPicker) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return p.cur.Load().GetCertificate(hello)
+}
+
+// serverConfig returns the TLS server config of an ingress listener: certificates by SNI,
+// at least minVersion, ECDHE+AEAD suites on TLS 1.2, and ALPN h2 and http/1.1 for HTTP.
+func (p *certPicker) serverConfig(minVersion uint16, http bool) *tls.Config {
+	tc := &tls.Config{MinVersion: minVersion, CipherSuites: ingressCipherSuites, GetCertificate: p.GetCertificate}
+	if http {
+		tc.NextProtos = []string{"h2", "http/1.1"}
+	}
+	return tc
+}
+
+// ingressPicker returns the picker of the listener at addr, making it on first use, and
+// points it at certs. Called by Apply under Sidecar.mu once nothing can fail any more.
+func (s *Sidecar) ingressPicker(addr string, certs *ingressCerts) *certPicker {
+	if s.ingress.pickers == nil {
+		s.ingress.pickers = map[string]*certPicker{}
+	}
+	p := s.ingress.pickers[addr]
+	if p == nil {
+		p = &certPicker{}
+		s.ingress.pickers[addr] = p
+	}
+	p.cur.Store(certs)
+	return p
 }
 
 // ingressCerts is one ingress listener's certificates: loaded from their files, re-read
@@ -324,16 +363,6 @@ func (c *ingressCerts) close() {
 	})
 }
 
-// serverConfig returns the TLS server config of an ingress listener: certificates by SNI,
-// at least minVersion, ECDHE+AEAD suites on TLS 1.2, and ALPN h2 and http/1.1 for HTTP.
-func (c *ingressCerts) serverConfig(minVersion uint16, http bool) *tls.Config {
-	tc := &tls.Config{MinVersion: minVersion, CipherSuites: ingressCipherSuites, GetCertificate: c.GetCertificate}
-	if http {
-		tc.NextProtos = []string{"h2", "http/1.1"}
-	}
-	return tc
-}
-
 // IngressCertInfo is one ingress certificate in /certs.
 type IngressCertInfo struct {
 	// Listener is the ingress listener's address.
@@ -425,6 +454,11 @@ func (s *Sidecar) commitIngress(m map[string]*ingressCerts, drain time.Duration)
 		}
 	}
 	s.ingress.cur = m
+	for addr := range s.ingress.pickers {
+		if m[addr] == nil {
+			delete(s.ingress.pickers, addr)
+		}
+	}
 	live := make([]*ingressCerts, 0, len(m))
 	for _, c := range m {
 		live = append(live, c)
@@ -471,14 +505,15 @@ type ingressEnv struct {
 	pol        *policy.Policy
 }
 
-// ingressListeners returns the desired state of every ingress listener of cfg: TLS
+// ingressListeners returns the desired state of every ingress listener of cfg (pointing
+// each listener's certificate picker at its new store: call it once nothing can fail): TLS
 // termination with its certificates, then the inbound policy and the proxy to its target
 // or upstream, with direction "ingress" in metrics, logs and spans.
 func (s *Sidecar) ingressListeners(cfg *config.Config, env ingressEnv) []desired {
 	out := make([]desired, 0, len(cfg.Ingress))
 	for i := range cfg.Ingress {
 		in := &cfg.Ingress[i]
-		certs := env.certs[in.Address]
+		picker := s.ingressPicker(in.Address, env.certs[in.Address])
 		minVersion, _ := in.TLSVersion() // validated
 		d := desired{addr: in.Address, pol: env.pol}
 		port := listenerPort(in.Address)
@@ -518,9 +553,9 @@ func (s *Sidecar) ingressListeners(cfg *config.Config, env ingressEnv) []desired
 			o.Transport = s.transport(env.transports, ingressUpstream(in.Address), to)
 			d.http = edgeHeaders{l7.NewHandler(o)}
 		}
-		d.tlsIn = &inboundTLS{mode: mtls.ModeStrict, config: certs.serverConfig(minVersion, !tcp),
+		d.tlsIn = &inboundTLS{mode: mtls.ModeStrict, config: picker.serverConfig(minVersion, !tcp),
 			handshake: in.ReadHeaderTimeout.D(), log: s.log}
-		d.key += fmt.Sprintf("/ingress-%s-%p", in.MinVersion, certs)
+		d.key += fmt.Sprintf("/ingress-%s-%p", in.MinVersion, picker)
 		out = append(out, d)
 	}
 	return out

@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"bufio"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -237,5 +238,64 @@ ingress:
 	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
 	if body := rec.Body.String(); !strings.Contains(body, "*.b.example") || !strings.Contains(body, addr) {
 		t.Errorf("status page does not list the ingress listener %s and its certificates", addr)
+	}
+}
+
+func TestIngressReloadKeepsSocketAndConnections(t *testing.T) {
+	one, two := backend(t, "one"), backend(t, "two")
+	dir := t.TempDir()
+	aCert, aKey, bCert, bKey := filepath.Join(dir, "a.pem"), filepath.Join(dir, "a-key.pem"), filepath.Join(dir, "b.pem"), filepath.Join(dir, "b-key.pem")
+	aSerial := writeCert(t, aCert, aKey, "a.example")
+	bSerial := writeCert(t, bCert, bKey, "a.example")
+	addr, admin := freeAddr(t), freeAddr(t)
+	s := New(Options{})
+	drained(t, s)
+	cfg := func(target, cert, key string) *config.Config {
+		return parse(t, fmt.Sprintf(`service: web
+admin: {address: %s}
+ingress: [{address: %s, certificates: [{cert_file: %q, key_file: %q}], target: %s}]
+`, admin, addr, cert, key, target))
+	}
+	if err := s.Apply(cfg(one, aCert, aKey)); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	dial := func() (*tls.Conn, *bufio.Reader) {
+		c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, ServerName: "a.example", NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatalf("tls.Dial() error = %v", err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return c, bufio.NewReader(c)
+	}
+	c1, br1 := dial()
+	if got := get(t, c1, br1); got != "one" {
+		t.Fatalf("GET = %q, want one", got)
+	}
+	if got := c1.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(aSerial) != 0 {
+		t.Fatalf("serial = %v, want %v", got, aSerial)
+	}
+
+	// A new target: same socket, same connection, new requests go to the new target.
+	if err := s.Apply(cfg(two, aCert, aKey)); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	if got := get(t, c1, br1); got != "two" {
+		t.Errorf("GET on the kept connection after a reload = %q, want two", got)
+	}
+
+	// New certificate files: new handshakes get the new certificate, and the front is
+	// kept, so the established connection keeps working.
+	if err := s.Apply(cfg(two, bCert, bKey)); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	c2, br2 := dial()
+	if got := c2.ConnectionState().PeerCertificates[0].SerialNumber; got.Cmp(bSerial) != 0 {
+		t.Errorf("serial after the reload = %v, want %v", got, bSerial)
+	}
+	if got := get(t, c2, br2); got != "two" {
+		t.Errorf("GET on a new connection = %q, want two", got)
+	}
+	if got := get(t, c1, br1); got != "two" {
+		t.Errorf("GET on the connection from before the certificate change = %q, want two", got)
 	}
 }
