@@ -539,7 +539,7 @@ func (s *Sidecar) ingressListeners(cfg *config.Config, env ingressEnv) []desired
 			o := l7.Options{Direction: telemetry.Ingress, Name: name, Upstream: u,
 				RequestTimeout: in.RequestTimeout.D(), Metrics: s.metrics.HTTP(telemetry.Ingress, name),
 				AccessLog: env.accessLog, Logger: s.log, Tracing: env.tracing, Policy: env.pol, Port: port}
-			to := l7.TransportOptions{Protocol: l7.ProtocolAuto, ConnectTimeout: in.ConnectTimeout.D(),
+			to := l7.TransportOptions{Protocol: in.TargetProtocol, ConnectTimeout: in.ConnectTimeout.D(),
 				IdleTimeout: 90 * time.Second, MaxIdleConnsPerHost: 1024}
 			if uc != nil {
 				to = l7.TransportOptions{Protocol: uc.Protocol, ConnectTimeout: uc.ConnectTimeout.D(),

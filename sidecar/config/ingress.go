@@ -29,6 +29,11 @@ type Ingress struct {
 	// Upstream names an entry of Config.Upstreams, balanced, retried and
 	// outlier-detected as on outbound; exactly one of Target and Upstream.
 	Upstream string `yaml:"upstream" json:"upstream,omitempty"`
+	// TargetProtocol is how HTTP is spoken to Target: "auto" (the caller's protocol, so
+	// HTTP/2 callers reach it over h2c, as on inbound; the default, and what gRPC needs),
+	// "http1" (for an application that speaks only HTTP/1.1), or "http2" (h2c with prior
+	// knowledge). An upstream's own protocol applies to Upstream.
+	TargetProtocol string `yaml:"target_protocol" json:"target_protocol,omitempty"`
 	// ConnectTimeout bounds dialing Target. Default 1s. (An upstream's own
 	// connect_timeout applies to Upstream.)
 	ConnectTimeout Duration `yaml:"connect_timeout" json:"connect_timeout"`
@@ -79,6 +84,9 @@ func ingressDefaults(c *Config, l *locator, listener func(*Listener, path), dur 
 		if in.MinVersion == "" {
 			in.MinVersion = DefaultIngressMinVersion
 		}
+		if in.TargetProtocol == "" && in.Target != "" && in.Protocol != ProtocolTCP {
+			in.TargetProtocol = ProtocolAuto
+		}
 		if in.Certificates == nil {
 			in.Certificates = []IngressCertificate{}
 		}
@@ -116,6 +124,13 @@ func checkIngress(c *Config, col *collector, ls *listeners, names map[string]int
 			if _, ok := names[in.Upstream]; !ok && !namesHidden {
 				col.add(p.with("upstream"), "unknown upstream %q (%s)", in.Upstream, knownUpstreams(c))
 			}
+		}
+		switch {
+		case in.TargetProtocol == "":
+		case in.Target == "" || in.Protocol == ProtocolTCP:
+			col.add(p.with("target_protocol"), "target_protocol applies to http listeners with a target only")
+		case in.TargetProtocol != ProtocolAuto && in.TargetProtocol != ProtocolHTTP1 && in.TargetProtocol != ProtocolHTTP2:
+			col.add(p.with("target_protocol"), "unknown protocol %q (want %s, %s or %s)", in.TargetProtocol, ProtocolAuto, ProtocolHTTP1, ProtocolHTTP2)
 		}
 		positive(col, p.with("connect_timeout"), in.ConnectTimeout)
 		notNegative(col, p.with("request_timeout"), in.RequestTimeout)

@@ -97,6 +97,8 @@ ingress:
 		{"ingress[0].connect_timeout", in0.ConnectTimeout.D(), DefaultConnectTimeout},
 		{"ingress[0].certificates[1].key_file", in0.Certificates[1].KeyFile, bKey},
 		{"ingress[0].target", in0.Target, "127.0.0.1:8080"},
+		{"ingress[0].target_protocol", in0.TargetProtocol, ProtocolAuto},
+		{"ingress[1].target_protocol", in1.TargetProtocol, ""},
 		{"ingress[1].protocol", in1.Protocol, ProtocolTCP},
 		{"ingress[1].min_version", in1.MinVersion, TLSVersion13},
 		{"ingress[1].idle_timeout", in1.IdleTimeout.D(), 30 * time.Second},
@@ -160,12 +162,16 @@ ingress:
   - {address: 0.0.0.0:8444, certificates: [%s], target: 127.0.0.1:8080, upstream: api}
   - {address: 0.0.0.0:8445, certificates: [%s], upstream: apx}
   - {address: 0.0.0.0:8446, certificates: [%s], target: "localhost"}
-`, ok, ok, ok, ok),
+  - {address: 0.0.0.0:8447, certificates: [%s], target: 127.0.0.1:8080, target_protocol: h3}
+  - {address: 0.0.0.0:8448, certificates: [%s], upstream: api, target_protocol: http1}
+`, ok, ok, ok, ok, ok, ok),
 			want: []string{
 				`ferry.yaml:6: ingress[0]: want one of target (the local application) and upstream`,
 				`ferry.yaml:7: ingress[1].upstream: want only one of target and upstream, got both`,
 				`ferry.yaml:8: ingress[2].upstream: unknown upstream "apx" (have api)`,
 				`ferry.yaml:9: ingress[3].target: invalid target "localhost"`,
+				`ferry.yaml:10: ingress[4].target_protocol: unknown protocol "h3" (want auto, http1 or http2)`,
+				`ferry.yaml:11: ingress[5].target_protocol: target_protocol applies to http listeners with a target only`,
 			},
 		},
 		{

@@ -367,3 +367,79 @@ ingress:
 		return f.MetricWith("ferry_tcp_sessions_total", `direction="ingress"`, `result="ok"`) >= 1
 	}, func() string { return "ferry_tcp_sessions_total{direction=ingress,result=ok}" })
 }
+
+// startH1App serves HTTP/1.1 only (no h2c, as many applications behind an edge): GET
+// answers with the request's protocol; an Upgrade: websocket request is switched and its
+// bytes echoed.
+func startH1App(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: ioTimeout, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			_, _ = io.WriteString(w, r.Proto)
+			return
+		}
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = io.WriteString(conn, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+		_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+		_, _ = io.Copy(conn, brw)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		_ = srv.Close()
+	})
+	return ln.Addr().String()
+}
+
+func TestIngressHTTP1TargetAndWebSocket(t *testing.T) {
+	ferrytest.CheckLeaks(t)
+	ca := newCA(t)
+	cert := ca.issue("a", "a.example")
+	target := startH1App(t)
+	addr, admin := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	startFerry(t, admin, fmt.Sprintf(`service: web
+admin: {address: %s}
+ingress:
+  - {address: %s, certificates: [%s], target: %s, target_protocol: http1}
+`, admin, addr, cert.entry(), target))
+
+	// An HTTP/2 caller reaches an HTTP/1.1-only application.
+	status, body, resp := get(ca.httpsClient(t, "a.example", nil, true), "https://"+addr+"/", nil)
+	if status != http.StatusOK || body != "HTTP/1.1" || resp.Proto != "HTTP/2.0" {
+		t.Errorf("h2 GET = %d %q, want 200 from the app over HTTP/1.1", status, body)
+	}
+
+	// WebSocket: the upgrade goes through and bytes flow both ways.
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", addr,
+		&tls.Config{RootCAs: ca.pool, ServerName: "a.example", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+	_, _ = io.WriteString(conn, "GET /ws HTTP/1.1\r\nHost: a.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+	br := bufio.NewReader(conn)
+	up, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("reading the upgrade answer: %v", err)
+	}
+	if up.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade = %d, want 101", up.StatusCode)
+	}
+	_, _ = io.WriteString(conn, "ping through the ingress")
+	got := make([]byte, len("ping through the ingress"))
+	if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping through the ingress" {
+		t.Errorf("echo over the upgraded connection = %q, %v; want the bytes sent", got, err)
+	}
+}
