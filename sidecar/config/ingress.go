@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -174,13 +175,13 @@ func (e *keyError) Unwrap() error { return e.err }
 // is a server certificate, and its RSA or ECDSA private key, which must match it. The
 // returned certificate has its Leaf set. Safe to call concurrently.
 func LoadIngressCertificate(ic IngressCertificate) (*tls.Certificate, error) {
-	certPEM, err := os.ReadFile(ic.CertFile)
+	certPEM, err := readPEMFile(ic.CertFile)
 	if err != nil {
-		return nil, fmt.Errorf("cannot read certificate: %w", unwrapPath(err))
+		return nil, fmt.Errorf("cannot read certificate: %w", err)
 	}
-	keyPEM, err := os.ReadFile(ic.KeyFile)
+	keyPEM, err := readPEMFile(ic.KeyFile)
 	if err != nil {
-		return nil, &keyError{fmt.Errorf("cannot read key: %w", unwrapPath(err))}
+		return nil, &keyError{fmt.Errorf("cannot read key: %w", err)}
 	}
 	var chain tls.Certificate
 	for rest := certPEM; ; {
@@ -211,6 +212,34 @@ func LoadIngressCertificate(ic IngressCertificate) (*tls.Certificate, error) {
 	}
 	cert.Leaf = leaf
 	return &cert, nil
+}
+
+// MaxPEMFileSize is the largest certificate or key file LoadIngressCertificate reads.
+const MaxPEMFileSize = 1 << 20
+
+// readPEMFile reads a regular file of at most MaxPEMFileSize bytes, so that a path naming
+// a device or a FIFO cannot hang validation.
+func readPEMFile(name string) ([]byte, error) {
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", name)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, MaxPEMFileSize+1))
+	if err != nil {
+		return nil, unwrapPath(err)
+	}
+	if len(b) > MaxPEMFileSize {
+		return nil, fmt.Errorf("%s: larger than %d KiB", name, MaxPEMFileSize>>10)
+	}
+	return b, nil
 }
 
 // unwrapPath drops the *fs.PathError's operation, keeping "open FILE: reason" short.

@@ -147,13 +147,15 @@ ingress:
       - {cert_file: %q, key_file: %q}
       - {cert_file: %q, key_file: %q}
       - {cert_file: %q}
-`, missing, aKey, aCert, bKey, notPEM, aKey, edCert, edKey, aCert),
+      - {cert_file: %q, key_file: /dev/zero}
+`, missing, aKey, aCert, bKey, notPEM, aKey, edCert, edKey, aCert, aCert),
 			want: []string{
 				`ferry.yaml:9: ingress[0].certificates[0].cert_file: cannot read certificate: ` + missing + `: no such file or directory`,
 				`ferry.yaml:10: ingress[0].certificates[1].key_file: ` + bKey + ` does not hold the private key of ` + aCert,
 				`ferry.yaml:11: ingress[0].certificates[2].cert_file: ` + notPEM + ` holds no PEM CERTIFICATE block`,
 				`ferry.yaml:12: ingress[0].certificates[3].cert_file: ` + edCert + `: Ed25519 key (want RSA or ECDSA)`,
 				`ferry.yaml:13: ingress[0].certificates[4].key_file: missing key_file`,
+				`ferry.yaml:14: ingress[0].certificates[5].key_file: cannot read key: /dev/zero: not a regular file`,
 			},
 		},
 		{
