@@ -31,7 +31,7 @@ var testSerial atomic.Int64
 
 // writeCert writes a self-signed ECDSA server certificate for names to cert and key and
 // returns its serial.
-func writeCert(t *testing.T, cert, key string, names ...string) *big.Int {
+func writeCert(t testing.TB, cert, key string, names ...string) *big.Int {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
