@@ -615,17 +615,21 @@ func (c *ingressCertCollector) Collect(ch chan<- prometheus.Metric) {
 		return
 	}
 	now := time.Now()
-	seen := map[string]bool{} // one sample per certificate, even if two listeners share it
+	// One sample per serial: the serial is the only label telling ingress certificates
+	// apart, and two samples with the same labels would fail the whole scrape. A
+	// certificate shared by two listeners is one sample; two certificates with the same
+	// serial (different issuers) report the one expiring first.
+	expiry := map[string]float64{}
 	for _, ic := range *live {
 		for _, info := range ic.info(now) {
-			if seen[info.Serial+"|"+info.Subject] {
-				continue
+			if cur, ok := expiry[info.Serial]; !ok || info.SecondsToExpiry < cur {
+				expiry[info.Serial] = info.SecondsToExpiry
 			}
-			seen[info.Serial+"|"+info.Subject] = true
-			ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, info.SecondsToExpiry,
-				"ingress", "ingress", "", info.Serial)
 		}
 		ch <- prometheus.MustNewConstMetric(c.updates, prometheus.CounterValue, float64(ic.updates.Load()), ic.addr)
 		ch <- prometheus.MustNewConstMetric(c.failures, prometheus.CounterValue, float64(ic.failures.Load()), ic.addr)
+	}
+	for serial, secs := range expiry {
+		ch <- prometheus.MustNewConstMetric(c.expiry, prometheus.GaugeValue, secs, "ingress", "ingress", "", serial)
 	}
 }

@@ -33,11 +33,16 @@ var testSerial atomic.Int64
 // returns its serial.
 func writeCert(t testing.TB, cert, key string, names ...string) *big.Int {
 	t.Helper()
+	return writeCertSerial(t, cert, key, big.NewInt(time.Now().UnixNano()+testSerial.Add(1)), names...)
+}
+
+// writeCertSerial is writeCert with a given serial.
+func writeCertSerial(t testing.TB, cert, key string, serial *big.Int, names ...string) *big.Int {
+	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	serial := big.NewInt(time.Now().UnixNano() + testSerial.Add(1))
 	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
@@ -297,5 +302,39 @@ ingress: [{address: %s, certificates: [{cert_file: %q, key_file: %q}], target: %
 	}
 	if got := get(t, c1, br1); got != "two" {
 		t.Errorf("GET on the connection from before the certificate change = %q, want two", got)
+	}
+}
+
+func TestIngressCertMetricsSharedCertificate(t *testing.T) {
+	dir := t.TempDir()
+	cert, key := filepath.Join(dir, "a.pem"), filepath.Join(dir, "a-key.pem")
+	writeCertSerial(t, cert, key, big.NewInt(7), "a.example")
+	// Another certificate with the same serial (self-signed, so another issuer).
+	other, otherKey := filepath.Join(dir, "b.pem"), filepath.Join(dir, "b-key.pem")
+	writeCertSerial(t, other, otherKey, big.NewInt(7), "b.example")
+	m := telemetry.NewMetrics()
+	s := New(Options{Metrics: m})
+	drained(t, s)
+	app := backend(t, "app")
+	cfg := parse(t, fmt.Sprintf(`service: web
+admin: {address: %s}
+ingress:
+  - {address: %s, certificates: [{cert_file: %q, key_file: %q}], target: %s}
+  - {address: %s, certificates: [{cert_file: %q, key_file: %q}, {cert_file: %q, key_file: %q}], target: %s}
+`, freeAddr(t), freeAddr(t), cert, key, app, freeAddr(t), cert, key, other, otherKey, app))
+	if err := s.Apply(cfg); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatalf("Gather() error = %v, want the certificates with serial 7 reported once", err)
+	}
+	counts := map[string]int{}
+	for _, mf := range mfs {
+		counts[mf.GetName()] = len(mf.GetMetric())
+	}
+	if counts["ferry_mtls_certificate_expiry_seconds"] != 1 || counts["ferry_ingress_certificate_updates_total"] != 2 {
+		t.Errorf("samples = %d expiry, %d updates; want 1 and 2", counts["ferry_mtls_certificate_expiry_seconds"],
+			counts["ferry_ingress_certificate_updates_total"])
 	}
 }
