@@ -10,9 +10,11 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -441,5 +443,73 @@ ingress:
 	got := make([]byte, len("ping through the ingress"))
 	if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping through the ingress" {
 		t.Errorf("echo over the upgraded connection = %q, %v; want the bytes sent", got, err)
+	}
+}
+
+// TestIngressReload: SIGHUP with a new certificate list and a new target keeps the
+// listener's socket and its established connections; new handshakes see the new
+// certificates and requests go to the new target.
+func TestIngressReload(t *testing.T) {
+	ferrytest.CheckLeaks(t)
+	ca := newCA(t)
+	a := ca.issue("a", "a.example")
+	b := ca.issue("b", "b.example")
+	one, two := startApp(t, "one"), startApp(t, "two")
+	addr, admin := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	config := func(target string, certs ...leaf) string {
+		var entries []string
+		for _, c := range certs {
+			entries = append(entries, c.entry())
+		}
+		return fmt.Sprintf(`service: web
+admin: {address: %s}
+ingress:
+  - {address: %s, certificates: [%s], target: %s}
+`, admin, addr, strings.Join(entries, ", "), target)
+	}
+	f, path := startFerryFile(t, admin, config(one.addr, a))
+
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", addr,
+		&tls.Config{RootCAs: ca.pool, ServerName: "a.example", NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	send := func() string {
+		_ = conn.SetDeadline(time.Now().Add(ioTimeout))
+		if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n"); err != nil {
+			return err.Error()
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return string(body)
+	}
+	if got := send(); got != "one" {
+		t.Fatalf("GET = %q, want one", got)
+	}
+	// Before the reload, b.example gets the default certificate (a).
+	if st, err := ca.handshake(addr, &tls.Config{ServerName: "b.example", InsecureSkipVerify: true}); err != nil ||
+		st.PeerCertificates[0].SerialNumber.Cmp(a.serial) != 0 {
+		t.Fatalf("SNI b.example before the reload: %v, want a's serial %v", err, a.serial)
+	}
+
+	ferrytest.WriteFile(t, filepath.Dir(path), filepath.Base(path), config(two.addr, a, b))
+	f.Signal(syscall.SIGHUP)
+	ferrytest.Eventually(t, waitTimeout, func() bool {
+		v, _ := f.Metric("ferry_config_reloads_total", map[string]string{"result": "ok"})
+		return v >= 2
+	}, func() string { return "the reload to be applied" })
+
+	if got := send(); got != "two" {
+		t.Errorf("GET on the connection from before the reload = %q, want two (same connection, new target)", got)
+	}
+	st, err := ca.handshake(addr, &tls.Config{ServerName: "b.example"})
+	if err != nil || st.PeerCertificates[0].SerialNumber.Cmp(b.serial) != 0 {
+		t.Errorf("SNI b.example after the reload: %v, want b's serial %v", err, b.serial)
 	}
 }

@@ -128,10 +128,18 @@ func (l leaf) entry() string { return fmt.Sprintf("{cert_file: %q, key_file: %q}
 // until the test ends; it returns once /ready answers 200.
 func startFerry(t *testing.T, admin, config string) *ferrytest.Process {
 	t.Helper()
+	p, _ := startFerryFile(t, admin, config)
+	return p
+}
+
+// startFerryFile is startFerry, also returning the config file's path (to rewrite it
+// before a SIGHUP).
+func startFerryFile(t *testing.T, admin, config string) (*ferrytest.Process, string) {
+	t.Helper()
 	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", config)
 	p := ferrytest.StartWith(t, ferrytest.Options{Grace: 10 * time.Second, Name: admin}, ferryBin, cfg, admin)
 	p.WaitReady()
-	return p
+	return p, cfg
 }
 
 // httpsClient returns a client that trusts the test CA and sends serverName as SNI (and
