@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -14,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -336,5 +338,76 @@ ingress:
 	if counts["ferry_mtls_certificate_expiry_seconds"] != 1 || counts["ferry_ingress_certificate_updates_total"] != 2 {
 		t.Errorf("samples = %d expiry, %d updates; want 1 and 2", counts["ferry_mtls_certificate_expiry_seconds"],
 			counts["ferry_ingress_certificate_updates_total"])
+	}
+}
+
+func TestIngressRSACertificateTLS12(t *testing.T) {
+	dir := t.TempDir()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(42), Subject: pkix.Name{CommonName: "rsa.example"},
+		DNSNames: []string{"rsa.example"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key := filepath.Join(dir, "rsa.pem"), filepath.Join(dir, "rsa-key.pem")
+	if err := os.WriteFile(cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(k)}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := &config.Ingress{Listener: config.Listener{Address: "127.0.0.1:1"},
+		Certificates: []config.IngressCertificate{{CertFile: cert, KeyFile: key}}}
+	c, err := newIngressCerts(in, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("newIngressCerts() error = %v", err)
+	}
+	defer c.close()
+	p := &certPicker{}
+	p.cur.Store(c)
+	pool := x509.NewCertPool()
+	pool.AddCert(c.set.Load().certs[0].Leaf)
+
+	tests := []struct {
+		name    string
+		suites  []uint16
+		wantErr bool
+	}{
+		{"ECDHE-RSA AES-GCM", []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256}, false},
+		{"ECDHE-RSA ChaCha20", []uint16{tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256}, false},
+		{"RSA key exchange", []uint16{tls.TLS_RSA_WITH_AES_128_GCM_SHA256}, true},
+		{"ECDHE-RSA CBC", []uint16{tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			sc, cc := net.Pipe()
+			defer sc.Close()
+			defer cc.Close()
+			srv := tls.Server(sc, p.serverConfig(tls.VersionTLS12, true))
+			srvErr := make(chan error, 1)
+			go func() { srvErr <- srv.Handshake() }()
+			cli := tls.Client(cc, &tls.Config{RootCAs: pool, ServerName: "rsa.example", MaxVersion: tls.VersionTLS12, CipherSuites: tc.suites})
+			cliErr := cli.Handshake()
+			if tc.wantErr {
+				_ = cli.Close()
+			}
+			err := <-srvErr
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("server Handshake() error = %v (client: %v), want error %v", err, cliErr, tc.wantErr)
+			}
+			// A refusal must be the server's: no shared cipher suite, not a client that
+			// could not even offer the suite.
+			if tc.wantErr && (err == nil || !strings.Contains(err.Error(), "no cipher suite supported by both")) {
+				t.Errorf("server Handshake() error = %v, want no shared cipher suite", err)
+			}
+			if !tc.wantErr && cli.ConnectionState().CipherSuite != tc.suites[0] {
+				t.Errorf("CipherSuite = %s, want %s", tls.CipherSuiteName(cli.ConnectionState().CipherSuite), tls.CipherSuiteName(tc.suites[0]))
+			}
+		})
 	}
 }
