@@ -111,8 +111,15 @@ func checkIngress(c *Config, col *collector, ls *listeners, names map[string]int
 		if len(in.Certificates) == 0 && !col.brokenUnder(cp) {
 			col.add(cp, "missing certificates (want at least one {cert_file, key_file}; the first is the default)")
 		}
+		kept := col.loc.kept(cp, len(in.Certificates), structKept)
 		for j, ic := range in.Certificates {
-			checkIngressCert(col, cp.with(j), ic)
+			ip := cp.with(pick(kept, j))
+			// An item with a key that failed to decode (a misspelt key_file, say) has
+			// its problem reported already; "missing key_file" would only repeat it.
+			if col.brokenWhere(func(b string) bool { return under(b, ip.String()) }) {
+				continue
+			}
+			checkIngressCert(col, ip, ic)
 		}
 		switch {
 		case in.Target == "" && in.Upstream == "":

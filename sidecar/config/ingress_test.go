@@ -196,9 +196,18 @@ ingress:
 		{
 			name: "unknown key",
 			doc: head + fmt.Sprintf(`  - {address: 0.0.0.0:8443, certificates: [%s], target: 127.0.0.1:8080, sni: a.example}
-`, ok),
+  - address: 0.0.0.0:8444
+    target: 127.0.0.1:8080
+    certificates:
+      - {cert_file: %q, kye_file: %q}
+      - not a mapping
+      - {cert_file: %q, key_file: %q}
+`, ok, aCert, aKey, missing, aKey),
 			want: []string{
-				`ferry.yaml:6: ingress[0].sni: unknown key`,
+				`ferry.yaml:6: ingress[0].sni: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, certificates, min_version, target, upstream, target_protocol, connect_timeout, request_timeout)`,
+				`ferry.yaml:10: ingress[1].certificates[0].kye_file: unknown key (known keys: cert_file, key_file)`,
+				`ferry.yaml:11: ingress[1].certificates[1]: `,
+				`ferry.yaml:12: ingress[1].certificates[2].cert_file: cannot read certificate: ` + missing,
 			},
 		},
 	}
