@@ -250,15 +250,20 @@ policy:
     rules:
       - {from: [127.0.0.0/8], paths: [/public/*], action: allow}
       - {from: [any], paths: [/health], action: allow}
+  rate_limits:
+    - {path_prefix: /public/limited, requests_per_second: 0.01, burst: 1, key: client_ip}
 `, admin, addr, cert.entry(), application.addr))
 	c := ca.httpsClient(t, "a.example", nil, true)
 	for _, tc := range []struct {
 		path string
 		want int
-	}{{"/public/x", 200}, {"/health", 200}, {"/private", 403}} {
+	}{{"/public/x", 200}, {"/health", 200}, {"/private", 403}, {"/public/limited", 200}, {"/public/limited", 429}} {
 		if status, body, _ := get(c, "https://"+addr+tc.path, nil); status != tc.want {
 			t.Errorf("GET %s = %d %q, want %d", tc.path, status, body, tc.want)
 		}
+	}
+	if got := application.count.Load(); got != 3 {
+		t.Errorf("app requests = %d, want 3 (the refused ones never reach it)", got)
 	}
 }
 
