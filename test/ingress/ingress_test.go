@@ -198,6 +198,8 @@ telemetry: {access_log: stdout}
 		if !strings.Contains(dump, `"ingress"`) || !strings.Contains(dump, a.cert) {
 			t.Errorf("/config_dump does not show the ingress listener:\n%s", dump)
 		}
+		ferrytest.Eventually(t, waitTimeout, func() bool { return strings.Contains(f.Output(), `"direction":"ingress"`) },
+			func() string { return "an access-log line with direction ingress" })
 		_, page, _ := get(c, f.AdminURL("/"), nil)
 		if !strings.Contains(page, "*.b.example") {
 			t.Errorf("status page does not list the ingress certificates")
