@@ -137,9 +137,9 @@ telemetry: {access_log: stdout}
 	t.Run("plaintext HTTP is refused", func(t *testing.T) {
 		before := application.count.Load()
 		c := ferrytest.NewClient(t, 1, nil)
-		status, body, _ := get(c, "http://"+addr+"/", nil)
-		if status == http.StatusOK {
-			t.Errorf("plaintext GET = %d %q, want a refusal", status, body)
+		status, body, resp := get(c, "http://"+addr+"/", nil)
+		if status != http.StatusBadRequest || !strings.Contains(resp.Header.Get("Proxy-Status"), "error=tls_protocol_error") {
+			t.Errorf("plaintext GET = %d %q, want 400 with Proxy-Status tls_protocol_error", status, body)
 		}
 		if got := application.count.Load(); got != before {
 			t.Errorf("app requests = %d after a plaintext request, want %d", got, before)
