@@ -203,6 +203,10 @@ th,td{border:1px solid #bbb;padding:3px 8px;text-align:left} th{background:#e8ee
 {{range .Endpoints}}<tr class="{{.Status}}"><td>{{.Address}}</td><td>{{.Weight}}</td><td>{{.Status}}</td><td title="{{.HealthDetail}}">{{.Health}}</td><td>{{.Outlier}}</td><td>{{.Ejections}}</td><td>{{if .EjectedUntil}}{{.EjectedUntil.Format "15:04:05.000"}}{{end}}</td><td>{{.Reason}}</td><td>{{if .SuccessRate}}{{printf "%.1f%%" (percent .SuccessRate)}}{{end}}</td><td>{{.ActiveRequests}}</td><td>{{.TotalRequests}}</td><td>{{.Failures}}</td></tr>
 {{else}}<tr><td colspan="12" class="muted">no endpoints</td></tr>{{end}}
 </table>{{end}}
+{{if .Ingress}}<h2>ingress</h2>
+<table><tr><th>listener</th><th>certificate</th><th>DNS names</th><th>subject</th><th>serial</th><th>not after</th><th>file</th><th>reload error</th></tr>
+{{range .Ingress}}<tr><td>{{.Listener}}</td><td>{{if .Default}}default{{else}}by SNI{{end}}</td><td>{{range $i, $n := .DNSNames}}{{if $i}}, {{end}}{{$n}}{{end}}</td><td>{{.Subject}}</td><td>{{.Serial}}</td><td>{{.NotAfter}}</td><td>{{.CertFile}}</td><td>{{.Error}}</td></tr>
+{{end}}</table>{{end}}
 </body></html>`))
 
 func (s *Sidecar) serveStatusPage(w http.ResponseWriter, _ *http.Request) {
@@ -211,7 +215,8 @@ func (s *Sidecar) serveStatusPage(w http.ResponseWriter, _ *http.Request) {
 		Service, Version, Applied, Why string
 		Ready                          bool
 		Clusters                       []ClusterStatus
-	}{Ready: ok, Why: why, Clusters: s.Clusters()}
+		Ingress                        []IngressCertInfo
+	}{Ready: ok, Why: why, Clusters: s.Clusters(), Ingress: s.IngressCerts()}
 	if sn := s.snap.Load(); sn != nil {
 		data.Service, data.Version, data.Applied = sn.cfg.Service, sn.cfg.Version, sn.applied.UTC().Format(time.RFC3339)
 	}

@@ -68,6 +68,8 @@ type Sidecar struct {
 	handshakeFailures *prometheus.CounterVec
 	// intentions is the Consul intentions watch of policy.access.source: consul; see policy.go.
 	intentions intentionsState
+	// ingress is the ingress listeners' certificates; see ingress.go.
+	ingress ingressState
 }
 
 // snapshot is what one successful Apply put in place: the config and when.
@@ -104,6 +106,9 @@ func New(o Options) *Sidecar {
 	}
 	if err := o.Metrics.Registry.Register(policyCollector{s}); err != nil {
 		s.log.Warn("policy metrics not registered", "error", err)
+	}
+	if err := o.Metrics.Registry.Register(newIngressCertCollector(s)); err != nil {
+		s.log.Warn("ingress certificate metrics not registered", "error", err)
 	}
 	return s
 }
@@ -213,6 +218,12 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		return err
 	}
 	defer s.settleRLS(rls)
+	// 0d. The ingress listeners' certificates (the running stores while unchanged).
+	ingCerts, err := s.ingressCertsFor(cfg)
+	if err != nil {
+		return err
+	}
+	defer s.settleIngress(ingCerts)
 
 	// 1. Bind every new address first, so a failure changes nothing.
 	fresh := map[string]*listener{}
@@ -223,6 +234,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	for _, o := range cfg.Outbound {
 		addrs = append(addrs, o.Address)
 	}
+	addrs = append(addrs, ingressAddrs(cfg)...)
 	for _, a := range addrs {
 		if s.listeners[a] != nil {
 			continue
@@ -271,6 +283,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		specs[inboundUpstream] = upstreamConfig{policy: balancer.RoundRobin,
 			endpoints: []discovery.Endpoint{{Address: cfg.Inbound.Target, Weight: 1}}}
 	}
+	addIngressSpecs(cfg, specs)
 	published := map[string]<-chan struct{}{} // watches (re)started by this Apply
 	for name, spec := range specs {
 		u := s.upstreams[name]
@@ -373,6 +386,8 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		}
 		want = append(want, d)
 	}
+	want = append(want, s.ingressListeners(cfg, ingressEnv{certs: ingCerts, transports: transports, upTLS: upTLS,
+		accessLog: accessLog, tracing: tracing, pol: pol, rls: rls.service()})...)
 
 	// 5. Swap. From here on nothing fails.
 	drain := cfg.DrainTimeout.D()
@@ -452,6 +467,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	}
 	s.commitMesh(mesh, drain)
 	s.commitIntentions()
+	s.commitIngress(ingCerts, drain)
 	s.pol.Store(pol)
 	return nil
 }
@@ -540,6 +556,7 @@ func (s *Sidecar) Drain(ctx context.Context) {
 	_ = s.accessLog.Close()
 	s.closeMesh()
 	s.closeRLS()
+	s.closeIngress()
 	if t := s.tracing.cur; t != nil {
 		shutdownTracing(t, s)
 	}

@@ -534,10 +534,12 @@ type CertsStatus struct {
 	Status *mtls.Status `json:"status,omitempty"`
 	// Certificates describes the leaf, its chain and the trust bundle.
 	Certificates []mtls.CertInfo `json:"certificates"`
+	// Ingress describes the ingress listeners' server certificates (see ingress.go).
+	Ingress []IngressCertInfo `json:"ingress"`
 }
 
 func (s *Sidecar) serveCerts(w http.ResponseWriter, _ *http.Request) {
-	out := CertsStatus{Certificates: []mtls.CertInfo{}}
+	out := CertsStatus{Certificates: []mtls.CertInfo{}, Ingress: s.IngressCerts()}
 	if m := s.mesh.live.Load(); m != nil {
 		out.Enabled = true
 		st := m.src.Status()

@@ -237,6 +237,7 @@ func applyDefaults(c *Config, l *locator) {
 			num(&hc.HealthyThreshold, hp.with("healthy_threshold"), DefaultHealthHealthyThreshold)
 		}
 	}
+	ingressDefaults(c, l, listener, dur)
 	dur(&c.DrainTimeout, path{"drain_timeout"}, DefaultDrainTimeout)
 	applyConsulDefaults(c, l)
 	mtlsDefaults(c)

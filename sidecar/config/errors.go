@@ -562,6 +562,7 @@ func knownKeys(typeName string) []string {
 		reflect.TypeFor[Retries](), reflect.TypeFor[Backoff](), reflect.TypeFor[CircuitBreaker](),
 		reflect.TypeFor[OutlierDetection](), reflect.TypeFor[SuccessRate](), reflect.TypeFor[FailurePercentage](),
 		reflect.TypeFor[HealthCheck](), reflect.TypeFor[telemetry.TracingConfig](),
+		reflect.TypeFor[Ingress](), reflect.TypeFor[IngressCertificate](),
 	} {
 		if t.String() == typeName {
 			return yamlKeys(t)

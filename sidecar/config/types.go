@@ -23,6 +23,8 @@ type Config struct {
 	Outbound []Outbound `yaml:"outbound" json:"outbound"`
 	// Upstreams lists the services this one calls.
 	Upstreams []Upstream `yaml:"upstreams" json:"upstreams"`
+	// Ingress lists TLS listeners for traffic from outside the mesh (see Ingress); optional.
+	Ingress []Ingress `yaml:"ingress,omitempty" json:"ingress,omitempty"`
 	// DrainTimeout bounds how long in-flight requests and TCP sessions may take to finish on
 	// SIGTERM/SIGINT and on listeners removed by a reload. Default 30s.
 	DrainTimeout Duration `yaml:"drain_timeout" json:"drain_timeout"`

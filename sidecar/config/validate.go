@@ -74,6 +74,7 @@ func validate(c *Config, col *collector) {
 		}
 	}
 
+	checkIngress(c, col, &ls, names, namesHidden)
 	notNegative(col, path{"drain_timeout"}, c.DrainTimeout)
 	checkDiscovery(c, col)
 	if strings.ContainsRune(c.Telemetry.AccessLog, 0) {

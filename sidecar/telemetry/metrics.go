@@ -14,6 +14,8 @@ import (
 const (
 	Inbound  = "inbound"
 	Outbound = "outbound"
+	// Ingress is traffic from outside the mesh, through a TLS ingress listener.
+	Ingress = "ingress"
 )
 
 // Metrics is every metric the proxy exports. Create it once per process with NewMetrics;

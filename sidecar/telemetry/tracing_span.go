@@ -316,6 +316,9 @@ func (t *Tracing) StartTCP(ctx context.Context, direction, upstream string, down
 	if direction == Inbound {
 		opts, name = serverKind, "inbound tcp"
 	}
+	if direction == Ingress {
+		opts, name = serverKind, "ingress tcp"
+	}
 	ctx, span := t.tracer.Start(ctx, name, opts...)
 	if !span.IsRecording() {
 		return ctx, span
@@ -428,11 +431,11 @@ var knownMethods = [...]string{
 }
 
 // spanNames[d][m] is "<direction> <method>" for the directions inbound, outbound,
-// upstream and knownMethods, plus "<direction> HTTP" for other methods at index
+// upstream, ingress and knownMethods, plus "<direction> HTTP" for other methods at index
 // len(knownMethods). It is built once and never changed, so that naming a span does not
 // allocate.
-var spanNames = func() (names [3][len(knownMethods) + 1]string) {
-	for d, dir := range [3]string{Inbound, Outbound, upstreamDirection} {
+var spanNames = func() (names [4][len(knownMethods) + 1]string) {
+	for d, dir := range [4]string{Inbound, Outbound, upstreamDirection, Ingress} {
 		for m, meth := range knownMethods {
 			names[d][m] = dir + " " + meth
 		}
@@ -457,6 +460,8 @@ func spanName(direction, method string) string {
 		d = 0
 	case Outbound:
 		d = 1
+	case Ingress:
+		d = 3
 	}
 	return spanNames[d][methodIndex(method)]
 }

@@ -533,6 +533,8 @@ func TestSpanNames(t *testing.T) {
 		{Outbound, "DELETE", "outbound DELETE"},
 		{upstreamDirection, "PATCH", "upstream PATCH"},
 		{Outbound, "BREW", "outbound HTTP"},
+		{Ingress, "POST", "ingress POST"},
+		{Ingress, "BREW", "ingress HTTP"},
 	} {
 		if got := spanName(tc.dir, tc.method); got != tc.want {
 			t.Errorf("spanName(%q, %q) = %q, want %q", tc.dir, tc.method, got, tc.want)
