@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferrymesh/ferry/sidecar/telemetry/jaegertest"
 	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
@@ -250,6 +251,71 @@ upstreams:
 	})
 }
 
+// TestInboundRoutes runs a ferry process whose inbound listener routes: to the local
+// application with a prefix rewrite and a route timeout, to an upstream (ingress-style),
+// and with a fixed response, paths matched without case as the policy block says.
+func TestInboundRoutes(t *testing.T) {
+	ferrytest.CheckLeaks(t)
+	app, adm := startRouteBackend(t, "app"), startRouteBackend(t, "adm")
+	dir := t.TempDir()
+	admin, in := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, dir, "ferry.yaml", fmt.Sprintf(`service: e2e
+admin: {address: %s}
+inbound:
+  address: %s
+  target: %s
+  routes:
+    - {name: v1, match: {prefix: /v1/}, prefix_rewrite: /, request_headers: {set: {x-route: v1}}}
+    - {name: ingress, match: {prefix: /adm/}, upstream: adm}
+    - {name: secret, match: {path: /secret}, response: {status: 403, body: "no\n"}}
+    - {name: slow, match: {path: /slow}, timeout: 100ms}
+upstreams:
+  - {name: adm, endpoints: [%s]}
+policy:
+  normalize: {case_insensitive: true}
+`, admin, in, app.addr, adm.addr))
+	f := startFerry(t, cfg, admin)
+	f.WaitReady()
+	client := newClient(t, nil)
+	tests := []struct {
+		target  string
+		status  int
+		backend string
+		body    string
+		route   string
+	}{
+		{"/v1/items", 200, "app", "path=/items query= x-route=v1 x-drop=", "v1"},
+		{"/V1/items", 200, "app", "path=/items query= x-route=v1 x-drop=", "v1"},
+		{"/adm/x", 200, "adm", "path=/adm/x query= x-route= x-drop=", "ingress"},
+		{"/Secret", 403, "", "no\n", "secret"},
+		{"/slow", 504, "app", "", "slow"},
+		{"/other", 200, "app", "path=/other query= x-route= x-drop=", ""},
+	}
+	for _, tc := range tests {
+		t.Run(strings.TrimPrefix(tc.target, "/"), func(t *testing.T) {
+			appBefore, admBefore := app.requests.Load(), adm.requests.Load()
+			r := do(t, client, http.MethodGet, "http://"+in+tc.target, nil, "")
+			if r.status != tc.status || tc.body != "" && r.body != tc.body {
+				t.Fatalf("GET %s = %d %q (Proxy-Status %q), want %d %q", tc.target, r.status, r.body, r.header.Get("Proxy-Status"), tc.status, tc.body)
+			}
+			appGot, admGot := app.requests.Load()-appBefore, adm.requests.Load()-admBefore
+			if appGot != b2i(tc.backend == "app") || admGot != b2i(tc.backend == "adm") {
+				t.Errorf("GET %s reached app %d times and adm %d times, want only %q once", tc.target, appGot, admGot, tc.backend)
+			}
+			upstream := "e2e"
+			if tc.backend == "adm" {
+				upstream = "adm"
+			}
+			labels := map[string]string{"direction": "inbound", "upstream": upstream, "route": tc.route, "code": strconv.Itoa(tc.status)}
+			var got float64
+			ferrytest.Eventually(t, 5*time.Second, func() bool {
+				got, _ = f.Metric("ferry_requests_total", labels)
+				return got >= 1
+			}, func() string { return fmt.Sprintf("ferry_requests_total%v = %v, want at least 1", labels, got) })
+		})
+	}
+}
+
 func b2i(b bool) int64 {
 	if b {
 		return 1
@@ -309,5 +375,64 @@ upstreams:
 	}
 	if n := countLines(string(out), bad+":"); n != 3 {
 		t.Errorf("%d problem lines, want 3:\n%s", n, out)
+	}
+}
+
+// TestRouteSpans checks that server spans name the route that took the request
+// (ferry.route) and, for a route to another upstream than the listener's, that upstream.
+func TestRouteSpans(t *testing.T) {
+	ferrytest.CheckLeaks(t)
+	j := jaegertest.Start(t)
+	web, adm := startRouteBackend(t, "web"), startRouteBackend(t, "adm")
+	admin, out := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	cfg := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", fmt.Sprintf(`service: routes-spans
+admin: {address: %s}
+outbound:
+  - address: %s
+    upstream: web
+    routes:
+      - {name: admin, match: {prefix: /admin/}, upstream: adm}
+      - {name: gone, match: {path: /gone}, response: {status: 410}}
+upstreams:
+  - {name: web, endpoints: [%s]}
+  - {name: adm, endpoints: [%s]}
+telemetry:
+  tracing: {otlp_endpoint: %s, sample_ratio: 1.0, batch_timeout: 100ms}
+`, admin, out, web.addr, adm.addr, j.OTLPGRPCAddr))
+	f := startFerry(t, cfg, admin)
+	f.WaitReady()
+	client := newClient(t, nil)
+	for i, tc := range []struct {
+		target, route, upstream string
+		status, spans           int
+	}{
+		{"/admin/x", "admin", "adm", 200, 2},
+		{"/gone", "gone", "web", 410, 1},
+		{"/other", "", "web", 200, 2},
+	} {
+		t.Run(strings.TrimPrefix(tc.target, "/"), func(t *testing.T) {
+			traceID := fmt.Sprintf("%032x", 0xf00d0000+i)
+			r := do(t, client, http.MethodGet, "http://"+out+tc.target,
+				http.Header{"Traceparent": {"00-" + traceID + "-00000000000000a1-01"}}, "")
+			if r.status != tc.status {
+				t.Fatalf("GET %s = %d, want %d", tc.target, r.status, tc.status)
+			}
+			tr := j.WaitTrace(t, traceID, tc.spans, 30*time.Second)
+			var server *jaegertest.Span
+			for i := range tr.Spans {
+				if tr.Spans[i].TagString("span.kind") == "server" {
+					server = &tr.Spans[i]
+				}
+			}
+			if server == nil {
+				t.Fatalf("trace %s has no server span: %+v", traceID, tr.Spans)
+			}
+			if got := server.TagString("ferry.route"); got != tc.route {
+				t.Errorf("server span ferry.route = %q, want %q", got, tc.route)
+			}
+			if got := server.TagString("ferry.upstream"); got != tc.upstream {
+				t.Errorf("server span ferry.upstream = %q, want %q", got, tc.upstream)
+			}
+		})
 	}
 }
