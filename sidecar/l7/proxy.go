@@ -50,7 +50,8 @@ type Options struct {
 	Direction string
 	// Name is the upstream's name in metrics and logs.
 	Name string
-	// Upstream supplies pickers.
+	// Upstream supplies pickers: where requests go (with Routes, those no route takes).
+	// It may be nil only with Routes: requests no route takes then get 404.
 	Upstream Upstream
 	// Transport holds the pooled connections to the upstream's endpoints.
 	Transport *Transport
@@ -303,8 +304,10 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	if fh := in.Header["X-Forwarded-Host"]; len(fh) > 0 {
 		out.Header["X-Forwarded-Host"] = fh[:1]
 	}
-	if st, _ := in.Context().Value(stateKey{}).(*state); st != nil && st.route != nil {
-		st.route.entry.ApplyRequestHeaders(out.Header)
+	if h.table != nil {
+		if st, _ := in.Context().Value(stateKey{}).(*state); st != nil && st.route != nil {
+			st.route.entry.ApplyRequestHeaders(out.Header)
+		}
 	}
 }
 
