@@ -1,7 +1,12 @@
 package sidecar
 
 import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"reflect"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,6 +71,67 @@ func TestRouteRetryBudgets(t *testing.T) {
 		inboundUpstream: config.DefaultRetryBudgetPercent} {
 		if got := specs[name].limits.BudgetPercent; got != want {
 			t.Errorf("%s: limits.BudgetPercent = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// TestApplyRoutes applies a config whose routes send to an upstream no listener names,
+// then reloads it with other routes on the same listener, and checks every request goes
+// where the config in force says. A route's retries work on an upstream that has none of
+// its own (its circuit breaker got a retry budget).
+func TestApplyRoutes(t *testing.T) {
+	a, b := backend(t, "a"), backend(t, "b")
+	var calls atomic.Int64
+	flaky := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if calls.Add(1)%2 == 1 {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		_, _ = io.WriteString(w, "flaky")
+	}))
+	t.Cleanup(flaky.Close)
+	out := freeAddr(t)
+	s := New(Options{})
+	drained(t, s)
+	cfg := func(routes string) *config.Config {
+		return parse(t, fmt.Sprintf(`service: web
+admin: {address: %s}
+outbound:
+  - address: %s
+    upstream: a
+    routes:
+%s
+upstreams:
+  - {name: a, endpoints: [%s]}
+  - {name: b, endpoints: [%s]}
+  - {name: flaky, endpoints: [%s]}
+`, freeAddr(t), out, routes, a, b, flaky.Listener.Addr()))
+	}
+	getBody := func(path string) string {
+		t.Helper()
+		resp, err := http.Get("http://" + out + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, body)
+	}
+	if err := s.Apply(cfg(`      - {name: to-b, match: {prefix: /b/}, upstream: b}
+      - {name: retry, match: {prefix: /flaky}, upstream: flaky, retries: {attempts: 1, on: [gateway-error]}}`)); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	for path, want := range map[string]string{"/b/x": "200 b", "/x": "200 a", "/flaky": "200 flaky"} {
+		if got := getBody(path); got != want {
+			t.Errorf("GET %s = %q, want %q", path, got, want)
+		}
+	}
+	if err := s.Apply(cfg(`      - {name: gone, match: {prefix: /b/}, response: {status: 410, body: gone}}`)); err != nil {
+		t.Fatalf("Apply() (reload) error = %v", err)
+	}
+	for path, want := range map[string]string{"/b/x": "410 gone", "/x": "200 a", "/flaky": "200 a"} {
+		if got := getBody(path); got != want {
+			t.Errorf("after reload: GET %s = %q, want %q", path, got, want)
 		}
 	}
 }
