@@ -203,6 +203,11 @@ th,td{border:1px solid #bbb;padding:3px 8px;text-align:left} th{background:#e8ee
 {{range .Endpoints}}<tr class="{{.Status}}"><td>{{.Address}}</td><td>{{.Weight}}</td><td>{{.Status}}</td><td title="{{.HealthDetail}}">{{.Health}}</td><td>{{.Outlier}}</td><td>{{.Ejections}}</td><td>{{if .EjectedUntil}}{{.EjectedUntil.Format "15:04:05.000"}}{{end}}</td><td>{{.Reason}}</td><td>{{if .SuccessRate}}{{printf "%.1f%%" (percent .SuccessRate)}}{{end}}</td><td>{{.ActiveRequests}}</td><td>{{.TotalRequests}}</td><td>{{.Failures}}</td></tr>
 {{else}}<tr><td colspan="12" class="muted">no endpoints</td></tr>{{end}}
 </table>{{end}}
+{{range .Routes}}
+<h2>routes of {{.Listener}}</h2>
+<table><tr><th>route</th><th>match</th><th>action</th><th>options</th></tr>
+{{range .Routes}}<tr><td>{{.Name}}</td><td>{{.Match}}</td><td>{{.Action}}</td><td>{{.Options}}</td></tr>
+{{end}}</table>{{end}}
 </body></html>`))
 
 func (s *Sidecar) serveStatusPage(w http.ResponseWriter, _ *http.Request) {
@@ -211,9 +216,11 @@ func (s *Sidecar) serveStatusPage(w http.ResponseWriter, _ *http.Request) {
 		Service, Version, Applied, Why string
 		Ready                          bool
 		Clusters                       []ClusterStatus
+		Routes                         []listenerRoutes
 	}{Ready: ok, Why: why, Clusters: s.Clusters()}
 	if sn := s.snap.Load(); sn != nil {
 		data.Service, data.Version, data.Applied = sn.cfg.Service, sn.cfg.Version, sn.applied.UTC().Format(time.RFC3339)
+		data.Routes = statusRoutes(sn.cfg)
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = statusPage.Execute(w, data)

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ferrymesh/ferry/policy"
@@ -166,4 +167,107 @@ func (s *Sidecar) upstreamTransport(into map[string]*l7.Transport, name string, 
 		return t
 	}
 	return s.transport(into, name, o)
+}
+
+// listenerRoutes is one listener's routes as the status page lists them.
+type listenerRoutes struct {
+	Listener string // "inbound 0.0.0.0:21000" or "outbound 127.0.0.1:9191 (api)"
+	Routes   []routeRow
+}
+
+// routeRow is one route on the status page.
+type routeRow struct {
+	Name, Match, Action, Options string
+}
+
+// statusRoutes describes the routes of cfg's listeners, in the config's order.
+func statusRoutes(cfg *config.Config) []listenerRoutes {
+	var out []listenerRoutes
+	add := func(listener string, routes []route.Route, def string) {
+		if len(routes) == 0 {
+			return
+		}
+		lr := listenerRoutes{Listener: listener}
+		for i := range routes {
+			lr.Routes = append(lr.Routes, describeRoute(i, &routes[i], def))
+		}
+		out = append(out, lr)
+	}
+	if in := cfg.Inbound; in != nil {
+		add("inbound "+in.Address, in.Routes, "the local application")
+	}
+	for _, o := range cfg.Outbound {
+		name := "outbound " + o.Address
+		if o.Upstream != "" {
+			name += " (otherwise " + o.Upstream + ")"
+		} else {
+			name += " (otherwise 404)"
+		}
+		add(name, o.Routes, "")
+	}
+	return out
+}
+
+// describeRoute is the status-page row of the i-th route; def is where a route without
+// an action forwards.
+func describeRoute(i int, r *route.Route, def string) routeRow {
+	row := routeRow{Name: r.Name}
+	if row.Name == "" {
+		row.Name = fmt.Sprintf("routes[%d]", i)
+	}
+	m := &r.Match
+	var match []string
+	switch {
+	case m.Path != "":
+		match = append(match, "path "+m.Path)
+	case m.Prefix != "":
+		match = append(match, "prefix "+m.Prefix)
+	case m.Regex != "":
+		match = append(match, "regex "+m.Regex)
+	}
+	if len(m.Methods) > 0 {
+		match = append(match, strings.Join(m.Methods, ","))
+	}
+	for _, h := range m.Headers {
+		match = append(match, "header "+h.Name)
+	}
+	for _, q := range m.Query {
+		match = append(match, "query "+q.Name)
+	}
+	row.Match = strings.Join(match, " · ")
+	if row.Match == "" {
+		row.Match = "any"
+	}
+	switch {
+	case r.Upstream != "":
+		row.Action = "→ " + r.Upstream
+	case len(r.Split) > 0:
+		var parts []string
+		for _, w := range r.Split {
+			parts = append(parts, fmt.Sprintf("%s %d", w.Upstream, w.Weight))
+		}
+		row.Action = "split " + strings.Join(parts, ", ")
+	case r.Redirect != nil:
+		code := r.Redirect.Code
+		if code == 0 {
+			code = 301
+		}
+		row.Action = fmt.Sprintf("redirect %d", code)
+	case r.Response != nil:
+		row.Action = fmt.Sprintf("response %d", r.Response.Status)
+	default:
+		row.Action = "→ " + def
+	}
+	var opts []string
+	if r.PrefixRewrite != "" {
+		opts = append(opts, "prefix_rewrite "+r.PrefixRewrite)
+	}
+	if r.Timeout > 0 {
+		opts = append(opts, "timeout "+time.Duration(r.Timeout).String())
+	}
+	if r.Retries != nil {
+		opts = append(opts, fmt.Sprintf("retries %d", r.Retries.Attempts))
+	}
+	row.Options = strings.Join(opts, " · ")
+	return row
 }

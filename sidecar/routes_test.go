@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,6 +125,15 @@ upstreams:
 	for path, want := range map[string]string{"/b/x": "200 b", "/x": "200 a", "/flaky": "200 flaky"} {
 		if got := getBody(path); got != want {
 			t.Errorf("GET %s = %q, want %q", path, got, want)
+		}
+	}
+	rec := httptest.NewRecorder()
+	s.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	for _, want := range []string{"routes of outbound " + out + " (otherwise a)",
+		"<td>to-b</td><td>prefix /b/</td><td>→ b</td><td></td>",
+		"<td>retry</td><td>prefix /flaky</td><td>→ flaky</td><td>retries 1</td>"} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("status page lacks %q:\n%s", want, rec.Body.String())
 		}
 	}
 	if err := s.Apply(cfg(`      - {name: gone, match: {prefix: /b/}, response: {status: 410, body: gone}}`)); err != nil {
