@@ -59,7 +59,9 @@ type Options struct {
 	HashOn string
 	// RequestTimeout bounds the wait for response headers; 0 disables it.
 	RequestTimeout time.Duration
-	// Metrics receives per-request metrics; required.
+	// Metrics receives per-request metrics; required. With Routes, it counts the
+	// requests no route takes (and those refused before routing); the routes' requests
+	// go to Routing.Metrics.
 	Metrics *telemetry.HTTPMetrics
 	// AccessLog receives one record per request; nil disables it.
 	AccessLog *telemetry.AccessLog
