@@ -207,6 +207,11 @@ th,td{border:1px solid #bbb;padding:3px 8px;text-align:left} th{background:#e8ee
 <table><tr><th>listener</th><th>certificate</th><th>DNS names</th><th>subject</th><th>serial</th><th>not after</th><th>file</th><th>reload error</th></tr>
 {{range .Ingress}}<tr><td>{{.Listener}}</td><td>{{if .Default}}default{{else}}by SNI{{end}}</td><td>{{range $i, $n := .DNSNames}}{{if $i}}, {{end}}{{$n}}{{end}}</td><td>{{.Subject}}</td><td>{{.Serial}}</td><td>{{.NotAfter}}</td><td>{{.CertFile}}</td><td>{{.Error}}</td></tr>
 {{end}}</table>{{end}}
+{{range .Routes}}
+<h2>routes of {{.Listener}}</h2>
+<table><tr><th>route</th><th>match</th><th>action</th><th>options</th></tr>
+{{range .Routes}}<tr><td>{{.Name}}</td><td>{{.Match}}</td><td>{{.Action}}</td><td>{{.Options}}</td></tr>
+{{end}}</table>{{end}}
 </body></html>`))
 
 func (s *Sidecar) serveStatusPage(w http.ResponseWriter, _ *http.Request) {
@@ -216,9 +221,11 @@ func (s *Sidecar) serveStatusPage(w http.ResponseWriter, _ *http.Request) {
 		Ready                          bool
 		Clusters                       []ClusterStatus
 		Ingress                        []IngressCertInfo
+		Routes                         []listenerRoutes
 	}{Ready: ok, Why: why, Clusters: s.Clusters(), Ingress: s.IngressCerts()}
 	if sn := s.snap.Load(); sn != nil {
 		data.Service, data.Version, data.Applied = sn.cfg.Service, sn.cfg.Version, sn.applied.UTC().Format(time.RFC3339)
+		data.Routes = statusRoutes(sn.cfg)
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	_ = statusPage.Execute(w, data)

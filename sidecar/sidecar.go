@@ -284,6 +284,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 			endpoints: []discovery.Endpoint{{Address: cfg.Inbound.Target, Weight: 1}}}
 	}
 	addIngressSpecs(cfg, specs)
+	routeRetryBudgets(cfg, specs)
 	published := map[string]<-chan struct{}{} // watches (re)started by this Apply
 	for name, spec := range specs {
 		u := s.upstreams[name]
@@ -336,6 +337,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	// 4. Handlers for every listener.
 	var want []desired
 	transports := map[string]*l7.Transport{}
+	rb := &routeBuild{s: s, cfg: cfg, upTLS: upTLS, transports: transports}
 	if in := cfg.Inbound; in != nil {
 		d := desired{addr: in.Address, pol: pol}
 		u := s.upstreams[inboundUpstream]
@@ -348,11 +350,16 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 			t := s.transport(transports, inboundUpstream, l7.TransportOptions{
 				Protocol: l7.ProtocolAuto, ConnectTimeout: in.ConnectTimeout.D(),
 				IdleTimeout: 90 * time.Second, MaxIdleConnsPerHost: 1024})
+			rb.local = l7.Target{Name: cfg.Service, Upstream: u, Transport: t, RequestTimeout: in.RequestTimeout.D()}
+			routes, err := rb.inboundRouting(pol)
+			if err != nil {
+				return err
+			}
 			d.http = l7.NewHandler(l7.Options{
 				Direction: telemetry.Inbound, Name: cfg.Service, Upstream: u, Transport: t,
 				RequestTimeout: in.RequestTimeout.D(), Metrics: s.metrics.HTTP(telemetry.Inbound, cfg.Service),
 				AccessLog: accessLog, Logger: s.log, Tracing: tracing, MTLS: mesh.source(),
-				Policy: pol, Port: listenerPort(in.Address), RateLimitService: rls.service(),
+				Policy: pol, Port: listenerPort(in.Address), RateLimitService: rls.service(), Routes: routes,
 			})
 		}
 		var tlsKey string
@@ -364,16 +371,31 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		want = append(want, d)
 	}
 	for _, o := range cfg.Outbound {
+		d := desired{addr: o.Address}
+		if o.Upstream == "" { // an http listener with routes only
+			routes, err := rb.outboundRouting(&o)
+			if err != nil {
+				return err
+			}
+			d.key, d.httpOpt = httpKey(o.Listener, s.log)
+			d.http = l7.NewHandler(l7.Options{Direction: telemetry.Outbound, Metrics: s.metrics.HTTP(telemetry.Outbound, ""),
+				AccessLog: accessLog, Logger: s.log, Tracing: tracing, Routes: routes})
+			want = append(want, d)
+			continue
+		}
 		uc := cfg.Upstream(o.Upstream)
 		u := s.upstreams[o.Upstream]
-		d := desired{addr: o.Address}
 		if o.Protocol == "tcp" {
 			d.key = "tcp"
 			d.tcp = s.tcpProxy(telemetry.Outbound, o.Upstream, u, uc.ConnectTimeout.D(), o.IdleTimeout.D(), accessLog,
 				u.breaker, connectAttempts(uc.Retries), tracing, tcpDial(withIdentities(upTLS[o.Upstream], u)), nil, 0)
 		} else {
 			d.key, d.httpOpt = httpKey(o.Listener, s.log)
-			t := s.transport(transports, o.Upstream, l7.TransportOptions{
+			routes, err := rb.outboundRouting(&o)
+			if err != nil {
+				return err
+			}
+			t := s.upstreamTransport(transports, o.Upstream, l7.TransportOptions{
 				Protocol: uc.Protocol, ConnectTimeout: uc.ConnectTimeout.D(),
 				IdleTimeout: uc.IdleTimeout.D(), MaxIdleConnsPerHost: uc.MaxIdleConnsPerEndpoint, Breaker: u.breaker,
 				TLS: withIdentities(upTLS[o.Upstream], u)})
@@ -381,7 +403,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 				Direction: telemetry.Outbound, Name: o.Upstream, Upstream: u, Transport: t,
 				HashOn: uc.HashOn, RequestTimeout: uc.RequestTimeout.D(),
 				Metrics: s.metrics.HTTP(telemetry.Outbound, o.Upstream), AccessLog: accessLog, Logger: s.log,
-				Retry: retryPolicy(uc.Retries), Breaker: u.breaker, Tracing: tracing,
+				Retry: retryPolicy(uc.Retries), Breaker: u.breaker, Tracing: tracing, Routes: routes,
 			})
 		}
 		want = append(want, d)

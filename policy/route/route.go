@@ -36,6 +36,10 @@ type Options struct {
 	Upstream func(name string) bool
 	// RetryOn reports whether a retries.on condition is known; nil accepts any.
 	RetryOn func(cond string) bool
+	// DefaultUpstream, if set, is where a route that sets none of upstream, split,
+	// redirect and response forwards (an inbound listener's local application); "" makes
+	// such a route an error. It is not checked with Upstream.
+	DefaultUpstream string
 }
 
 // Action is what a route does with the requests it takes.
@@ -306,10 +310,13 @@ func compileEntry(e *Entry, rc *Route, i int, opts Options) []*policy.FieldError
 		}
 		e.response.header.Set("Content-Length", strconv.Itoa(len(r.Body)))
 	}
-	switch actions {
-	case 0:
+	switch {
+	case actions == 0 && opts.DefaultUpstream != "":
+		actions = 1
+		e.action, e.upstream = Forward, opts.DefaultUpstream
+	case actions == 0:
 		add(nil, "missing action: set one of upstream, split, redirect and response")
-	case 1:
+	case actions == 1:
 	default:
 		add(nil, "set only one of upstream, split, redirect and response")
 	}
@@ -550,16 +557,28 @@ func (t *Table) Len() int { return len(t.entries) }
 // when none does: answer 404 then (Proxy-Status destination_not_found). A nil Table has no
 // routes.
 func (t *Table) Match(r *policy.Request) *Entry {
-	if t == nil {
-		return nil
-	}
-	for i := range t.entries {
-		if e := &t.entries[i]; e.matches(r) {
-			return e
-		}
+	if i := t.MatchIndex(r); i >= 0 {
+		return &t.entries[i]
 	}
 	return nil
 }
+
+// MatchIndex is Match returning the index of the route in the list, or -1 when none takes
+// r, for callers that keep what they resolved per route in a slice in the routes' order.
+func (t *Table) MatchIndex(r *policy.Request) int {
+	if t == nil {
+		return -1
+	}
+	for i := range t.entries {
+		if t.entries[i].matches(r) {
+			return i
+		}
+	}
+	return -1
+}
+
+// Entry returns the i-th route (0 <= i < Len()).
+func (t *Table) Entry(i int) *Entry { return &t.entries[i] }
 
 func (e *Entry) matches(r *policy.Request) bool {
 	switch e.pathKind {
@@ -605,13 +624,26 @@ func (e *Entry) Upstream(rnd uint64) string {
 	if len(e.split) == 0 {
 		return e.upstream
 	}
+	return e.split[e.Pick(rnd)].Upstream
+}
+
+// Pick is Upstream returning the index in Upstreams() of the upstream chosen, for callers
+// that resolved the upstreams into a slice ahead of time; 0 for a route with one upstream,
+// -1 for routes that do not forward.
+func (e *Entry) Pick(rnd uint64) int {
+	if len(e.split) == 0 {
+		if e.upstream == "" {
+			return -1
+		}
+		return 0
+	}
 	x := rnd % e.total
 	for i, c := range e.cumulative {
 		if x < c {
-			return e.split[i].Upstream
+			return i
 		}
 	}
-	return e.split[len(e.split)-1].Upstream
+	return len(e.split) - 1
 }
 
 // Upstreams returns every upstream the route may forward to.

@@ -133,6 +133,54 @@ func TestSplit(t *testing.T) {
 	}
 }
 
+func TestPickAndMatchIndex(t *testing.T) {
+	tb := mustCompile(t, []Route{
+		{Name: "gone", Match: Match{Path: "/gone"}, Response: &FixedResponse{Status: 410}},
+		{Name: "one", Match: Match{Prefix: "/one/"}, Upstream: "a"},
+		{Name: "split", Split: []WeightedUpstream{{"v1", 90}, {"off", 0}, {"v2", 10}}},
+	}, Options{})
+	for _, c := range []struct {
+		target string
+		want   int
+	}{{"/gone", 0}, {"/one/x", 1}, {"/other", 2}} {
+		if got := tb.MatchIndex(request("GET", c.target, nil)); got != c.want {
+			t.Errorf("MatchIndex(%s) = %d, want %d", c.target, got, c.want)
+		}
+	}
+	if got := (*Table)(nil).MatchIndex(request("GET", "/", nil)); got != -1 {
+		t.Errorf("nil Table: MatchIndex() = %d, want -1", got)
+	}
+	for _, c := range []struct {
+		route int
+		rnd   uint64
+		want  int
+	}{{0, 7, -1}, {1, 7, 0}, {2, 0, 0}, {2, 89, 0}, {2, 90, 1}, {2, 99, 1}, {2, 100, 0}} {
+		e := tb.Entry(c.route)
+		got := e.Pick(c.rnd)
+		if got != c.want {
+			t.Errorf("%s: Pick(%d) = %d, want %d", e.Name(), c.rnd, got, c.want)
+		}
+		if got >= 0 && e.Upstreams()[got] != e.Upstream(c.rnd) {
+			t.Errorf("%s: Upstreams()[Pick(%d)] = %s, want Upstream(%d) = %s", e.Name(), c.rnd, e.Upstreams()[got], c.rnd, e.Upstream(c.rnd))
+		}
+	}
+}
+
+func TestDefaultUpstream(t *testing.T) {
+	routes := []Route{{Name: "local", Match: Match{Prefix: "/api/"}, PrefixRewrite: "/", Timeout: policy.Duration(time.Second)}}
+	if errs := Validate(routes, Options{}); len(errs) == 0 {
+		t.Errorf("Validate() without DefaultUpstream = no errors, want missing action")
+	}
+	tb := mustCompile(t, routes, Options{DefaultUpstream: "local-app"})
+	e := tb.Match(request("GET", "/api/x", nil))
+	if e == nil || e.Action() != Forward || e.Upstream(0) != "local-app" || e.Pick(0) != 0 {
+		t.Fatalf("Match() = %+v, want a Forward route to local-app", e)
+	}
+	if got := e.RewritePath("/api/x", "/api/x"); got != "/x" {
+		t.Errorf("RewritePath() = %q, want /x", got)
+	}
+}
+
 func TestRewritePath(t *testing.T) {
 	tests := []struct {
 		prefix, rewrite, path, want string

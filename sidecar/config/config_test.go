@@ -514,7 +514,7 @@ telemetry:
   tracing: {otlp_endpoint: 127.0.0.1:4317}
 `,
 			want: []string{
-				`ferry.yaml:3: outbound[0].tls: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, upstream)`,
+				`ferry.yaml:3: outbound[0].tls: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, upstream, routes)`,
 				`ferry.yaml:8: upstreams[0].locality: unknown key (known keys: name, endpoints,`,
 			},
 		},

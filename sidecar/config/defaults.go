@@ -155,9 +155,11 @@ func applyDefaults(c *Config, l *locator) {
 		p := path{"inbound"}
 		listener(&in.Listener, p)
 		dur(&in.ConnectTimeout, p.with("connect_timeout"), DefaultConnectTimeout)
+		routeDefaults(&in.Routes)
 	}
 	for i := range c.Outbound {
 		listener(&c.Outbound[i].Listener, l.outbound(i))
+		routeDefaults(&c.Outbound[i].Routes)
 	}
 	for i := range c.Upstreams {
 		u := &c.Upstreams[i]

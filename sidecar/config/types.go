@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/policy"
+	"github.com/ferrymesh/ferry/policy/route"
 
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
 )
@@ -94,13 +95,24 @@ type Inbound struct {
 	// RequestTimeout bounds the time from sending a request to the application until its
 	// response headers arrive; 0 disables. Default 0 (the caller's sidecar times out).
 	RequestTimeout Duration `yaml:"request_timeout" json:"request_timeout"`
+	// Routes (http only) route requests by path, method, headers and query: a route
+	// forwards to the local application (Target) unless it names an upstream, or answers
+	// with a redirect or a fixed response (see route.Route). Requests no route takes go to
+	// Target. Paths are matched as the policy normalizes them.
+	Routes []route.Route `yaml:"routes,omitempty" json:"routes,omitempty"`
 }
 
 // Outbound is a listener the local application calls to reach an upstream.
 type Outbound struct {
 	Listener `yaml:",inline" json:",inline"`
-	// Upstream names an entry of Config.Upstreams.
+	// Upstream names an entry of Config.Upstreams: where requests go that no route takes.
+	// It may be left out on an http listener with routes; requests no route takes then get
+	// 404 (Proxy-Status destination_not_found).
 	Upstream string `yaml:"upstream" json:"upstream"`
+	// Routes (http only) route requests by path, method, headers and query to upstreams
+	// (one, or a weighted split), or answer with a redirect or a fixed response (see
+	// route.Route). The first route that matches takes the request.
+	Routes []route.Route `yaml:"routes,omitempty" json:"routes,omitempty"`
 }
 
 // Upstream is a service this one calls and how to call it.

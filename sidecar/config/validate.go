@@ -62,13 +62,19 @@ func validate(c *Config, col *collector) {
 	}
 
 	namesHidden := col.brokenWhere(hidesUpstreamName)
+	if in := c.Inbound; in != nil {
+		checkRoutes(c, col, path{"inbound"}, in.Protocol, in.Routes, names, namesHidden, true)
+	}
 	for i := range c.Outbound {
 		o := &c.Outbound[i]
 		p := l.outbound(i)
 		checkListener(col, &ls, p, &o.Listener)
+		checkRoutes(c, col, p, o.Protocol, o.Routes, names, namesHidden, false)
 		switch _, ok := names[o.Upstream]; {
+		case o.Upstream == "" && len(o.Routes) > 0 && o.Protocol == ProtocolHTTP:
+			// Requests no route takes get 404.
 		case o.Upstream == "":
-			col.add(p.with("upstream"), "missing upstream (the name of an entry of upstreams)")
+			col.add(p.with("upstream"), "missing upstream (the name of an entry of upstreams; an http listener with routes may leave it out)")
 		case !ok && !namesHidden:
 			col.add(p.with("upstream"), "unknown upstream %q (%s)", o.Upstream, knownUpstreams(c))
 		}

@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/ferrymesh/ferry/discovery"
 	"github.com/ferrymesh/ferry/policy"
+	"github.com/ferrymesh/ferry/policy/route"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
@@ -22,7 +24,9 @@ import (
 // with a budget, the circuit breaker, and outlier detection's tripwire on the endpoints.
 // None of it triggers (the backend always answers 200), so the difference is the cost of
 // resilience on the happy path. The policy cases add an inbound policy of 20 access rules
-// and a rate limit that never triggers, for the cost of enforcement against plain.
+// and a rate limit that never triggers, for the cost of enforcement against plain. The
+// routed case adds a table of 10 prefix routes, the last of which takes the requests (so
+// every route is tried), with a request header set, for the cost of routing.
 func BenchmarkProxy(b *testing.B) {
 	backend := startBenchBackend(b)
 	for _, bc := range []struct {
@@ -30,13 +34,15 @@ func BenchmarkProxy(b *testing.B) {
 		resilient bool
 		body      string
 		policy    bool
+		routed    bool
 	}{
-		{"GET/plain", false, "", false},
-		{"GET/resilient", true, "", false},
-		{"GET/policy", false, "", true},
-		{"POST/plain", false, strings.Repeat("p", 512), false},
-		{"POST/resilient", true, strings.Repeat("p", 512), false},
-		{"POST/policy", false, strings.Repeat("p", 512), true},
+		{"GET/plain", false, "", false, false},
+		{"GET/resilient", true, "", false, false},
+		{"GET/policy", false, "", true, false},
+		{"GET/routed", false, "", false, true},
+		{"POST/plain", false, strings.Repeat("p", 512), false, false},
+		{"POST/resilient", true, strings.Repeat("p", 512), false, false},
+		{"POST/policy", false, strings.Repeat("p", 512), true, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			var eps []*balancer.Endpoint
@@ -61,6 +67,9 @@ func BenchmarkProxy(b *testing.B) {
 			}
 			if bc.policy {
 				o.Direction, o.Policy = telemetry.Inbound, benchPolicy(b)
+			}
+			if bc.routed {
+				o.Routes = benchRoutes(b, Target{Name: "bench", Upstream: o.Upstream, Transport: tr, RequestTimeout: o.RequestTimeout})
 			}
 			defer tr.CloseIdleConnections()
 			srv := NewServer(ServerOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}, NewHandler(o))
@@ -146,4 +155,22 @@ func startBenchBackend(b *testing.B) string {
 	go func() { _ = srv.Serve(ln) }()
 	b.Cleanup(func() { _ = srv.Close() })
 	return ln.Addr().String()
+}
+
+// benchRoutes is a route table of 10 prefix routes forwarding to t, the last taking every
+// path, with a request header set.
+func benchRoutes(b *testing.B, t Target) *Routing {
+	var routes []route.Route
+	for i := range 9 {
+		routes = append(routes, route.Route{Name: fmt.Sprintf("r%d", i), Match: route.Match{Prefix: fmt.Sprintf("/api/v%d/", i)}, Upstream: "bench"})
+	}
+	routes = append(routes, route.Route{Name: "all", Match: route.Match{Prefix: "/"}, Upstream: "bench",
+		RequestHeaders: route.HeaderOps{Set: map[string]string{"x-route": "all"}}})
+	table, err := route.Compile(routes, route.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	m := telemetry.NewMetrics()
+	return &Routing{Table: table, Target: func(*route.Entry, string) Target { return t },
+		Metrics: func(up, name string) *telemetry.HTTPMetrics { return m.HTTPRoute(telemetry.Outbound, up, name) }}
 }

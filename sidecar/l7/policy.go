@@ -58,6 +58,7 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	if fwd != r.URL.EscapedPath() {
 		pn.forward = fwd
 	}
+	pn.match, pn.normalized = match, true
 	return true
 }
 
@@ -81,6 +82,10 @@ func (h *Handler) refuse(st *state, r *http.Request, pn *policyNote, d *policy.D
 type policyNote struct {
 	outcome, rule string // see policy.Decision.Outcome and Rule; "" when no rule applied
 	forward       string
+	// match is the path's match key (policy.Policy.NormalizePath), for routes; set when
+	// normalized is.
+	match      string
+	normalized bool
 }
 
 // keep records d in n.

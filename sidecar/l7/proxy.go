@@ -24,6 +24,7 @@ import (
 	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/policy/ratelimit"
+	"github.com/ferrymesh/ferry/policy/route"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/circuit"
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
@@ -50,7 +51,8 @@ type Options struct {
 	Direction string
 	// Name is the upstream's name in metrics and logs.
 	Name string
-	// Upstream supplies pickers.
+	// Upstream supplies pickers: where requests go (with Routes, those no route takes).
+	// It may be nil only with Routes: requests no route takes then get 404.
 	Upstream Upstream
 	// Transport holds the pooled connections to the upstream's endpoints.
 	Transport *Transport
@@ -58,7 +60,9 @@ type Options struct {
 	HashOn string
 	// RequestTimeout bounds the wait for response headers; 0 disables it.
 	RequestTimeout time.Duration
-	// Metrics receives per-request metrics; required.
+	// Metrics receives per-request metrics; required. With Routes, it counts the
+	// requests no route takes (and those refused before routing); the routes' requests
+	// go to Routing.Metrics.
 	Metrics *telemetry.HTTPMetrics
 	// AccessLog receives one record per request; nil disables it.
 	AccessLog *telemetry.AccessLog
@@ -88,22 +92,48 @@ type Options struct {
 	// RateLimitService is asked about the Policy's global rate limits, after the local
 	// ones; the sidecar sets it whenever the Policy has global limits (nil asks nothing).
 	RateLimitService *ratelimit.Service
+	// Routes, if not nil, routes each request by the listener's route table (see
+	// Routing); requests no route takes go to Upstream, or get 404 when Upstream is nil.
+	// nil sends every request to Upstream.
+	Routes *Routing
 }
 
-// Handler proxies every request it serves to one upstream. It is immutable after NewHandler
-// and safe for concurrent use; a config change builds a new Handler.
+// Handler proxies the requests it serves to an upstream: the one its Options name, or
+// with routes the one the matching route names. It is immutable after NewHandler and safe
+// for concurrent use; a config change builds a new Handler.
 type Handler struct {
 	o          Options
 	rp         *httputil.ReverseProxy
-	hash       func(*http.Request) (uint64, bool)
+	def        *target // where requests no route takes go; nil: 404
+	routes     []routed
+	table      *route.Table
 	logger     *slog.Logger
-	lister     endpointLister // nil if the Upstream cannot list its endpoints
-	setAttempt bool           // outbound: send X-Ferry-Attempt
+	setAttempt bool // outbound: send X-Ferry-Attempt
 	// spanUpstream is the upstream named on server spans: the upstream outbound, "" inbound.
 	spanUpstream string
 }
 
 var _ http.Handler = (*Handler)(nil)
+
+// target is an upstream requests are sent to, with the settings they are sent with.
+type target struct {
+	name      string
+	up        Upstream
+	transport *Transport
+	hash      func(*http.Request) (uint64, bool)
+	timeout   time.Duration
+	retry     *RetryPolicy
+	breaker   *circuit.Breaker
+	lister    endpointLister // nil if up cannot list its endpoints
+	metrics   *telemetry.HTTPMetrics
+}
+
+func newTarget(t Target, m *telemetry.HTTPMetrics) *target {
+	tg := &target{name: t.Name, up: t.Upstream, transport: t.Transport, hash: hashFunc(t.HashOn),
+		timeout: t.RequestTimeout, retry: t.Retry, breaker: t.Breaker, metrics: m}
+	tg.lister, _ = t.Upstream.(endpointLister)
+	return tg
+}
 
 // NewHandler returns a Handler for o.
 func NewHandler(o Options) *Handler {
@@ -111,8 +141,10 @@ func NewHandler(o Options) *Handler {
 	if h.logger == nil {
 		h.logger = slog.New(slog.DiscardHandler)
 	}
-	h.hash = hashFunc(o.HashOn)
-	h.lister, _ = o.Upstream.(endpointLister)
+	if o.Upstream != nil {
+		h.def = newTarget(Target{Name: o.Name, Upstream: o.Upstream, Transport: o.Transport, HashOn: o.HashOn,
+			RequestTimeout: o.RequestTimeout, Retry: o.Retry, Breaker: o.Breaker}, o.Metrics)
+	}
 	h.setAttempt = o.Direction == telemetry.Outbound
 	if o.Direction == telemetry.Outbound {
 		h.spanUpstream = o.Name
@@ -123,6 +155,10 @@ func NewHandler(o Options) *Handler {
 		ErrorHandler: h.errorHandler,
 		BufferPool:   newBufferPool(),
 		ErrorLog:     log.New(slogWriter{h.logger}, "", 0),
+	}
+	if o.Routes != nil {
+		h.buildRoutes(o.Routes)
+		h.rp.ModifyResponse = modifyResponse
 	}
 	return h
 }
@@ -141,6 +177,26 @@ type state struct {
 	attempts    int        // tries made
 	span        trace.Span // the request's server span (a no-op span with tracing off)
 	peer        string     // inbound: the caller's SPIFFE ID from its mTLS certificate
+	t           *target    // where the request goes (nil until routed when there is no default)
+	m           *telemetry.HTTPMetrics
+	route       *routed // the route that took the request; nil for none
+}
+
+// upstreamName is the upstream of st's request for metrics and logs: its target's, or
+// def for a request that has none.
+func (s *state) upstreamName(def string) string {
+	if s.t != nil {
+		return s.t.name
+	}
+	return def
+}
+
+// routeName is the name of the route that took st's request, "" for none.
+func (s *state) routeName() string {
+	if s.route == nil {
+		return ""
+	}
+	return s.route.entry.Name()
 }
 
 type stateKey struct{}
@@ -171,7 +227,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if g != nil {
 		defer g.requestDone()
 	}
-	st := &state{ResponseWriter: w}
+	st := &state{ResponseWriter: w, t: h.def, m: h.o.Metrics}
 	var pn policyNote // kept out of state, so that requests without a policy pay nothing
 	st.requestID = r.Header.Get("X-Request-Id")
 	if st.requestID == "" {
@@ -190,7 +246,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Connection", "close")
 	} else if h.o.Policy != nil && !h.enforce(st, r, &pn) {
 		// refused: enforce replied
-	} else if err := h.admit(); err != nil {
+	} else if h.table != nil && !h.route(st, r, &pn) {
+		// answered by the route (redirect, fixed response) or for want of one
+	} else if err := admit(st.t); err != nil {
 		h.localReply(st, r, classify(r.Context(), err))
 	} else {
 		pr := r.WithContext(context.WithValue(ctx, stateKey{}, st))
@@ -201,15 +259,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			pr.URL = &u
 		}
 		h.rp.ServeHTTP(st, pr)
-		h.release()
+		release(st.t)
 	}
-	h.o.Metrics.Active.Dec()
+	st.m.Active.Dec()
 	if st.status == 0 {
 		st.status = http.StatusOK
 	}
-	h.o.Metrics.Request(st.status)
+	st.m.Request(st.status)
 	d := time.Since(start)
-	h.o.Metrics.Duration.Observe(d.Seconds())
+	st.m.Duration.Observe(d.Seconds())
 	if span.IsRecording() {
 		h.endServerSpan(st, &pn)
 	} else {
@@ -217,12 +275,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.o.AccessLog != nil {
 		h.o.AccessLog.HTTP(&telemetry.HTTPRecord{
-			Start: start, Direction: h.o.Direction, Upstream: h.o.Name, Endpoint: st.endpoint,
+			Start: start, Direction: h.o.Direction, Upstream: st.upstreamName(h.o.Name), Endpoint: st.endpoint,
 			Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
 			Status: st.status, ProxyStatus: st.proxyStatus, BytesIn: max(r.ContentLength, 0),
 			BytesOut: st.written, Duration: d, RequestID: st.requestID, Downstream: r.RemoteAddr,
 			Attempts: st.attempts, TraceID: telemetry.TraceID(span), PeerID: st.peer,
-			Policy: pn.outcome, PolicyRule: pn.rule,
+			Policy: pn.outcome, PolicyRule: pn.rule, Route: st.routeName(),
 		})
 	}
 }
@@ -252,19 +310,24 @@ func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
 	if fh := in.Header["X-Forwarded-Host"]; len(fh) > 0 {
 		out.Header["X-Forwarded-Host"] = fh[:1]
 	}
+	if h.table != nil {
+		if st, _ := in.Context().Value(stateKey{}).(*state); st != nil && st.route != nil {
+			st.route.entry.ApplyRequestHeaders(out.Header)
+		}
+	}
 }
 
-// admit asks the circuit breaker to let one more request in.
-func (h *Handler) admit() error {
-	if h.o.Breaker == nil {
+// admit asks t's circuit breaker to let one more request in.
+func admit(t *target) error {
+	if t.breaker == nil {
 		return nil
 	}
-	return h.o.Breaker.StartRequest()
+	return t.breaker.StartRequest()
 }
 
 // release gives back what admit took.
-func (h *Handler) release() {
-	if b := h.o.Breaker; b != nil {
+func release(t *target) {
+	if b := t.breaker; b != nil {
 		b.EndRequest()
 	}
 }
@@ -277,28 +340,29 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	h := rt.h
 	st, _ := req.Context().Value(stateKey{}).(*state)
 	if st == nil {
-		st = &state{}
+		st = &state{t: h.def, m: h.o.Metrics}
 	}
+	t := st.t
 	var info balancer.PickInfo
-	info.Hash, info.HasHash = h.hash(req)
-	if h.o.Retry != nil {
+	info.Hash, info.HasHash = t.hash(req)
+	if t.retry != nil {
 		return h.roundTripRetrying(req, st, info)
 	}
-	ep, err := h.o.Upstream.Picker().Pick(info)
+	ep, err := t.up.Picker().Pick(info)
 	if err != nil {
 		return nil, classify(req.Context(), err)
 	}
 	down := req.Context()
 	h.prepare(req, st, ep, 1)
-	span := h.startAttempt(down, st.span, req, ep.Address, 1)
+	span := h.startAttempt(down, st.span, req, t.name, ep.Address, 1)
 	ep.Begin()
 	var timer *time.Timer
-	if to := h.timeout(req); to > 0 {
+	if to := t.requestTimeout(req); to > 0 {
 		ctx, cancel := context.WithCancelCause(down)
 		timer = time.AfterFunc(to, func() { cancel(errResponseTimeout) })
 		req = req.WithContext(ctx)
 	}
-	resp, err := h.o.Transport.RoundTrip(req)
+	resp, err := t.transport.RoundTrip(req)
 	if timer != nil {
 		timer.Stop()
 	}
@@ -315,12 +379,13 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 // succeeds, fails in a way the policy does not retry, may not be repeated safely, runs out
 // of attempts or of retry budget, or request_timeout (which spans all tries) expires.
 func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.PickInfo) (*http.Response, error) {
-	pol := h.o.Retry
+	t := st.t
+	pol := t.retry
 	down := req.Context()
 	// request_timeout spans all tries: each try gets one timer, for whichever of its
 	// per-try timeout and the time left comes first.
 	var deadline time.Time
-	if to := h.timeout(req); to > 0 {
+	if to := t.requestTimeout(req); to > 0 {
 		deadline = time.Now().Add(to)
 	}
 	var rb *replayBody
@@ -332,7 +397,7 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 	retrying := false
 	defer func() {
 		if retrying {
-			h.o.Breaker.EndRetry()
+			t.breaker.EndRetry()
 		}
 	}()
 	var triedBuf [4]string
@@ -349,10 +414,10 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 			}
 		}
 		var candidates []*balancer.Endpoint
-		if n > 1 && h.lister != nil {
-			candidates = h.lister.Endpoints()
+		if n > 1 && t.lister != nil {
+			candidates = t.lister.Endpoints()
 		}
-		ep, err := balancer.PickAvoiding(h.o.Upstream.Picker(), candidates, info, tried)
+		ep, err := balancer.PickAvoiding(t.up.Picker(), candidates, info, tried)
 		if err != nil {
 			return nil, classify(down, err)
 		}
@@ -374,9 +439,9 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 			treq.Body = body
 		}
 		h.prepare(treq, st, ep, n)
-		span := h.startAttempt(down, st.span, treq, ep.Address, n)
+		span := h.startAttempt(down, st.span, treq, t.name, ep.Address, n)
 		ep.Begin()
-		resp, err := h.o.Transport.RoundTrip(treq)
+		resp, err := t.transport.RoundTrip(treq)
 		if timer != nil {
 			timer.Stop()
 		}
@@ -391,8 +456,8 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		cond &= pol.On
 		retry := cond != 0 && n <= pol.Retries && down.Err() == nil &&
 			!errors.Is(context.Cause(tctx), errResponseTimeout) && safeToRepeat(req.Method, rb, nothingSent)
-		if retry && h.o.Breaker != nil {
-			if h.o.Breaker.StartRetry(retrying) != nil {
+		if retry && t.breaker != nil {
+			if t.breaker.StartRetry(retrying) != nil {
 				retry = false
 			} else {
 				retrying = true
@@ -428,8 +493,8 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		if cancelTry != nil {
 			cancelTry(nil)
 		}
-		h.o.Metrics.Retry(cond.name())
-		h.logger.Debug("retrying upstream request", "direction", h.o.Direction, "upstream", h.o.Name,
+		st.m.Retry(cond.name())
+		h.logger.Debug("retrying upstream request", "direction", h.o.Direction, "upstream", t.name,
 			"endpoint", ep.Address, "attempt", n, "condition", cond.name(), "request_id", st.requestID)
 		if d := pol.backoff(n); d > 0 {
 			if !deadline.IsZero() && time.Until(deadline) <= d {
@@ -503,10 +568,10 @@ func (h *Handler) deliver(resp *http.Response, ep *balancer.Endpoint, down conte
 	return resp
 }
 
-// timeout is the wait allowed for response headers: request_timeout, or for a gRPC call
-// carrying a shorter grpc-timeout, that deadline.
-func (h *Handler) timeout(req *http.Request) time.Duration {
-	to := h.o.RequestTimeout
+// requestTimeout is the wait allowed for response headers: request_timeout (or the
+// route's timeout), or for a gRPC call carrying a shorter grpc-timeout, that deadline.
+func (t *target) requestTimeout(req *http.Request) time.Duration {
+	to := t.timeout
 	if gt := req.Header.Get("Grpc-Timeout"); gt != "" {
 		if d, ok := parseGRPCTimeout(gt); ok && (to == 0 || d < to) {
 			to = d
@@ -636,7 +701,7 @@ func (b *doneRWBody) Write(p []byte) (int, error) { return b.w.Write(p) }
 func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error) {
 	st, _ := w.(*state)
 	if st == nil {
-		st = &state{ResponseWriter: w}
+		st = &state{ResponseWriter: w, t: h.def, m: h.o.Metrics}
 	}
 	if r.Context().Err() != nil {
 		// The client went away (the response timeout cancels only the upstream request's
@@ -650,7 +715,7 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 	// ferry_proxy_errors_total, and a per-request log line during an outage (thousands of
 	// 503s a second) would be synchronous I/O on the request path. What changed state
 	// (ejections, health, Consul outages) is logged once where it happens.
-	h.logger.Debug("upstream request failed", "direction", h.o.Direction, "upstream", h.o.Name,
+	h.logger.Debug("upstream request failed", "direction", h.o.Direction, "upstream", st.upstreamName(h.o.Name),
 		"endpoint", st.endpoint, "error", err, "proxy_status", lr.Type, "request_id", st.requestID)
 	h.localReply(st, r, lr)
 }
@@ -660,7 +725,7 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 func (h *Handler) localReply(st *state, r *http.Request, lr *LocalReply) {
 	st.reply = lr
 	st.proxyStatus = lr.ProxyStatus()
-	h.o.Metrics.ProxyError(lr.Type)
+	st.m.ProxyError(lr.Type)
 	hdr := st.Header()
 	hdr.Set("Proxy-Status", st.proxyStatus)
 	hdr.Set("X-Request-Id", st.requestID)

@@ -24,6 +24,7 @@ const (
 	ErrHTTPRequestError       = "http_request_error"
 	ErrProxyInternalError     = "proxy_internal_error"
 	ErrConnectionLimit        = "connection_limit_reached"
+	ErrDestinationNotFound    = "destination_not_found"
 )
 
 // ProxyName is the name Ferry gives itself in Proxy-Status headers.
@@ -61,6 +62,7 @@ func (e *LocalReply) ProxyStatus() string {
 // gRPC status codes used in local replies.
 const (
 	grpcInvalidArgument  = 3
+	grpcUnimplemented    = 12
 	grpcDeadlineExceeded = 4
 	grpcInternal         = 13
 	grpcUnavailable      = 14

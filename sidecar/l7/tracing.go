@@ -16,7 +16,7 @@ import (
 // when it is not recording (not sampled), no client span would be exported either, so
 // none is started and the server span's context is sent as the parent. With tracing off
 // it does nothing.
-func (h *Handler) startAttempt(ctx context.Context, server trace.Span, req *http.Request, endpoint string, n int) trace.Span {
+func (h *Handler) startAttempt(ctx context.Context, server trace.Span, req *http.Request, upstream, endpoint string, n int) trace.Span {
 	t := h.o.Tracing
 	if t == nil {
 		return nil
@@ -25,7 +25,7 @@ func (h *Handler) startAttempt(ctx context.Context, server trace.Span, req *http
 		t.InjectHeaders(ctx, req.Header)
 		return nil
 	}
-	actx, span := t.StartClient(ctx, req, h.o.Name, endpoint, n)
+	actx, span := t.StartClient(ctx, req, upstream, endpoint, n)
 	t.InjectHeaders(actx, req.Header)
 	return span
 }
@@ -66,12 +66,12 @@ func (h *Handler) peerOf(endpoint string) string {
 
 // endServerSpan records how the request of st ended on its (recording) server span and
 // ends it: status, Proxy-Status error type, the endpoint of the last try, the tries made,
-// the caller's SPIFFE ID (inbound with mTLS), the policy decision in pn and, for gRPC, the grpc-status sent to the
-// caller.
+// the caller's SPIFFE ID (inbound with mTLS), the route that took it, the policy decision
+// in pn and, for gRPC, the grpc-status sent to the caller.
 func (h *Handler) endServerSpan(st *state, pn *policyNote) {
 	res := telemetry.HTTPResult{Status: st.status, Endpoint: st.endpoint, Attempts: st.attempts,
 		GRPCStatus: telemetry.GRPCStatus(st.Header()), PeerID: st.peer,
-		Policy: pn.outcome, PolicyRule: pn.rule}
+		Policy: pn.outcome, PolicyRule: pn.rule, Route: st.routeName()}
 	switch {
 	case st.reply != nil:
 		res.ProxyStatus = st.reply.Type

@@ -52,12 +52,12 @@ func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: r,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ferry_requests_total", Help: "HTTP requests proxied, by direction, upstream and response status code.",
-		}, []string{"direction", "upstream", "code"}),
+			Name: "ferry_requests_total", Help: "HTTP requests proxied, by direction, upstream, route (\"\" when no route matched) and response status code.",
+		}, []string{"direction", "upstream", "route", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "ferry_request_duration_seconds", Help: "Time from receiving a request to the end of its response.",
+			Name: "ferry_request_duration_seconds", Help: "Time from receiving a request to the end of its response, by direction, upstream and route (\"\" when no route matched).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
-		}, []string{"direction", "upstream"}),
+		}, []string{"direction", "upstream", "route"}),
 		activeRequests: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ferry_active_requests", Help: "HTTP requests in flight.",
 		}, []string{"direction", "upstream"}),
@@ -184,24 +184,33 @@ type ListenerMetrics struct {
 	Total  prometheus.Counter
 }
 
-// HTTP returns the request metrics of one (direction, upstream) pair, with label lookups
-// resolved ahead of the request path.
+// HTTP returns the request metrics of one (direction, upstream) pair for requests no route
+// took (route label ""), with label lookups resolved ahead of the request path.
 func (m *Metrics) HTTP(direction, upstream string) *HTTPMetrics {
+	return m.HTTPRoute(direction, upstream, "")
+}
+
+// HTTPRoute returns the request metrics of requests that route (a route name from the
+// config, which bounds the label's values) took and sent to upstream (for a route that
+// answers itself, with a redirect or a fixed response, the listener's upstream). Safe for concurrent use; call it
+// when building handlers, not per request.
+func (m *Metrics) HTTPRoute(direction, upstream, route string) *HTTPMetrics {
 	return &HTTPMetrics{
-		m: m, direction: direction, upstream: upstream,
-		Duration: m.duration.WithLabelValues(direction, upstream),
+		m: m, direction: direction, upstream: upstream, route: route,
+		Duration: m.duration.WithLabelValues(direction, upstream, route),
 		Active:   m.activeRequests.WithLabelValues(direction, upstream),
 	}
 }
 
-// HTTPMetrics are the request metrics of one (direction, upstream) pair. Safe for concurrent
-// use; the per-status-code counters are resolved once and then read without locks.
+// HTTPMetrics are the request metrics of one (direction, upstream, route). Safe for
+// concurrent use; the per-status-code counters are resolved once and then read without
+// locks. Active, Retry and ProxyError are per (direction, upstream), shared by its routes.
 type HTTPMetrics struct {
-	m                   *Metrics
-	direction, upstream string
-	Duration            prometheus.Observer
-	Active              prometheus.Gauge
-	codes               [600]atomic.Pointer[prometheus.Counter]
+	m                          *Metrics
+	direction, upstream, route string
+	Duration                   prometheus.Observer
+	Active                     prometheus.Gauge
+	codes                      [600]atomic.Pointer[prometheus.Counter]
 }
 
 // Request counts one finished request with its status code.
@@ -213,7 +222,7 @@ func (h *HTTPMetrics) Request(code int) {
 		(*c).Inc()
 		return
 	}
-	c := h.m.requests.WithLabelValues(h.direction, h.upstream, strconv.Itoa(code))
+	c := h.m.requests.WithLabelValues(h.direction, h.upstream, h.route, strconv.Itoa(code))
 	h.codes[code].Store(&c)
 	c.Inc()
 }

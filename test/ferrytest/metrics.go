@@ -40,7 +40,8 @@ func (p *Process) Metrics() []Sample {
 }
 
 // Metric returns the value of the /metrics sample with the given name and exactly the
-// given labels, and whether there is one.
+// given labels, and whether there is one. A label with an empty value counts as absent,
+// as in Prometheus (ferry_requests_total{route=""} matches labels without route).
 func (p *Process) Metric(name string, labels map[string]string) (float64, bool) {
 	p.t.Helper()
 	return findSample(p.Metrics(), name, labels)
@@ -73,14 +74,26 @@ func HasLabels(s Sample, labels map[string]string) bool {
 	return true
 }
 
-// findSample returns the value of the sample named name whose labels are exactly labels.
+// findSample returns the value of the sample named name whose labels are exactly labels
+// (labels with an empty value aside, see onlyEmptyBesides).
 func findSample(ss []Sample, name string, labels map[string]string) (float64, bool) {
 	for _, s := range ss {
-		if s.Name == name && len(s.Labels) == len(labels) && HasLabels(s, labels) {
+		if s.Name == name && HasLabels(s, labels) && onlyEmptyBesides(s, labels) {
 			return s.Value, true
 		}
 	}
 	return 0, false
+}
+
+// onlyEmptyBesides reports whether every label of s that labels does not name is empty: as
+// in Prometheus, a label with an empty value is the same as no label.
+func onlyEmptyBesides(s Sample, labels map[string]string) bool {
+	for k, v := range s.Labels {
+		if _, named := labels[k]; !named && v != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // parseMetrics parses the Prometheus text format: comments are skipped, every other line
