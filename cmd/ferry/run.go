@@ -55,8 +55,8 @@ func cmdRun(args []string, _ io.Writer, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return 1
 	}
-	if cfg.MTLS == nil {
-		log.Warn("no mtls block: traffic between sidecars is plaintext")
+	for _, w := range cfg.Warnings() {
+		log.Warn(w, "config", cfg.File)
 	}
 
 	sc := sidecar.New(sidecar.Options{Logger: log, Metrics: metrics,
@@ -164,6 +164,9 @@ func reload(sc *sidecar.Sidecar, next, cur *config.Config, trigger string, log *
 	if err := sc.Apply(next); err != nil {
 		log.Error("reload refused; the running config stays", "config", next.File, "trigger", trigger, "version", cur.Version, "error", err)
 		return cur
+	}
+	for _, w := range next.Warnings() {
+		log.Warn(w, "config", next.File)
 	}
 	attrs := []any{"config", next.File, "trigger", trigger, "version", next.Version, "previous", cur.Version}
 	if ov := next.Overlay; ov != nil {

@@ -28,6 +28,7 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s: ok (version %s): service %q, %d outbound listener(s), %d upstream(s)\n",
 		*file, cfg.Version, cfg.Service, len(cfg.Outbound), len(cfg.Upstreams))
+	printWarnings(stdout, *file, cfg)
 	if *kvFile == "" {
 		return 0
 	}
@@ -52,5 +53,13 @@ func cmdValidate(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stdout, "%s merged into %s: ok (version %s): sets %s; %d outbound listener(s), %d upstream(s)\n",
 		*kvFile, *file, cfg.Version, keys, len(cfg.Outbound), len(cfg.Upstreams))
+	printWarnings(stdout, *kvFile, cfg)
 	return 0
+}
+
+// printWarnings prints what cfg sets that is valid but probably unintended, one line each.
+func printWarnings(w io.Writer, name string, cfg *config.Config) {
+	for _, warn := range cfg.Warnings() {
+		fmt.Fprintf(w, "%s: warning: %s\n", name, warn)
+	}
 }

@@ -68,3 +68,26 @@ func TestRunMissingConfig(t *testing.T) {
 		t.Errorf("run with a missing config printed %q, want %q", stderr.String(), want)
 	}
 }
+
+func TestValidatePrintsWarnings(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "ferry.yaml")
+	if err := os.WriteFile(file, []byte(`service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+policy: {access: {default: deny}}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"validate", "--config", file}, &stdout, &stderr); code != 0 {
+		t.Fatalf("validate = %d, want 0 (warnings are not errors); stderr %q", code, stderr.String())
+	}
+	for _, want := range []string{
+		file + ": warning: no mtls block: traffic between sidecars is plaintext\n",
+		file + ": warning: policy: there is no inbound or ingress listener, so nothing enforces this policy",
+	} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("validate output = %q, want it to contain %q", stdout.String(), want)
+		}
+	}
+}

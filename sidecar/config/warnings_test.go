@@ -18,7 +18,7 @@ upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
 		{"plaintext", base, []string{"no mtls block: traffic between sidecars is plaintext"}},
 		{"mtls, nothing else", base + "mtls: {source: dev, dir: /tmp/ca}\n", nil},
 		{"policy without inbound", base + "mtls: {source: dev, dir: /tmp/ca}\npolicy: {access: {default: deny}}\n",
-			[]string{"policy: there is no inbound listener, so nothing enforces this policy (it applies to requests from peer sidecars)"}},
+			[]string{"policy: there is no inbound or ingress listener, so nothing enforces this policy (it applies to requests arriving at this service, not to outbound calls)"}},
 		{"policy with inbound", base + "mtls: {source: dev, dir: /tmp/ca}\npolicy: {access: {default: deny}}\ninbound: {address: 127.0.0.1:21000, target: 127.0.0.1:8080}\n", nil},
 	}
 	for _, tc := range tests {
