@@ -22,6 +22,7 @@ import (
 	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/policy"
 	"github.com/ferrymesh/ferry/policy/ratelimit"
+	"github.com/ferrymesh/ferry/policy/route"
 	"github.com/ferrymesh/ferry/sidecar/balancer"
 	"github.com/ferrymesh/ferry/sidecar/config"
 	"github.com/ferrymesh/ferry/sidecar/l7"
@@ -504,7 +505,9 @@ type ingressEnv struct {
 	accessLog  *telemetry.AccessLog
 	tracing    *telemetry.Tracing
 	pol        *policy.Policy
-	rls        *ratelimit.Service // the policy's global rate limit service, nil without one
+	rls        *ratelimit.Service      // the policy's global rate limit service, nil without one
+	routes     map[string]*route.Table // compiled routes by listener address (ingressRoutes)
+	rb         *routeBuild             // resolves the routes' upstreams
 }
 
 // ingressListeners returns the desired state of every ingress listener of cfg (pointing
@@ -554,6 +557,14 @@ func (s *Sidecar) ingressListeners(cfg *config.Config, env ingressEnv) []desired
 			// listeners call too: the pools' options may differ, and the upstream's
 			// circuit breaker counts the connections of both.
 			o.Transport = s.transport(env.transports, ingressUpstream(in.Address), to)
+			if tbl := env.routes[in.Address]; tbl != nil {
+				// A route naming no upstream, and a request no route takes, go where
+				// the listener itself sends.
+				rb := *env.rb
+				rb.local = l7.Target{Name: name, Upstream: u, Transport: o.Transport, HashOn: o.HashOn,
+					RequestTimeout: o.RequestTimeout, Retry: o.Retry, Breaker: o.Breaker}
+				o.Routes = rb.routingOf(tbl, telemetry.Ingress)
+			}
 			d.http = edgeHeaders{l7.NewHandler(o)}
 		}
 		d.tlsIn = &inboundTLS{mode: mtls.ModeStrict, config: picker.serverConfig(minVersion, !tcp),

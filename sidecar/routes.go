@@ -45,6 +45,11 @@ func (b *routeBuild) routing(routes []route.Route, opts route.Options, direction
 	if err != nil {
 		return nil, err // unreachable: validation compiled the routes
 	}
+	return b.routingOf(table, direction), nil
+}
+
+// routingOf is the l7 routing of a compiled route table whose default target is b.local.
+func (b *routeBuild) routingOf(table *route.Table, direction string) *l7.Routing {
 	return &l7.Routing{
 		Table: table,
 		Target: func(e *route.Entry, upstream string) l7.Target {
@@ -61,7 +66,31 @@ func (b *routeBuild) routing(routes []route.Route, opts route.Options, direction
 		Metrics: func(upstream, name string) *telemetry.HTTPMetrics {
 			return b.s.metrics.HTTPRoute(direction, upstream, name)
 		},
-	}, nil
+	}
+}
+
+// ingressRoutes compiles the routes of every http ingress listener of cfg, by address:
+// they match paths as pol normalizes them, like the inbound's, and a route that names no
+// upstream forwards to the listener's own target or upstream.
+func ingressRoutes(cfg *config.Config, pol *policy.Policy) (map[string]*route.Table, error) {
+	var out map[string]*route.Table
+	for i := range cfg.Ingress {
+		in := &cfg.Ingress[i]
+		if len(in.Routes) == 0 || in.Protocol == config.ProtocolTCP {
+			continue
+		}
+		opts := config.RouteOptions(cfg, true)
+		opts.Normalize = pol.Normalize()
+		t, err := route.Compile(in.Routes, opts)
+		if err != nil {
+			return nil, fmt.Errorf("ingress %s routes: %w", in.Address, err) // unreachable: validated
+		}
+		if out == nil {
+			out = map[string]*route.Table{}
+		}
+		out[in.Address] = t
+	}
+	return out, nil
 }
 
 // inboundRouting is routing for the inbound listener, whose routes match paths as pol
@@ -121,7 +150,7 @@ func routeRetry(base *l7.RetryPolicy, r *route.Retries) *l7.RetryPolicy {
 // whose own config retries nothing the default retry budget: without one, its breaker
 // would refuse every retry.
 func routeRetryBudgets(cfg *config.Config, specs map[string]upstreamConfig) {
-	check := func(routes []route.Route, inbound bool) {
+	check := func(routes []route.Route, local string) {
 		for i := range routes {
 			r := &routes[i]
 			if r.Retries == nil || r.Retries.Attempts == 0 {
@@ -134,8 +163,8 @@ func routeRetryBudgets(cfg *config.Config, specs map[string]upstreamConfig) {
 			for _, w := range r.Split {
 				names = append(names, w.Upstream)
 			}
-			if len(names) == 0 && inbound {
-				names = append(names, inboundUpstream)
+			if len(names) == 0 && local != "" {
+				names = append(names, local)
 			}
 			for _, n := range names {
 				spec, ok := specs[n]
@@ -152,10 +181,18 @@ func routeRetryBudgets(cfg *config.Config, specs map[string]upstreamConfig) {
 		}
 	}
 	if in := cfg.Inbound; in != nil {
-		check(in.Routes, true)
+		check(in.Routes, inboundUpstream)
 	}
 	for i := range cfg.Outbound {
-		check(cfg.Outbound[i].Routes, false)
+		check(cfg.Outbound[i].Routes, "")
+	}
+	for i := range cfg.Ingress {
+		in := &cfg.Ingress[i]
+		local := in.Upstream
+		if local == "" {
+			local = ingressUpstream(in.Address)
+		}
+		check(in.Routes, local)
 	}
 }
 
@@ -204,6 +241,13 @@ func statusRoutes(cfg *config.Config) []listenerRoutes {
 			name += " (otherwise 404)"
 		}
 		add(name, o.Routes, "")
+	}
+	for _, in := range cfg.Ingress {
+		def := in.Target
+		if in.Upstream != "" {
+			def = "upstream " + in.Upstream
+		}
+		add("ingress "+in.Address, in.Routes, def)
 	}
 	return out
 }

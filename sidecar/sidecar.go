@@ -338,6 +338,10 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 	var want []desired
 	transports := map[string]*l7.Transport{}
 	rb := &routeBuild{s: s, cfg: cfg, upTLS: upTLS, transports: transports}
+	ingTables, err := ingressRoutes(cfg, pol)
+	if err != nil {
+		return err
+	}
 	if in := cfg.Inbound; in != nil {
 		d := desired{addr: in.Address, pol: pol}
 		u := s.upstreams[inboundUpstream]
@@ -409,7 +413,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		want = append(want, d)
 	}
 	want = append(want, s.ingressListeners(cfg, ingressEnv{certs: ingCerts, transports: transports, upTLS: upTLS,
-		accessLog: accessLog, tracing: tracing, pol: pol, rls: rls.service()})...)
+		accessLog: accessLog, tracing: tracing, pol: pol, rls: rls.service(), routes: ingTables, rb: rb})...)
 
 	// 5. Swap. From here on nothing fails.
 	drain := cfg.DrainTimeout.D()

@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 	"time"
+
+	"github.com/ferrymesh/ferry/policy/route"
 )
 
 // Ingress is a TLS listener for traffic from outside the mesh: it terminates ordinary
@@ -41,6 +43,12 @@ type Ingress struct {
 	// RequestTimeout bounds the wait for Target's response headers; 0 disables. Default 0.
 	// (An upstream's own request_timeout applies to Upstream.)
 	RequestTimeout Duration `yaml:"request_timeout" json:"request_timeout"`
+	// Routes (http only), in order, send matching requests elsewhere than Target or
+	// Upstream: to another upstream, a weighted split, a redirect or a fixed response (see
+	// route.Route). A route that names none of these forwards to the listener's own
+	// target or upstream, and so do requests no route takes. Paths match as the policy
+	// block normalizes them.
+	Routes []route.Route `yaml:"routes" json:"routes,omitempty"`
 }
 
 // IngressCertificate is one certificate of an ingress listener: PEM files of the chain
@@ -92,6 +100,7 @@ func ingressDefaults(c *Config, l *locator, listener func(*Listener, path), dur 
 			in.Certificates = []IngressCertificate{}
 		}
 		dur(&in.ConnectTimeout, p.with("connect_timeout"), DefaultConnectTimeout)
+		routeDefaults(&in.Routes)
 	}
 }
 
@@ -133,6 +142,7 @@ func checkIngress(c *Config, col *collector, ls *listeners, names map[string]int
 				col.add(p.with("upstream"), "unknown upstream %q (%s)", in.Upstream, knownUpstreams(c))
 			}
 		}
+		checkRoutes(c, col, p, in.Protocol, in.Routes, names, namesHidden, true)
 		switch {
 		case in.TargetProtocol == "":
 		case in.Target == "" || in.Protocol == ProtocolTCP:

@@ -138,6 +138,24 @@ ingress:
 		want []string
 	}{
 		{
+			name: "routes",
+			doc: head + fmt.Sprintf(`  - address: 0.0.0.0:8443
+    target: 127.0.0.1:8080
+    certificates: [%s]
+    routes:
+      - {match: {prefix: /api/}, upstream: nope}
+  - address: 0.0.0.0:8444
+    protocol: tcp
+    target: 127.0.0.1:5432
+    certificates: [%s]
+    routes: [{match: {prefix: /}}]
+`, ok, ok),
+			want: []string{
+				`ferry.yaml:10: ingress[0].routes[0].upstream: unknown upstream "nope" (have api)`,
+				`ferry.yaml:15: ingress[1].routes: routes apply only to http listeners (protocol is tcp)`,
+			},
+		},
+		{
 			name: "certificate files",
 			doc: head + fmt.Sprintf(`  - address: 0.0.0.0:8443
     target: 127.0.0.1:8080
@@ -204,7 +222,7 @@ ingress:
       - {cert_file: %q, key_file: %q}
 `, ok, aCert, aKey, missing, aKey),
 			want: []string{
-				`ferry.yaml:6: ingress[0].sni: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, certificates, min_version, target, upstream, target_protocol, connect_timeout, request_timeout)`,
+				`ferry.yaml:6: ingress[0].sni: unknown key (known keys: address, protocol, idle_timeout, read_header_timeout, max_header_bytes, certificates, min_version, target, upstream, target_protocol, connect_timeout, request_timeout, routes)`,
 				`ferry.yaml:10: ingress[1].certificates[0].kye_file: unknown key (known keys: cert_file, key_file)`,
 				`ferry.yaml:11: ingress[1].certificates[1]: `,
 				`ferry.yaml:12: ingress[1].certificates[2].cert_file: cannot read certificate: ` + missing,

@@ -75,9 +75,10 @@ func checkRouteStatusCodes(c *Config, col *collector, p path, r *route.Route) {
 	}
 }
 
-// InboundTarget is the name the inbound listener's routes compile with as their
+// InboundTarget is the name the inbound and ingress listeners' routes compile with as their
 // route.Options.DefaultUpstream: a route that sets none of upstream, split, redirect and
-// response forwards to the local application. No upstream can have this name.
+// response forwards where the listener itself does (the inbound: the local application;
+// an ingress: its target or upstream). No upstream can have this name.
 const InboundTarget = "inbound|local"
 
 // RouteOptions are the options the routes of a listener compile with: the inbound
