@@ -5,53 +5,25 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ferrymesh/ferry/discovery/consul/consultest"
-	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/test/ferrytest"
 )
 
-// ixCerts are the files of one certificate from the test's development CA, which issues
-// spiffe://mesh.local/svc/NAME: Consul service NAME to intentions.
-type ixCerts struct{ cert, key, ca string }
-
-func (c ixCerts) mtlsBlock() string {
-	return fmt.Sprintf("mtls: {mode: strict, trust_domain: mesh.local, source: files, cert_file: %q, key_file: %q, ca_file: %q}\n",
-		c.cert, c.key, c.ca)
-}
-
-// ixIssue makes a development CA and issues a certificate per service.
-func ixIssue(t *testing.T, services ...string) map[string]ixCerts {
+// ixIssue issues a certificate per service from one development CA, whose
+// spiffe://mesh.local/svc/NAME identities map to Consul service NAME.
+func ixIssue(t *testing.T, services ...string) map[string]ferrytest.Certs {
 	t.Helper()
-	td := spiffeid.RequireTrustDomainFromString("mesh.local")
-	ca, err := mtls.NewCA(td, 24*time.Hour, time.Now())
-	if err != nil {
-		t.Fatalf("NewCA() error = %v", err)
-	}
-	dir := t.TempDir()
-	out := map[string]ixCerts{}
+	pki := ferrytest.NewPKI(t)
+	out := map[string]ferrytest.Certs{}
 	for _, s := range services {
-		id, err := mtls.ServiceID(td, s)
-		if err != nil {
-			t.Fatal(err)
-		}
-		svid, err := ca.Issue(mtls.IssueRequest{ID: id, TTL: time.Hour})
-		if err != nil {
-			t.Fatalf("Issue(%s) error = %v", s, err)
-		}
-		files, err := mtls.WriteSVID(filepath.Join(dir, s), s, svid, ca.Bundle(td))
-		if err != nil {
-			t.Fatalf("WriteSVID() error = %v", err)
-		}
-		out[s] = ixCerts{files.Cert, files.Key, files.Bundle}
+		out[s] = pki.Issue(s)
 	}
 	return out
 }
@@ -80,7 +52,7 @@ func startCountingApp(t *testing.T) *countingApp {
 
 // webConfig is the server-side sidecar of service web, enforcing the Consul intentions of
 // web from the agent at consulAddr.
-func webConfig(admin, inbound, target, consulAddr string, c ixCerts) string {
+func webConfig(admin, inbound, target, consulAddr string, c ferrytest.Certs) string {
 	return fmt.Sprintf(`service: web
 admin: {address: %s}
 inbound: {address: %s, target: %s}
@@ -90,17 +62,17 @@ telemetry: {access_log: stdout}
 policy:
   access: {source: consul}
 drain_timeout: 2s
-%s`, admin, inbound, target, consulAddr, c.mtlsBlock())
+%s`, admin, inbound, target, consulAddr, c.MTLSBlock())
 }
 
 // callerConfig is a client-side sidecar of service name calling web at inbound.
-func callerConfig(name, admin, out, inbound string, c ixCerts) string {
+func callerConfig(name, admin, out, inbound string, c ferrytest.Certs) string {
 	return fmt.Sprintf(`service: %s
 admin: {address: %s}
 outbound: [{upstream: web, address: %s}]
 upstreams: [{name: web, endpoints: [%s]}]
 drain_timeout: 2s
-%s`, name, admin, out, inbound, c.mtlsBlock())
+%s`, name, admin, out, inbound, c.MTLSBlock())
 }
 
 // ixSend sends one request and returns its status and Proxy-Status.
