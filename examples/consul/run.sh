@@ -8,10 +8,12 @@
 # One `consul agent -dev` (built by `make deps-consul` into .deps/bin/consul) on
 # 127.0.0.1:18500, two services (web, and api with two instances), each instance with a
 # Ferry sidecar that registers the app and itself (kind connect-proxy) in Consul. web's
-# sidecar discovers api through blocking queries. The script sends calls, stops one api
-# sidecar (it deregisters first, so no call fails), shows the catalog and /clusters, then
-# keeps the mesh up until Ctrl-C (or exits at once when DEMO_WAIT=0 or stdin is not a
-# terminal). Traffic between sidecars is plaintext here: see README.md.
+# sidecar discovers api through blocking queries. Sidecars talk mTLS with certificates from
+# Consul Connect's CA, and api's sidecars enforce Consul intentions: the script writes an
+# L7 intention that lets web call api except on /admin, sends calls (one to /admin, denied
+# by api's sidecar), stops one api sidecar (it deregisters first, so no call fails), shows
+# the catalog, the certificates and /clusters, then keeps the mesh up until Ctrl-C (or
+# exits at once when DEMO_WAIT=0 or stdin is not a terminal).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -46,6 +48,17 @@ done
 curl -fs http://127.0.0.1:18500/v1/status/leader >/dev/null || { echo "consul did not start"; cat "$work/consul.log"; exit 1; }
 export CONSUL_HTTP_ADDR=127.0.0.1:18500
 
+echo "== intentions for api (L7 intentions need the service's protocol: service-defaults http)"
+curl -fsS -X PUT http://127.0.0.1:18500/v1/config -d '{"Kind": "service-defaults", "Name": "api", "Protocol": "http"}' >/dev/null
+curl -fsS -X PUT http://127.0.0.1:18500/v1/config -d '{
+  "Kind": "service-intentions", "Name": "api",
+  "Sources": [
+    {"Name": "web", "Permissions": [
+      {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
+      {"Action": "allow", "HTTP": {"PathPrefix": "/"}}]},
+    {"Name": "*", "Action": "deny"}]}' >/dev/null
+curl -fsS http://127.0.0.1:18500/v1/config/service-intentions/api | tr -d ' \n' | grep -oE '"Sources":\[.*\]' | head -c 400; echo
+
 "$work/backend" -listen 127.0.0.1:8080 -name web -upstream http://127.0.0.1:9191 & pids+=($!)
 api_ferry=()
 for i in 1 2; do
@@ -73,8 +86,14 @@ curl -fs http://127.0.0.1:18500/v1/catalog/services; echo
 echo "== api's connect-proxies that pass their checks (what web's sidecar balances over):"
 curl -fs 'http://127.0.0.1:18500/v1/health/connect/api?passing=1' | grep -oE '"ID": ?"api-[0-9]-sidecar-proxy"' | sort -u || true
 echo
-echo "== 8 calls: curl → web's sidecar → web → web's sidecar → an api sidecar (found in Consul) → api"
+echo "== 8 calls: curl → web's sidecar → web → web's sidecar =mTLS=> an api sidecar (found in Consul) → api"
 for _ in $(seq 8); do curl -fsS http://127.0.0.1:21000/call; done
+echo
+echo "== a call to api's /admin: the intention denies it at api's sidecar, the api app never sees it"
+curl -fsS http://127.0.0.1:21000/call/admin/users; echo
+echo
+echo "== certificates from Consul Connect's CA (api-1's sidecar /certs):"
+curl -fs http://127.0.0.1:9902/certs | grep -oE '"(source|spiffe_id|not_after)": ?"[^"]*"' | sort -u
 echo
 echo "== api-2's sidecar drains (SIGTERM): it deregisters from Consul before its listener closes"
 kill -TERM "${api_ferry[1]}"

@@ -2,8 +2,8 @@
 // answered. Usage: backend -listen 127.0.0.1:8081 -name api-1 [-upstream http://127.0.0.1:9191
 // [-upstream-path /hello]]
 // With -upstream, each request to /call is forwarded to that URL plus -upstream-path (the local
-// Ferry sidecar's outbound listener) and the answer is included, so the demo shows a call
-// crossing sidecars. The trace context of the incoming request (W3C traceparent, tracestate
+// Ferry sidecar's outbound listener), and a request to /call/REST to that URL plus /REST; the
+// answer is included, so the demo shows a call crossing sidecars. The trace context of the incoming request (W3C traceparent, tracestate
 // and baggage; B3 single and multi header) is passed on to the outgoing call, as every
 // application in a traced mesh must do for its sidecars' spans to join one trace.
 package main
@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,12 +38,16 @@ func main() {
 
 	client := &http.Client{Timeout: 5 * time.Second}
 	mux := http.NewServeMux()
-	mux.HandleFunc("/call", func(w http.ResponseWriter, r *http.Request) {
+	call := func(w http.ResponseWriter, r *http.Request) {
 		if *upstream == "" {
 			http.Error(w, "no -upstream configured", http.StatusNotFound)
 			return
 		}
-		req, _ := http.NewRequestWithContext(r.Context(), "GET", *upstream+*upstreamPath, nil)
+		path := *upstreamPath
+		if rest := strings.TrimPrefix(r.URL.EscapedPath(), "/call"); rest != "" {
+			path = rest
+		}
+		req, _ := http.NewRequestWithContext(r.Context(), "GET", *upstream+path, nil)
 		req.Header.Set("X-Request-Id", r.Header.Get("X-Request-Id"))
 		for _, h := range traceHeaders {
 			if v := r.Header.Values(h); len(v) > 0 {
@@ -57,7 +62,9 @@ func main() {
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(resp.Body)
 		fmt.Fprintf(w, "%s called the api → %d %s", *name, resp.StatusCode, body)
-	})
+	}
+	mux.HandleFunc("/call", call)
+	mux.HandleFunc("/call/", call)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "hello from %s (request %s, via %s, caller %s)\n", *name, r.Header.Get("X-Request-Id"),
 			r.Header.Get("X-Forwarded-For"), caller(r))
