@@ -64,6 +64,8 @@ type Sidecar struct {
 	// rls is the client of the global rate limit service, nil without one; see
 	// ratelimit.go.
 	rls *rlsClient
+	// caPools are the tls_ca_file pools of tls: simple upstreams; see tls.go.
+	caPools caPools
 	// handshakeFailures is ferry_tls_handshake_failures_total (see tls.go).
 	handshakeFailures *prometheus.CounterVec
 	// intentions is the Consul intentions watch of policy.access.source: consul; see policy.go.
@@ -199,7 +201,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		return err
 	}
 	defer s.settleMesh(mesh)
-	upTLS, err := upstreamTLS(cfg, mesh)
+	upTLS, err := upstreamTLS(cfg, mesh, &s.caPools)
 	if err != nil {
 		return err
 	}

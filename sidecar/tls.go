@@ -3,6 +3,7 @@ package sidecar
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -195,7 +196,7 @@ func (s *Sidecar) certsWaiting() string {
 // upstreamTLS returns how each upstream's connections are secured, loading the CA files of
 // tls: simple upstreams. Mesh entries learn the identities discovery gives endpoints from
 // withIdentities.
-func upstreamTLS(cfg *config.Config, m *meshTLS) (map[string]l7.UpstreamTLS, error) {
+func upstreamTLS(cfg *config.Config, m *meshTLS, pools *caPools) (map[string]l7.UpstreamTLS, error) {
 	out := make(map[string]l7.UpstreamTLS, len(cfg.Upstreams))
 	for i := range cfg.Upstreams {
 		uc := &cfg.Upstreams[i]
@@ -216,19 +217,51 @@ func upstreamTLS(cfg *config.Config, m *meshTLS) (map[string]l7.UpstreamTLS, err
 		case config.UpstreamTLSSimple:
 			t := l7.UpstreamTLS{Simple: true, ServerName: uc.TLSServerName}
 			if uc.TLSCAFile != "" {
-				pem, err := os.ReadFile(uc.TLSCAFile)
+				pool, err := pools.load(uc.TLSCAFile)
 				if err != nil {
-					return nil, fmt.Errorf("upstream %q: tls_ca_file: %w", uc.Name, err)
+					return nil, fmt.Errorf("upstream %q: %w", uc.Name, err)
 				}
-				t.RootCAs = x509.NewCertPool()
-				if !t.RootCAs.AppendCertsFromPEM(pem) {
-					return nil, fmt.Errorf("upstream %q: tls_ca_file %s: no PEM certificate", uc.Name, uc.TLSCAFile)
-				}
+				t.RootCAs = pool
 			}
 			out[uc.Name] = t
 		}
 	}
 	return out, nil
+}
+
+// caPools are the CA pools of tls: simple upstreams' tls_ca_file, kept across reloads:
+// a reload that finds a file's content unchanged gets the same *x509.CertPool, so the
+// upstream's l7.UpstreamTLS compares equal and its transport, with its pooled
+// connections, is kept. Used under the Sidecar's lock only.
+type caPools struct {
+	byFile map[string]caPool
+}
+
+type caPool struct {
+	sum  [sha256.Size]byte
+	pool *x509.CertPool
+}
+
+// load reads file and returns its pool: the one loaded before while the content is the
+// same, a new one otherwise.
+func (c *caPools) load(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("tls_ca_file: %w", err)
+	}
+	sum := sha256.Sum256(pem)
+	if p, ok := c.byFile[file]; ok && p.sum == sum {
+		return p.pool, nil
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("tls_ca_file %s: no PEM certificate", file)
+	}
+	if c.byFile == nil {
+		c.byFile = map[string]caPool{}
+	}
+	c.byFile[file] = caPool{sum: sum, pool: pool}
+	return pool, nil
 }
 
 // dialFunc is l4.Options.Dial.

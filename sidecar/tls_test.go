@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/ferrymesh/ferry/mtls"
+	"github.com/ferrymesh/ferry/sidecar/l7"
 )
 
 // issue makes a CA in a temporary directory and issues certificates for services there
@@ -144,5 +146,53 @@ func TestReadyNeedsCertificate(t *testing.T) {
 	}
 	if ok, why := s.Ready(); ok || !strings.Contains(why, "no valid certificate") {
 		t.Errorf("Ready() = %v, %q, want false: no valid certificate", ok, why)
+	}
+}
+
+// TestSimpleTLSTransportKeptAcrossReloads: a tls: simple upstream's CA file is read on
+// every reload, but while its content is unchanged the upstream keeps its transport and so
+// its pooled connections; new content builds a new one.
+func TestSimpleTLSTransportKeptAcrossReloads(t *testing.T) {
+	dir := issue(t, "api")
+	caFile := filepath.Join(dir, "bundle.pem")
+	out, admin := freeAddr(t), freeAddr(t)
+	cfgText := func(drain string) string {
+		return fmt.Sprintf("service: web\nadmin: {address: %s}\ndrain_timeout: %s\n"+
+			"outbound: [{upstream: api, address: %s}]\n"+
+			"upstreams: [{name: api, endpoints: [127.0.0.1:1], tls: simple, tls_ca_file: %q}]\n", admin, drain, out, caFile)
+	}
+	s := New(Options{})
+	drained(t, s)
+	transport := func() *l7.Transport {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.transports["api"]
+	}
+	if err := s.Apply(parse(t, cfgText("5s"))); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	first := transport()
+	if first == nil || first.Options().TLS.RootCAs == nil {
+		t.Fatalf("transport of api = %v, want one verifying with the CA file", first)
+	}
+	if err := s.Apply(parse(t, cfgText("6s"))); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	if got := transport(); got != first {
+		t.Errorf("after a reload with the same CA file, api's transport was rebuilt (its pooled connections lost)")
+	}
+	other := issue(t, "api") // another CA
+	pem, err := os.ReadFile(filepath.Join(other, "bundle.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, pem, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Apply(parse(t, cfgText("7s"))); err != nil {
+		t.Fatalf("Apply() error = %v", err)
+	}
+	if got := transport(); got == first {
+		t.Errorf("after the CA file changed, api's transport is the old one (verifying with the old CA)")
 	}
 }
