@@ -76,9 +76,10 @@ test: build deps-tools deps-consul deps-jaeger
 
 # Each fuzz target runs briefly; a failure leaves its input under testdata/fuzz.
 # The parsers and matchers Ferry exposes to untrusted input: config files, request framing,
-# paths and access rules.
+# mesh-wide documents from Consul KV, paths and access rules.
 fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=15s ./sidecar/config/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseWithOverlay$$' -fuzztime=10s ./sidecar/config/
 	$(GO) test -run='^$$' -fuzz='^FuzzGuardScan$$' -fuzztime=10s ./sidecar/l7/
 	$(GO) test -run='^$$' -fuzz='^FuzzPath$$' -fuzztime=10s ./policy/normalize/
 	$(GO) test -run='^$$' -fuzz='^FuzzAccess$$' -fuzztime=10s ./policy/
