@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -13,7 +12,8 @@ import (
 
 	"github.com/hashicorp/consul/api"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/time/rate"
+
+	"github.com/ferrymesh/ferry/discovery/consul/blocking"
 )
 
 // Defaults for ConsulOptions.
@@ -50,7 +50,8 @@ type ConsulOptions struct {
 	Address string
 	// Logger receives updates and errors; nil discards them.
 	Logger *slog.Logger
-	// WaitTime is how long one blocking query waits (DefaultConsulWaitTime if zero).
+	// WaitTime is how long one blocking query waits (DefaultConsulWaitTime if zero, at
+	// most the 10 minutes Consul honours).
 	WaitTime time.Duration
 	// RetryBase and RetryMax bound the jittered exponential backoff after a failed query
 	// (DefaultConsulRetryBase and DefaultConsulRetryMax if zero).
@@ -74,8 +75,9 @@ type ConsulOptions struct {
 // safe to call concurrently; Close stops the watches and waits for them.
 type ConsulSource struct {
 	*Store
-	opts ConsulOptions
-	log  *slog.Logger
+	opts   ConsulOptions
+	pacing blocking.Pacing
+	log    *slog.Logger
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -102,16 +104,6 @@ func NewConsulSource(opts ConsulOptions) (*ConsulSource, error) {
 	if strings.ContainsAny(opts.Service, "/?#") {
 		return nil, fmt.Errorf("mtls: consul source: invalid service name %q", opts.Service)
 	}
-	if opts.WaitTime <= 0 {
-		opts.WaitTime = DefaultConsulWaitTime
-	}
-	if opts.RetryBase <= 0 {
-		opts.RetryBase = DefaultConsulRetryBase
-	}
-	if opts.RetryMax <= 0 {
-		opts.RetryMax = DefaultConsulRetryMax
-	}
-	opts.RetryMax = max(opts.RetryMax, opts.RetryBase)
 	if opts.Address == "" {
 		opts.Address = "the Consul agent"
 	}
@@ -119,10 +111,14 @@ func NewConsulSource(opts ConsulOptions) (*ConsulSource, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	pacing := blocking.Pacing{WaitTime: opts.WaitTime, RetryBase: opts.RetryBase, RetryMax: opts.RetryMax}.
+		WithDefaults(blocking.Pacing{WaitTime: DefaultConsulWaitTime, MinQueryInterval: consulMinQueryInterval,
+			RetryBase: DefaultConsulRetryBase, RetryMax: DefaultConsulRetryMax})
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &ConsulSource{
 		Store:  NewStore("consul"),
 		opts:   opts,
+		pacing: pacing,
 		log:    log.With("source", "consul", "service", opts.Service),
 		cancel: cancel,
 	}
@@ -165,29 +161,17 @@ func (c *ConsulSource) Close() error {
 // is done. query runs one query with q and returns the answer's X-Consul-Index.
 func (c *ConsulSource) watch(ctx context.Context, what string, query func(q *api.QueryOptions) (uint64, error)) {
 	defer c.wg.Done()
-	limiter := rate.NewLimiter(rate.Every(consulMinQueryInterval), 2)
-	var index uint64
-	failures := 0
-	for {
-		if err := limiter.Wait(ctx); err != nil {
-			return
-		}
-		// The HTTP client has no timeout of its own: bound the request by the blocking
-		// time, Consul's jitter (up to WaitTime/16) and a margin, so a silent agent is
-		// noticed.
-		qctx, qcancel := context.WithTimeout(ctx, c.opts.WaitTime+c.opts.WaitTime/16+10*time.Second)
-		q := (&api.QueryOptions{WaitIndex: index, WaitTime: c.opts.WaitTime}).WithContext(qctx)
+	loop := blocking.NewLoop(c.pacing)
+	for loop.Wait(ctx) {
+		q, qcancel := loop.Query(ctx, &api.QueryOptions{})
 		last, err := query(q)
 		qcancel()
 		if ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			failures++
-			// The next answer, whoever gives it, starts from a fresh read: an agent that
-			// comes back may have a lower index than the one we hold.
-			index = 0
-			delay := backoff(c.opts.RetryBase, c.opts.RetryMax, failures)
+			// The next query is a fresh read (see blocking.Loop.Failed).
+			failures, delay := loop.Failed()
 			err = fmt.Errorf("mtls: consul %s query to %s: %w", what, c.opts.Address, err)
 			c.Fail(err, time.Now())
 			switch {
@@ -199,25 +183,14 @@ func (c *ConsulSource) watch(ctx context.Context, what string, query func(q *api
 				c.log.Error("cannot reach the Consul agent for certificates; no certificate yet, /ready answers 503 until one arrives",
 					"query", what, "agent", c.opts.Address, "error", err, "retry_in", delay)
 			}
-			if !sleepCtx(ctx, delay) {
+			if !blocking.Sleep(ctx, delay) {
 				return
 			}
 			continue
 		}
-		if failures > 0 {
+		// The next query waits on the answer's index, by Consul's index rules.
+		if _, failures := loop.Answered(last); failures > 0 {
 			c.log.Info("consul CA answers again", "query", what, "failed_queries", failures)
-			failures = 0
-		}
-		switch {
-		case last < index:
-			// The index went backwards (snapshot restore, another server): restart the
-			// blocking loop from 0, as Consul's blocking-query rules require.
-			index = 0
-		case last < 1:
-			// An index of 0 would make the next query return at once; 1 always blocks.
-			index = 1
-		default:
-			index = last
 		}
 	}
 }
@@ -294,29 +267,4 @@ func (c *ConsulSource) material(now time.Time) (*Material, error) {
 		return nil, fmt.Errorf("mtls: consul leaf identity %s does not name service %q", m.ID(), c.opts.Service)
 	}
 	return m, nil
-}
-
-// backoff is the delay before retry number n (from 1): base doubled per failure, capped
-// at maxDelay, with "equal jitter" (a uniform pick in the upper half) so that sidecars
-// that lost the agent together do not come back in step.
-func backoff(base, maxDelay time.Duration, n int) time.Duration {
-	d := maxDelay
-	if n < 31 {
-		if b := base << (n - 1); b > 0 && b < maxDelay {
-			d = b
-		}
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-// sleepCtx waits for d or for ctx to be done, reporting whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

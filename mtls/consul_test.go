@@ -10,6 +10,7 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -261,4 +262,83 @@ func activeRoot(t *testing.T, roots *api.CARootList) *x509.Certificate {
 	}
 	t.Fatalf("no active root %q in %d roots", roots.ActiveRootID, len(roots.Roots))
 	return nil
+}
+
+// queryRecorder is a ConsulCA that answers nothing: it records the wait time and the
+// deadline of every query and fails it.
+type queryRecorder struct {
+	mu      sync.Mutex
+	waits   []time.Duration
+	budgets []time.Duration // time left before the query's deadline when it was sent
+}
+
+func (r *queryRecorder) record(q *api.QueryOptions) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.waits = append(r.waits, q.WaitTime)
+	if dl, ok := q.Context().Deadline(); ok {
+		r.budgets = append(r.budgets, time.Until(dl))
+	} else {
+		r.budgets = append(r.budgets, -1)
+	}
+	return errors.New("agent unreachable")
+}
+
+func (r *queryRecorder) ConnectCARoots(q *api.QueryOptions) (*api.CARootList, *api.QueryMeta, error) {
+	return nil, nil, r.record(q)
+}
+
+func (r *queryRecorder) ConnectCALeaf(_ string, q *api.QueryOptions) (*api.LeafCert, *api.QueryMeta, error) {
+	return nil, nil, r.record(q)
+}
+
+// TestConsulSourceWaitTimeCapped checks that a WaitTime beyond the 10 minutes Consul
+// honours is capped, so that the query deadline (which notices a silent agent) follows the
+// blocking time Consul really applies rather than the one asked for.
+func TestConsulSourceWaitTimeCapped(t *testing.T) {
+	tests := []struct {
+		name     string
+		wait     time.Duration
+		wantWait time.Duration
+	}{
+		{"default", 0, mtls.DefaultConsulWaitTime},
+		{"short", 2 * time.Second, 2 * time.Second},
+		{"beyond consul's maximum", time.Hour, 10 * time.Minute},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := &queryRecorder{}
+			src, err := mtls.NewConsulSource(mtls.ConsulOptions{Agent: r, Service: "web", WaitTime: tt.wait,
+				RetryBase: time.Hour, RetryMax: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				r.mu.Lock()
+				n := len(r.waits)
+				r.mu.Unlock()
+				if n >= 2 || time.Now().After(deadline) {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			_ = src.Close()
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			if len(r.waits) != 2 {
+				t.Fatalf("queries sent = %d, want 2 (roots and leaf, then backing off for an hour)", len(r.waits))
+			}
+			// The deadline is the wait time, Consul's jitter (up to 1/16) and a 10s margin.
+			maxBudget := tt.wantWait + tt.wantWait/16 + 10*time.Second
+			for i, w := range r.waits {
+				if w != tt.wantWait {
+					t.Errorf("query %d WaitTime = %v, want %v", i, w, tt.wantWait)
+				}
+				if b := r.budgets[i]; b <= 0 || b > maxBudget {
+					t.Errorf("query %d deadline in %v, want within (0, %v]", i, b, maxBudget)
+				}
+			}
+		})
+	}
 }

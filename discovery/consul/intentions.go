@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"golang.org/x/time/rate"
 
+	"github.com/ferrymesh/ferry/discovery/consul/blocking"
 	"github.com/ferrymesh/ferry/policy"
 )
 
@@ -99,9 +99,10 @@ const JWTRule = "intentions:jwt-unsupported"
 // request, the published set is the single deny rule JWTRule instead. Status is safe to
 // call concurrently with Run.
 type IntentionWatcher struct {
-	api  intentionsAPI
-	opts IntentionOptions
-	log  *slog.Logger
+	api    intentionsAPI
+	opts   IntentionOptions
+	pacing blocking.Pacing
+	log    *slog.Logger
 
 	mu sync.Mutex
 	st IntentionStatus
@@ -120,25 +121,12 @@ func newIntentionWatcher(c intentionsAPI, opts IntentionOptions) (*IntentionWatc
 	if opts.Service == "" {
 		return nil, errors.New("consul intentions: service is required")
 	}
-	if opts.WaitTime <= 0 {
-		opts.WaitTime = DefaultWaitTime
-	}
-	opts.WaitTime = min(opts.WaitTime, maxWaitTime)
-	if opts.MinQueryInterval <= 0 {
-		opts.MinQueryInterval = DefaultMinQueryInterval
-	}
-	if opts.RetryBase <= 0 {
-		opts.RetryBase = DefaultRetryBase
-	}
-	if opts.RetryMax <= 0 {
-		opts.RetryMax = DefaultRetryMax
-	}
-	opts.RetryMax = max(opts.RetryMax, opts.RetryBase)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &IntentionWatcher{api: c, opts: opts, log: log, st: IntentionStatus{Service: opts.Service}}, nil
+	return &IntentionWatcher{api: c, opts: opts, log: log, st: IntentionStatus{Service: opts.Service},
+		pacing: pacing(opts.WaitTime, opts.MinQueryInterval, opts.RetryBase, opts.RetryMax)}, nil
 }
 
 // Status returns the watcher's state.
@@ -163,26 +151,17 @@ func (w *IntentionWatcher) update(f func(*IntentionStatus)) IntentionStatus {
 // be called once.
 func (w *IntentionWatcher) Run(ctx context.Context, update func(*policy.RuleSet)) {
 	log := w.log.With("service", w.opts.Service)
-	limiter := rate.NewLimiter(rate.Every(w.opts.MinQueryInterval), 2)
-	var (
-		index    uint64
-		last     *policy.RuleSet
-		failures int
-	)
-	for {
-		if err := limiter.Wait(ctx); err != nil {
-			<-ctx.Done()
-			return
-		}
-		ixns, meta, jwt, err := w.query(ctx, index)
+	loop := blocking.NewLoop(w.pacing)
+	var last *policy.RuleSet
+	for loop.Wait(ctx) {
+		ixns, meta, jwt, err := w.query(ctx, loop)
 		if ctx.Err() != nil {
 			return
 		}
 		now := time.Now()
 		if err != nil {
-			failures++
-			index = 0 // the next answer starts from a fresh read (see Source.Watch)
-			delay := backoff(w.opts.RetryBase, w.opts.RetryMax, failures)
+			// The next query is a fresh read (see blocking.Loop.Failed).
+			failures, delay := loop.Failed()
 			w.update(func(st *IntentionStatus) {
 				st.Errors++
 				st.ConsecutiveErrors++
@@ -200,24 +179,16 @@ func (w *IntentionWatcher) Run(ctx context.Context, update func(*policy.RuleSet)
 				log.Warn("consul intentions: Consul query failing; enforcing the last known intentions", "error", err,
 					"intentions", len(last.Rules), "retry_in", delay)
 			}
-			if !sleep(ctx, delay) {
+			if !blocking.Sleep(ctx, delay) {
 				return
 			}
 			continue
 		}
+		// The next query waits on the answer's index, by Consul's index rules.
+		changed, failures := loop.Answered(meta.LastIndex)
 		if failures > 0 {
 			log.Info("consul intentions: Consul answers again", "outage", now.Sub(w.Status().StaleSince).Round(time.Millisecond),
 				"failed_queries", failures)
-			failures = 0
-		}
-		changed := meta.LastIndex != index
-		switch {
-		case meta.LastIndex < index:
-			index = 0
-		case meta.LastIndex < 1:
-			index = 1
-		default:
-			index = meta.LastIndex
 		}
 		var published *policy.RuleSet
 		if changed || last == nil {
@@ -253,13 +224,13 @@ func (w *IntentionWatcher) Run(ctx context.Context, update func(*policy.RuleSet)
 	}
 }
 
-// query runs one (blocking, if index > 0) intention match query and, when it brings a
-// new index, reads the destination's service-intentions entry for a JWT requirement (which
-// the match answer does not carry).
-func (w *IntentionWatcher) query(ctx context.Context, index uint64) ([]*api.Intention, *api.QueryMeta, bool, error) {
-	qctx, cancel := context.WithTimeout(ctx, w.opts.WaitTime+w.opts.WaitTime/16+10*time.Second)
+// query runs the next query of loop (blocking, unless its index is 0): an intention
+// match query and, when it brings a new index, a read of the destination's
+// service-intentions entry for a JWT requirement (which the match answer does not carry).
+func (w *IntentionWatcher) query(ctx context.Context, loop *blocking.Loop) ([]*api.Intention, *api.QueryMeta, bool, error) {
+	q, cancel := loop.Query(ctx, &api.QueryOptions{AllowStale: true})
 	defer cancel()
-	q := (&api.QueryOptions{AllowStale: true, WaitIndex: index, WaitTime: w.opts.WaitTime}).WithContext(qctx)
+	index := q.WaitIndex
 	m, meta, err := w.api.IntentionMatch(&api.IntentionMatch{By: api.IntentionMatchDestination, Names: []string{w.opts.Service}}, q)
 	if err != nil {
 		return nil, nil, false, fmt.Errorf("intention match: %w", err)
@@ -267,7 +238,7 @@ func (w *IntentionWatcher) query(ctx context.Context, index uint64) ([]*api.Inte
 	if index != 0 && meta.LastIndex == index {
 		return m[w.opts.Service], meta, false, nil // unchanged: the rules are not rebuilt
 	}
-	e, _, err := w.api.ConfigEntry(api.ServiceIntentions, w.opts.Service, (&api.QueryOptions{AllowStale: true}).WithContext(qctx))
+	e, _, err := w.api.ConfigEntry(api.ServiceIntentions, w.opts.Service, (&api.QueryOptions{AllowStale: true}).WithContext(q.Context()))
 	var se api.StatusError
 	switch {
 	case errors.As(err, &se) && se.Code == 404:

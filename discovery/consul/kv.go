@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"golang.org/x/time/rate"
+
+	"github.com/ferrymesh/ferry/discovery/consul/blocking"
 )
 
 // KVValue is what a KV key holds at one point: its value and Consul's ModifyIndex, or
@@ -52,9 +53,10 @@ type KVOptions struct {
 // KVWatcher follows one Consul KV key with blocking queries. It is safe for concurrent
 // use, but each Watch runs its own query loop.
 type KVWatcher struct {
-	api  kvAPI
-	opts KVOptions
-	log  *slog.Logger
+	api    kvAPI
+	opts   KVOptions
+	pacing blocking.Pacing
+	log    *slog.Logger
 }
 
 // NewKVWatcher returns a watcher of opts.Key that queries Consul through client (see
@@ -70,25 +72,12 @@ func newKVWatcher(kv kvAPI, opts KVOptions) (*KVWatcher, error) {
 	if opts.Key == "" {
 		return nil, errors.New("consul kv: key is required")
 	}
-	if opts.WaitTime <= 0 {
-		opts.WaitTime = DefaultWaitTime
-	}
-	opts.WaitTime = min(opts.WaitTime, maxWaitTime)
-	if opts.MinQueryInterval <= 0 {
-		opts.MinQueryInterval = DefaultMinQueryInterval
-	}
-	if opts.RetryBase <= 0 {
-		opts.RetryBase = DefaultRetryBase
-	}
-	if opts.RetryMax <= 0 {
-		opts.RetryMax = DefaultRetryMax
-	}
-	opts.RetryMax = max(opts.RetryMax, opts.RetryBase)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &KVWatcher{api: kv, opts: opts, log: log.With("key", opts.Key)}, nil
+	return &KVWatcher{api: kv, opts: opts, log: log.With("key", opts.Key),
+		pacing: pacing(opts.WaitTime, opts.MinQueryInterval, opts.RetryBase, opts.RetryMax)}, nil
 }
 
 // Watch runs the blocking-query loop until ctx is done, calling update (from Watch's
@@ -100,32 +89,23 @@ func newKVWatcher(kv kvAPI, opts KVOptions) (*KVWatcher, error) {
 // read (and is passed on only if the key changed meanwhile). Watch returns nil when ctx
 // is done.
 func (w *KVWatcher) Watch(ctx context.Context, update func(KVValue)) error {
-	limiter := rate.NewLimiter(rate.Every(w.opts.MinQueryInterval), 2)
+	loop := blocking.NewLoop(w.pacing)
 	var (
-		index     uint64
 		last      KVValue
 		published bool
-		failures  int
 		since     time.Time
 	)
-	for {
-		if err := limiter.Wait(ctx); err != nil {
-			<-ctx.Done()
-			return nil
-		}
-		pair, meta, err := w.get(ctx, index)
+	for loop.Wait(ctx) {
+		pair, meta, err := w.get(ctx, loop)
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
-			failures++
+			// The next query is a fresh read (see blocking.Loop.Failed).
+			failures, delay := loop.Failed()
 			if failures == 1 {
 				since = time.Now()
 			}
-			// An agent or server that comes back may have a lower index than ours: the
-			// next answer starts from a fresh read.
-			index = 0
-			delay := backoff(w.opts.RetryBase, w.opts.RetryMax, failures)
 			switch {
 			case failures > 1:
 				w.log.Debug("consul kv: read failed again", "error", err, "failures", failures, "retry_in", delay)
@@ -135,25 +115,14 @@ func (w *KVWatcher) Watch(ctx context.Context, update func(KVValue)) error {
 				w.log.Warn("consul kv: Consul read failing; keeping the last value", "error", err,
 					"modify_index", last.ModifyIndex, "retry_in", delay)
 			}
-			if !sleep(ctx, delay) {
+			if !blocking.Sleep(ctx, delay) {
 				return nil
 			}
 			continue
 		}
-		if failures > 0 {
+		// The next query waits on the answer's index, by Consul's index rules.
+		if _, failures := loop.Answered(meta.LastIndex); failures > 0 {
 			w.log.Info("consul kv: Consul answers again", "outage", time.Since(since).Round(time.Millisecond), "failed_reads", failures)
-			failures = 0
-		}
-		switch {
-		case meta.LastIndex < index:
-			// The index went backwards (snapshot restore, another server): restart the
-			// loop from 0, as Consul's blocking-query rules require.
-			index = 0
-		case meta.LastIndex < 1:
-			// 0 would make the next query return at once; 1 always blocks.
-			index = 1
-		default:
-			index = meta.LastIndex
 		}
 		v := KVValue{Key: w.opts.Key}
 		if pair != nil {
@@ -166,19 +135,15 @@ func (w *KVWatcher) Watch(ctx context.Context, update func(KVValue)) error {
 		last, published = v, true
 		update(v)
 	}
+	return nil
 }
 
-// get runs one (blocking, if index > 0) read of the key.
-func (w *KVWatcher) get(ctx context.Context, index uint64) (*api.KVPair, *api.QueryMeta, error) {
-	// The HTTP client has no timeout of its own: bound the request by the blocking time,
-	// Consul's jitter (up to WaitTime/16) and a margin, so a silent agent is noticed.
-	qctx, cancel := context.WithTimeout(ctx, w.opts.WaitTime+w.opts.WaitTime/16+10*time.Second)
-	defer cancel()
-	q := (&api.QueryOptions{
+// get runs the next query of loop (blocking, unless its index is 0): a read of the key.
+func (w *KVWatcher) get(ctx context.Context, loop *blocking.Loop) (*api.KVPair, *api.QueryMeta, error) {
+	q, cancel := loop.Query(ctx, &api.QueryOptions{
 		Datacenter: w.opts.Datacenter,
 		AllowStale: true, // any server answers: config keeps flowing without a leader
-		WaitIndex:  index,
-		WaitTime:   w.opts.WaitTime,
-	}).WithContext(qctx)
+	})
+	defer cancel()
 	return w.api.Get(w.opts.Key, q)
 }

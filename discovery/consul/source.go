@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -15,9 +14,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/consul/api"
-	"golang.org/x/time/rate"
 
 	"github.com/ferrymesh/ferry/discovery"
+	"github.com/ferrymesh/ferry/discovery/consul/blocking"
 )
 
 // Defaults for Options.
@@ -28,8 +27,13 @@ const (
 	DefaultRetryMax         = 10 * time.Second
 )
 
-// maxWaitTime is the longest blocking time Consul honours.
-const maxWaitTime = 10 * time.Minute
+// pacing returns the timings of a blocking-query loop of this package: the given ones,
+// with the Default* values for those that are zero.
+func pacing(waitTime, minQueryInterval, retryBase, retryMax time.Duration) blocking.Pacing {
+	return blocking.Pacing{WaitTime: waitTime, MinQueryInterval: minQueryInterval, RetryBase: retryBase, RetryMax: retryMax}.
+		WithDefaults(blocking.Pacing{WaitTime: DefaultWaitTime, MinQueryInterval: DefaultMinQueryInterval,
+			RetryBase: DefaultRetryBase, RetryMax: DefaultRetryMax})
+}
 
 // Upstream says which Consul service feeds one upstream.
 type Upstream struct {
@@ -152,9 +156,10 @@ func (a apiClient) ConnectCARoots(q *api.QueryOptions) (*api.CARootList, *api.Qu
 // upstream. It is safe for concurrent use; several upstreams are watched at once by
 // calling Watch from several goroutines.
 type Source struct {
-	api  consulAPI
-	opts Options
-	log  *slog.Logger
+	api    consulAPI
+	opts   Options
+	pacing blocking.Pacing
+	log    *slog.Logger
 
 	mu          sync.Mutex
 	trustDomain string
@@ -178,25 +183,12 @@ func newSource(c consulAPI, opts Options) (*Source, error) {
 			return nil, fmt.Errorf("consul: upstream %q: service is required", name)
 		}
 	}
-	if opts.WaitTime <= 0 {
-		opts.WaitTime = DefaultWaitTime
-	}
-	opts.WaitTime = min(opts.WaitTime, maxWaitTime)
-	if opts.MinQueryInterval <= 0 {
-		opts.MinQueryInterval = DefaultMinQueryInterval
-	}
-	if opts.RetryBase <= 0 {
-		opts.RetryBase = DefaultRetryBase
-	}
-	if opts.RetryMax <= 0 {
-		opts.RetryMax = DefaultRetryMax
-	}
-	opts.RetryMax = max(opts.RetryMax, opts.RetryBase)
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Source{api: c, opts: opts, log: log, watches: make(map[string]*watchState)}, nil
+	return &Source{api: c, opts: opts, log: log, watches: make(map[string]*watchState),
+		pacing: pacing(opts.WaitTime, opts.MinQueryInterval, opts.RetryBase, opts.RetryMax)}, nil
 }
 
 // Status returns the state of the most recent Watch of upstream, and false if upstream
@@ -252,29 +244,17 @@ func (s *Source) Watch(ctx context.Context, upstream string, update func(*discov
 	}()
 
 	log := s.log.With("upstream", upstream, "service", up.Service)
-	limiter := rate.NewLimiter(rate.Every(s.opts.MinQueryInterval), 2)
-	var (
-		index    uint64
-		last     *discovery.EndpointSet
-		failures int
-	)
-	for {
-		if err := limiter.Wait(ctx); err != nil {
-			// ctx is done, or its deadline comes before the next token.
-			<-ctx.Done()
-			return nil
-		}
-		entries, meta, td, err := s.query(ctx, up, index)
+	loop := blocking.NewLoop(s.pacing)
+	var last *discovery.EndpointSet
+	for loop.Wait(ctx) {
+		entries, meta, td, err := s.query(ctx, up, loop)
 		if ctx.Err() != nil {
 			return nil
 		}
 		now := time.Now()
 		if err != nil {
-			failures++
-			// The next answer, whoever gives it, starts from a fresh read: an agent or
-			// server that comes back may have a lower index than the one we hold.
-			index = 0
-			delay := backoff(s.opts.RetryBase, s.opts.RetryMax, failures)
+			// The next query is a fresh read (see blocking.Loop.Failed).
+			failures, delay := loop.Failed()
 			st := w.update(func(st *Status) {
 				st.Errors++
 				st.ConsecutiveErrors++
@@ -292,29 +272,17 @@ func (s *Source) Watch(ctx context.Context, upstream string, update func(*discov
 				log.Warn("consul discovery: Consul query failing; keeping the last known endpoints", "error", err, "endpoints", last.Len(), "index", st.Index, "retry_in", delay)
 			}
 			s.notify(st)
-			if !sleep(ctx, delay) {
+			if !blocking.Sleep(ctx, delay) {
 				return nil
 			}
 			continue
 		}
 
+		// The next query waits on the answer's index, by Consul's index rules.
+		changed, failures := loop.Answered(meta.LastIndex)
 		if failures > 0 {
 			prev := w.get()
 			log.Info("consul discovery: Consul answers again", "outage", now.Sub(prev.StaleSince).Round(time.Millisecond), "failed_queries", failures)
-			failures = 0
-		}
-		prevIndex := index
-		changed := meta.LastIndex != prevIndex
-		switch {
-		case meta.LastIndex < prevIndex:
-			// The index went backwards (snapshot restore, a different server): restart
-			// the blocking loop from 0, as Consul's blocking-query rules require.
-			index = 0
-		case meta.LastIndex < 1:
-			// An index of 0 would make the next query return at once; 1 always blocks.
-			index = 1
-		default:
-			index = meta.LastIndex
 		}
 		var published *discovery.EndpointSet
 		if changed || last == nil {
@@ -345,27 +313,23 @@ func (s *Source) Watch(ctx context.Context, upstream string, update func(*discov
 		}
 		s.notify(st)
 	}
+	return nil
 }
 
-// query runs one (blocking, if index > 0) health query for up.
-// For Connect upstreams it also returns the trust domain of the identities.
-func (s *Source) query(ctx context.Context, up Upstream, index uint64) ([]*api.ServiceEntry, *api.QueryMeta, string, error) {
-	// The HTTP client has no timeout of its own: bound the request by the blocking time,
-	// Consul's jitter (up to WaitTime/16) and a margin, so a silent agent is noticed.
-	qctx, cancel := context.WithTimeout(ctx, s.opts.WaitTime+s.opts.WaitTime/16+10*time.Second)
-	defer cancel()
-	q := (&api.QueryOptions{
+// query runs the next query of loop (blocking, unless its index is 0): a health query
+// for up. For Connect upstreams it also returns the trust domain of the identities.
+func (s *Source) query(ctx context.Context, up Upstream, loop *blocking.Loop) ([]*api.ServiceEntry, *api.QueryMeta, string, error) {
+	q, cancel := loop.Query(ctx, &api.QueryOptions{
 		Datacenter: up.Datacenter,
 		Namespace:  up.namespace(),
 		AllowStale: true, // any server answers: discovery keeps working without a leader
-		WaitIndex:  index,
-		WaitTime:   s.opts.WaitTime,
-	}).WithContext(qctx)
+	})
+	defer cancel()
 	if !up.Connect {
 		entries, meta, err := s.api.ServiceMultipleTags(up.Service, up.Tags, up.passingOnly(), q)
 		return entries, meta, "", err
 	}
-	td, err := s.connectTrustDomain(qctx)
+	td, err := s.connectTrustDomain(q.Context())
 	if err != nil {
 		return nil, nil, "", err
 	}
@@ -488,29 +452,4 @@ func (w *watchState) update(f func(*Status)) Status {
 	defer w.mu.Unlock()
 	f(&w.st)
 	return w.st
-}
-
-// backoff is the delay before retry number n (from 1): base doubled per failure, capped
-// at maxDelay, with "equal jitter" (a uniform pick in the upper half) so that sidecars
-// that lost Consul together do not come back in step.
-func backoff(base, maxDelay time.Duration, n int) time.Duration {
-	d := maxDelay
-	if n < 31 {
-		if b := base << (n - 1); b > 0 && b < maxDelay {
-			d = b
-		}
-	}
-	return d/2 + rand.N(d/2+1)
-}
-
-// sleep waits for d or for ctx to be done, reporting whether d elapsed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

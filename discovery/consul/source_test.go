@@ -459,18 +459,6 @@ func TestEndpoints(t *testing.T) {
 	}
 }
 
-func TestBackoff(t *testing.T) {
-	base, maxDelay := 100*time.Millisecond, 2*time.Second
-	for n := 1; n <= 40; n++ {
-		want := min(base<<min(n-1, 30), maxDelay)
-		for range 50 {
-			if d := backoff(base, maxDelay, n); d < want/2 || d > want {
-				t.Fatalf("backoff(%v, %v, %d) = %v, want in [%v, %v]", base, maxDelay, n, d, want/2, want)
-			}
-		}
-	}
-}
-
 func TestSpiffeID(t *testing.T) {
 	tests := []struct {
 		td, ap, ns, dc, svc, want string
