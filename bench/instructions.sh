@@ -76,7 +76,20 @@ if [ -x "$JAEGER" ]; then
 	done
 fi
 
-total() { timeout 30 callgrind_control -e "$1" 2>/dev/null | awk '/^ *Th /{gsub(",","",$3); s+=$3} END{printf "%d\n", s}'; }
+# total PID: instructions executed so far by the process under callgrind. On a busy machine
+# callgrind_control can time out and print nothing or only part of its answer, which would
+# turn into a nonsense per-request figure, so ask again, and fail rather than report it.
+total() {
+	local i t out
+	for i in 1 2 3; do
+		# a timed-out answer may list only some threads: use only a complete one
+		out=$(timeout 30 callgrind_control -e "$1" 2>/dev/null) || continue
+		t=$(awk '/^ *Th /{gsub(",","",$3); s+=$3} END{printf "%d\n", s}' <<<"$out")
+		((t > 0)) && { echo "$t"; return 0; }
+	done
+	echo "callgrind_control gave no instruction count for pid $1" >&2
+	return 1
+}
 # measure CONFIG [URL [h2load options...]]: instructions per request of Ferry on CONFIG
 # for N requests to URL (default: the outbound listener).
 measure() {
@@ -90,11 +103,12 @@ measure() {
 	h2load --h1 -n 500 -c 10 "${opts[@]}" "$url" >/dev/null 2>&1 # fill the pools
 	sleep 1
 	local a b
-	a=$(total $vpid)
+	a=$(total $vpid) || exit 1
 	h2load --h1 -n "$N" -c 10 "${opts[@]}" "$url" >"$work/$1.h2load" 2>&1
 	# every request must succeed with a 2xx: a 403 or 429 would mean the policy decided wrong
 	grep -q "$N succeeded" "$work/$1.h2load" && grep -q "status codes: $N 2xx" "$work/$1.h2load" || { echo "load failed: $(tail -3 "$work/$1.log")" >&2; exit 1; }
-	b=$(total $vpid)
+	b=$(total $vpid) || exit 1
+	((b > a)) || { echo "instruction count went from $a to $b" >&2; exit 1; }
 	kill -9 $vpid
 	wait $vpid 2>/dev/null || true
 	echo $(((b - a) / N))
