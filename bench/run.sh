@@ -656,7 +656,7 @@ HAPROXY_TLS13_SUITES=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_
 
 STARTED_PID=
 CHAIN_PIDS=()   # the proxies measured together
-CHAIN_ROWS=()   # "label|hop|rps|cpu_a|cpu_b|cpu_sum|p50|p99|other|errs"
+CHAIN_ROWS=()   # "label|hop|rps|cpu_a|cpu_b|cpu_sum|p50|p99|conns|other|errs"
 HS_ROWS=()      # "label|handshakes/s|server CPU µs per handshake|handshakes per CPU-second|p50|p99|tls|other|errs"
 POLICY_ROWS=()  # "round|variant|rps|cpu|p50|p99|other|errs"
 declare -A MESH_CPU
