@@ -84,7 +84,7 @@ done
 for n in $SUITES; do
 	[[ " proxies mtls handshake policy " == *" $n "* ]] || die "BENCH_SUITES: unknown suite '$n' (proxies, mtls, handshake, policy)"
 done
-for t in wrk h2load haproxy nginx curl taskset go openssl; do
+for t in wrk h2load haproxy nginx curl taskset go; do
 	command -v "$t" >/dev/null || die "$t not found (run 'make deps')"
 done
 [[ $NICE =~ ^-?[0-9]+$ ]] || die "BENCH_NICE must be an integer, got '$NICE'"
@@ -642,6 +642,12 @@ CHAIN_A_ADMIN=127.0.0.1:19911
 CHAIN_B_ADMIN=127.0.0.1:19912
 HAPROXY_A_PORT=19211
 HAPROXY_B_PORT=19212
+HAPROXY_B_STATS_PORT=19213
+HAPROXY_B_STATS="
+frontend stats
+    bind 127.0.0.1:$HAPROXY_B_STATS_PORT
+    stats enable
+    stats uri /stats"
 POLICY_OFF_PORT=19121
 POLICY_ON_PORT=19122
 POLICY_OFF_ADMIN=127.0.0.1:19921
@@ -677,7 +683,8 @@ make_certs() {
 	done
 	CERTS=$d
 	KEY_TYPE=$(openssl x509 -in "$d/backend.pem" -noout -text 2>/dev/null |
-		awk '/Public Key Algorithm/{a=$NF} /NIST CURVE/{c=$NF} END{print a (c ? " " c : "")}')
+		awk '/Public Key Algorithm/{a=$NF} /NIST CURVE/{c=$NF} END{print a (c ? " " c : "")}') || KEY_TYPE=unknown
+	return 0
 }
 KEY_TYPE=unknown
 
@@ -720,7 +727,8 @@ launch_haproxy() {
 	return 1
 }
 
-# haproxy_cfg FILE FRONTEND_BIND SERVER_LINE: an HAProxy configured as in start_haproxy.
+# haproxy_cfg FILE FRONTEND_BIND SERVER_LINE [EXTRA]: an HAProxy configured as in
+# start_haproxy, with EXTRA (more sections) appended.
 haproxy_cfg() {
 	cat >"$1" <<EOF
 global
@@ -744,6 +752,7 @@ frontend fe
 
 backend be
     $3
+${4:-}
 EOF
 }
 
@@ -800,7 +809,7 @@ start_chain() {
 			b+=" ssl crt $CERTS/backend-haproxy.pem ca-file $CERTS/bundle.pem verify required alpn h2,http/1.1"
 			a+=" ssl crt $CERTS/client-haproxy.pem ca-file $CERTS/bundle.pem verify required"
 		fi
-		haproxy_cfg "$dir/b.cfg" "$b" "server s1 127.0.0.1:$BACKEND_H1_PORT"
+		haproxy_cfg "$dir/b.cfg" "$b" "server s1 127.0.0.1:$BACKEND_H1_PORT" "$HAPROXY_B_STATS"
 		haproxy_cfg "$dir/a.cfg" "bind 127.0.0.1:$HAPROXY_A_PORT" "$a"
 		launch_haproxy "HAProxy B" "$dir/b.cfg" "$HAPROXY_B_PORT" || { [ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID"); return 1; }
 		CHAIN_PIDS+=("$STARTED_PID")
@@ -825,6 +834,7 @@ stop_chain() {
 # client certificate and offering ALPN h2 and http/1.1 (as HAProxy A and Ferry A can).
 tls_probe() {
 	local out
+	command -v openssl >/dev/null || { echo "not probed (no openssl command)"; return 0; }
 	out=$(openssl s_client -connect "$1" -cert "$CERTS/client.pem" -key "$CERTS/client-key.pem" \
 		-CAfile "$CERTS/bundle.pem" -alpn h2,http/1.1 </dev/null 2>&1) || true
 	awk '/^New, /{p=$2; c=$NF} /^Server Temp Key:/{sub(/^Server Temp Key: /, ""); k=$0}
@@ -858,10 +868,23 @@ other_pct() {
 		'BEGIN {v = d / t / (ns / 1e9) * 100; if (v < 0) v = 0; printf "%.0f", v}'
 }
 
+# b_accepted: connections proxy B of the running chain has accepted so far (Ferry:
+# ferry_downstream_connections_total; HAProxy: its frontend's stot in the stats CSV), or -.
+ACCEPTED_OF=
+b_accepted() {
+	case $ACCEPTED_OF in
+	ferry) curl -fs --max-time 2 "http://$CHAIN_B_ADMIN/metrics" |
+		awk '/^ferry_downstream_connections_total/{s += $NF} END{printf "%d\n", s}' || echo - ;;
+	haproxy) curl -fs --max-time 2 "http://127.0.0.1:$HAPROXY_B_STATS_PORT/stats;csv" |
+		awk -F, '$1 == "fe" && $2 == "FRONTEND" {print $8}' || echo - ;;
+	*) echo - ;;
+	esac
+}
+
 # wrk_on_chain warm|measure OUT URL [wrk options...]: one wrk run through the proxies in
 # CHAIN_PIDS; measure sets M_RES "rps|cpu_1 cpu_2 …|cpu_sum|p50|p99|errs" (CPU µs/req).
 wrk_on_chain() {
-	local phase=$1 out=$2 url=$3 p bpids t0 t1 s0 s1 b0 b1 l0 l1 own cpu sum=0 parts=
+	local phase=$1 out=$2 url=$3 p bpids t0 t1 s0 s1 b0 b1 l0 l1 own cpu sum=0 parts= acc0 acc1 acc=-
 	shift 3
 	if [ "$phase" = warm ]; then
 		((WARMUP > 0)) && { "${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP"s "$@" "$url" >"$out.warm" 2>&1 || true; }
@@ -869,11 +892,14 @@ wrk_on_chain() {
 	fi
 	local -a c0=() c1=()
 	bpids=$(tree_pids "$BACKEND_PID")
+	acc0=$(b_accepted)
 	t0=$(date +%s%N) s0=$(busy_ticks) b0=$(cpu_ticks $bpids) l0=$(child_ticks)
 	for p in "${CHAIN_PIDS[@]}"; do c0+=("$(cpu_ticks $(tree_pids "$p"))"); done
 	"${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"$DURATION"s --latency "$@" "$url" >"$out" 2>&1 || true
 	for p in "${CHAIN_PIDS[@]}"; do c1+=("$(cpu_ticks $(tree_pids "$p"))"); done
 	l1=$(child_ticks) b1=$(cpu_ticks $bpids) s1=$(busy_ticks) t1=$(date +%s%N)
+	acc1=$(b_accepted)
+	[[ $acc0 =~ ^[0-9]+$ && $acc1 =~ ^[0-9]+$ ]] && acc=$((acc1 - acc0))
 	parse_wrk "$out"
 	own=$(((b1 - b0) + (l1 - l0)))
 	for p in "${!c0[@]}"; do
@@ -884,12 +910,12 @@ wrk_on_chain() {
 	done
 	M_OTHER=$(other_pct "$s0" "$s1" "$t0" "$t1" "$own")
 	cpu=$(awk -v d="$sum" -v t="$TCK" -v n="$REQS" 'BEGIN {printf "%.1f", (n > 0 ? d / t * 1e6 / n : 0)}')
-	M_RES="$RPS|$parts|$cpu|$P50|$P99|$ERRS|$REQS"
+	M_RES="$RPS|$parts|$cpu|$P50|$P99|$ERRS|$REQS|$acc"
 }
 
 # chain_case LABEL PROXY MODE: one row of the two-hop table.
 chain_case() {
-	local label=$1 proxy=$2 mode=$3 hop rps parts cpu p50 p99 errs reqs a b conns bport
+	local label=$1 proxy=$2 mode=$3 hop rps parts cpu p50 p99 errs reqs a b conns
 	NOTE=
 	case $proxy/$mode in
 	direct/*) hop="-" ;;
@@ -908,19 +934,14 @@ chain_case() {
 		return 0
 	fi
 	log "$label: warm-up ${WARMUP}s, then ${DURATION}s"
+	ACCEPTED_OF=$proxy
 	with_retries wrk_on_chain "$TMP/chain-$proxy-$mode.out" "http://127.0.0.1:$TARGET_PORT/"
-	IFS='|' read -r rps parts cpu p50 p99 errs reqs <<<"$B_RES"
+	ACCEPTED_OF=
+	# conns: connections B accepted during the measured run; with A reusing its connections
+	# to B this stays near the number of client connections, with churn it nears requests.
+	IFS='|' read -r rps parts cpu p50 p99 errs reqs conns <<<"$B_RES"
 	read -r a b <<<"$parts"
-	conns=-
-	if [ "$proxy" = direct ]; then
-		a=- b=- cpu=-
-	else
-		# A's connections to B: open now, and closed within the last minute (TIME-WAIT; the
-		# side that closes first keeps it): churn here would mean a handshake per request.
-		bport=$HAPROXY_B_PORT
-		[ "$proxy" = ferry ] && bport=$CHAIN_B_PORT
-		conns="$(ss -Htn state established "( dport = :$bport )" | wc -l) / $(ss -Htn state time-wait "( dport = :$bport or sport = :$bport )" | wc -l)"
-	fi
+	[ "$proxy" = direct ] && a=- b=- cpu=- conns=-
 	if [ "${reqs:-0}" -eq 0 ]; then
 		NOTES+=("$label: no request completed")
 		CHAIN_ROWS+=("$label|$hop|0|-|-|-|-|-|-|$B_OTHER|-")
@@ -1108,7 +1129,7 @@ policy_cases() {
 			if [ $v = off ]; then CHAIN_PIDS=("$pid_off") port=$POLICY_OFF_PORT; else CHAIN_PIDS=("$pid_on") port=$POLICY_ON_PORT; fi
 			log "policy $v (round $r): warm-up ${WARMUP}s, then ${DURATION}s"
 			with_retries wrk_on_chain "$dir/$v-$r.out" "http://127.0.0.1:$port$POLICY_PATH" -H "$POLICY_HEADER"
-			IFS='|' read -r rps parts cpu p50 p99 errs reqs <<<"$B_RES"
+			IFS='|' read -r rps parts cpu p50 p99 errs reqs _ <<<"$B_RES"
 			((${errs:-0} > 0)) && NOTES+=("policy $v round $r: $errs errors or non-2xx responses (a 429 would mean the rate limit triggered)")
 			((B_OTHER > QUIET_PERCENT)) && NOTES+=("policy $v round $r: other processes used ${B_OTHER}% of a core during the run")
 			POLICY_ROWS+=("$r|$v|$rps|$cpu|$p50|$p99|$B_OTHER|$errs")
@@ -1211,7 +1232,7 @@ mesh_report() {
 	if ((${#CHAIN_ROWS[@]})); then
 		echo "Two hops (client → proxy A → proxy B → backend), HTTP/1.1 from wrk, both proxies on CPU $PROXY_CPU, CPU µs per request:"
 		echo
-		echo "| path | A → B | requests/s | CPU A | CPU B | CPU A+B µs/req | vs HAProxy, same hop | p50 ms | p99 ms | A→B conns open / TIME-WAIT | other load % | errors |"
+		echo "| path | A → B | requests/s | CPU A | CPU B | CPU A+B µs/req | vs HAProxy, same hop | p50 ms | p99 ms | connections B accepted | other load % | errors |"
 		echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 		for r in "${CHAIN_ROWS[@]}"; do
 			IFS='|' read -r label hop rps a b cpu p50 p99 conns other errs <<<"$r"
