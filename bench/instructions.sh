@@ -22,7 +22,17 @@ N=${1:-4000}
 FERRY=${FERRY_BIN:-bin/ferry}
 work=$(mktemp -d /tmp/ferry-ir.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# cleanup: TERM first, so that nginx's master stops its worker (a SIGKILLed master leaves
+# the worker running, still listening on the backend port), then KILL what is left.
+cleanup() {
+	local p i
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do
+		for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$p" 2>/dev/null || true
+	done
+	rm -rf "$work"
+}
 trap cleanup EXIT
 
 cat >"$work/nginx.conf" <<EOF
