@@ -8,6 +8,10 @@
 # the difference; allocation work is still counted. Go's async preemption is switched off
 # because callgrind cannot deliver its signals.
 #
+# It also counts the cost of an access policy (issue 6): Ferry's plaintext inbound with no
+# policy block against the same inbound with bench/policy-20-rules.yaml (20 access rules and
+# a rate limit that never triggers), on GET /api/v1/orders/42 with "x-tenant: acme-corp".
+#
 # With a Jaeger all-in-one binary (.deps/bin, from make deps-jaeger) it also compares tracing
 # off with tracing at sample ratios 0.01 and 1.0, exporting over OTLP gRPC to that Jaeger.
 #
@@ -18,7 +22,17 @@ N=${1:-4000}
 FERRY=${FERRY_BIN:-bin/ferry}
 work=$(mktemp -d /tmp/ferry-ir.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# cleanup: TERM first, so that nginx's master stops its worker (a SIGKILLed master leaves
+# the worker running, still listening on the backend port), then KILL what is left.
+cleanup() {
+	local p i
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do
+		for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -9 "$p" 2>/dev/null || true
+	done
+	rm -rf "$work"
+}
 trap cleanup EXIT
 
 cat >"$work/nginx.conf" <<EOF
@@ -44,6 +58,15 @@ upstreams:
 EOF
 done
 
+for v in inbound inbound-policy; do
+	{
+		echo "service: api"
+		echo "admin: {address: 127.0.0.1:19611}"
+		echo "inbound: {address: 127.0.0.1:19602, target: 127.0.0.1:19501, protocol: http}"
+		[ $v = inbound-policy ] && cat bench/policy-20-rules.yaml
+	} >"$work/$v.yaml"
+done
+
 JAEGER=${JAEGER_BIN:-.deps/bin/jaeger-all-in-one}
 tracing=0
 if [ -x "$JAEGER" ]; then
@@ -63,19 +86,39 @@ if [ -x "$JAEGER" ]; then
 	done
 fi
 
-total() { timeout 30 callgrind_control -e "$1" 2>/dev/null | awk '/^ *Th /{gsub(",","",$3); s+=$3} END{printf "%d\n", s}'; }
+# total PID: instructions executed so far by the process under callgrind. On a busy machine
+# callgrind_control can time out and print nothing or only part of its answer, which would
+# turn into a nonsense per-request figure, so ask again, and fail rather than report it.
+total() {
+	local i t out
+	for i in 1 2 3; do
+		# a timed-out answer may list only some threads: use only a complete one
+		out=$(timeout 30 callgrind_control -e "$1" 2>/dev/null) || continue
+		t=$(awk '/^ *Th /{gsub(",","",$3); s+=$3} END{printf "%d\n", s}' <<<"$out")
+		((t > 0)) && { echo "$t"; return 0; }
+	done
+	echo "callgrind_control gave no instruction count for pid $1" >&2
+	return 1
+}
+# measure CONFIG [URL [h2load options...]]: instructions per request of Ferry on CONFIG
+# for N requests to URL (default: the outbound listener).
 measure() {
+	local url=${2:-http://127.0.0.1:19601/}
+	local -a opts=("${@:3}")
 	GOGC=off GODEBUG=asyncpreemptoff=1 GOMAXPROCS=1 taskset -c 0 valgrind --tool=callgrind --vgdb=yes \
 		--callgrind-out-file=/dev/null "$FERRY" run --config "$work/$1.yaml" >"$work/$1.log" 2>&1 &
 	local vpid=$!
 	pids+=($vpid)
 	for _ in $(seq 300); do curl -fs 127.0.0.1:19611/ready >/dev/null 2>&1 && break; sleep 0.2; done
-	h2load --h1 -n 500 -c 10 http://127.0.0.1:19601/ >/dev/null 2>&1 # fill the pools
+	h2load --h1 -n 500 -c 10 "${opts[@]}" "$url" >/dev/null 2>&1 # fill the pools
 	sleep 1
 	local a b
-	a=$(total $vpid)
-	h2load --h1 -n "$N" -c 10 http://127.0.0.1:19601/ 2>&1 | grep -q "$N succeeded" || { echo "load failed: $(tail -3 "$work/$1.log")" >&2; exit 1; }
-	b=$(total $vpid)
+	a=$(total $vpid) || exit 1
+	h2load --h1 -n "$N" -c 10 "${opts[@]}" "$url" >"$work/$1.h2load" 2>&1
+	# every request must succeed with a 2xx: a 403 or 429 would mean the policy decided wrong
+	grep -q "$N succeeded" "$work/$1.h2load" && grep -q "status codes: $N 2xx" "$work/$1.h2load" || { echo "load failed: $(tail -3 "$work/$1.log")" >&2; exit 1; }
+	b=$(total $vpid) || exit 1
+	((b > a)) || { echo "instruction count went from $a to $b" >&2; exit 1; }
 	kill -9 $vpid
 	wait $vpid 2>/dev/null || true
 	echo $(((b - a) / N))
@@ -89,6 +132,18 @@ echo "|---|--:|--:|"
 echo "| plain upstream | $p1 | $p2 |"
 echo "| + retries, breaker, outlier detection, health check | $h1 | $h2 |"
 awk -v p=$((p1 + p2)) -v h=$((h1 + h2)) 'BEGIN {printf "\nresilience cost on the happy path: %+.1f %% instructions per request\n", (h - p) * 100 / p}'
+purl=http://127.0.0.1:19602/api/v1/orders/42
+phdr=(-H "x-tenant: acme-corp")
+i1=$(measure inbound "$purl" "${phdr[@]}")
+q1=$(measure inbound-policy "$purl" "${phdr[@]}")
+i2=$(measure inbound "$purl" "${phdr[@]}")
+q2=$(measure inbound-policy "$purl" "${phdr[@]}")
+echo
+echo "| inbound (plaintext) | instructions/request (run 1) | (run 2) |"
+echo "|---|--:|--:|"
+echo "| no policy | $i1 | $i2 |"
+echo "| 20 access rules + rate limit (bench/policy-20-rules.yaml) | $q1 | $q2 |"
+awk -v p=$((i1 + i2)) -v q=$((q1 + q2)) 'BEGIN {printf "\npolicy cost: %+.1f %% instructions per request\n", (q - p) * 100 / p}'
 if [ $tracing = 1 ]; then
 	t1a=$(measure trace-0.01)
 	t2a=$(measure trace-1.0)

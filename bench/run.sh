@@ -42,6 +42,12 @@ H2_STREAMS=${BENCH_H2_STREAMS:-1}
 BACKEND_KIND=${BENCH_BACKEND:-nginx}
 PROXIES=${BENCH_PROXIES:-direct haproxy nginx reverseproxy ferry ferry_ha}
 PROTOCOLS=${BENCH_PROTOCOLS:-h1 h2c}
+SUITES=${BENCH_SUITES:-proxies mtls handshake policy}
+MTLS_PROXIES=${BENCH_MTLS_PROXIES:-direct haproxy ferry}
+HS_WORKERS=${BENCH_HANDSHAKE_WORKERS:-16}
+HS_DURATION=${BENCH_HANDSHAKE_DURATION:-5}
+HS_CURVES=${BENCH_HANDSHAKE_CURVES:-X25519}
+POLICY_ROUNDS=${BENCH_POLICY_ROUNDS:-2}
 PROFILE=${BENCH_PROFILE:-0}
 PROFILE_SECONDS=${BENCH_PROFILE_SECONDS:-10}
 PROXY_CPU=${BENCH_PROXY_CPU:-0}
@@ -70,10 +76,14 @@ NGINX_H2_PORT=19302
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
-for n in DURATION WARMUP CONNS H2_STREAMS PROFILE_SECONDS PROXY_CPU LOAD_CPU READY_TIMEOUT QUIET_TIMEOUT QUIET_PERCENT RETRIES; do
+for n in DURATION WARMUP CONNS H2_STREAMS PROFILE_SECONDS PROXY_CPU LOAD_CPU READY_TIMEOUT QUIET_TIMEOUT QUIET_PERCENT RETRIES HS_WORKERS HS_DURATION POLICY_ROUNDS; do
 	[[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a non-negative integer, got '${!n}'"
 done
 ((DURATION > 0)) || die "BENCH_DURATION must be > 0"
+((HS_DURATION > 0 && HS_WORKERS > 0)) || die "BENCH_HANDSHAKE_DURATION and BENCH_HANDSHAKE_WORKERS must be > 0"
+for n in $SUITES; do
+	[[ " proxies mtls handshake policy " == *" $n "* ]] || die "BENCH_SUITES: unknown suite '$n' (proxies, mtls, handshake, policy)"
+done
 for t in wrk h2load haproxy nginx curl taskset go; do
 	command -v "$t" >/dev/null || die "$t not found (run 'make deps')"
 done
@@ -608,7 +618,8 @@ profile_ferry() {
 	sleep 1
 	if curl -fs --max-time $((PROFILE_SECONDS + 30)) -o "$RESULTS/ferry-h1.pprof" "$url"; then
 		wait "$wrk_pid" || true
-		PROFILE_TOP=$(go tool pprof -top "$FERRY_BIN" "$RESULTS/ferry-h1.pprof" 2>&1 | head -25)
+		go tool pprof -top "$FERRY_BIN" "$RESULTS/ferry-h1.pprof" >"$TMP/ferry-h1.top" 2>&1 || true
+		PROFILE_TOP=$(head -25 "$TMP/ferry-h1.top")
 		NOTES+=("CPU profile of Ferry under h1 load (separate ${PROFILE_SECONDS}s run, not in the table): bench/results/ferry-h1.pprof")
 	else
 		wait "$wrk_pid" || true
@@ -619,6 +630,521 @@ profile_ferry() {
 }
 PROFILE_TOP=
 
+# ---------------------------------------------------------------- mesh cases (issues 4 and 6)
+# Two proxies in a row (client → A → B → backend), plaintext or mutual TLS between them; new
+# mTLS handshakes per second per core; and the cost of an access policy on Ferry's inbound.
+# Both proxies of a chain run on the proxy core (GOMAXPROCS=1 / nbthread 1 each), so their
+# CPU per request adds up to what the path costs.
+
+CHAIN_A_PORT=19111
+CHAIN_B_PORT=19112
+CHAIN_A_ADMIN=127.0.0.1:19911
+CHAIN_B_ADMIN=127.0.0.1:19912
+HAPROXY_A_PORT=19211
+HAPROXY_B_PORT=19212
+HAPROXY_B_STATS_PORT=19213
+HAPROXY_B_STATS="
+frontend stats
+    bind 127.0.0.1:$HAPROXY_B_STATS_PORT
+    stats enable
+    stats uri /stats"
+POLICY_OFF_PORT=19121
+POLICY_ON_PORT=19122
+POLICY_OFF_ADMIN=127.0.0.1:19921
+POLICY_ON_ADMIN=127.0.0.1:19922
+# The request of the policy cases: allowed by the last of the 20 rules, so that every rule
+# is evaluated, and counted by the rate limit.
+POLICY_PATH=/api/v1/orders/42
+POLICY_HEADER="x-tenant: acme-corp"
+# TLS 1.3 suites in Go's order, so that HAProxy (OpenSSL) negotiates what Ferry negotiates
+# (OpenSSL would pick TLS_AES_256_GCM_SHA384 first).
+HAPROXY_TLS13_SUITES=TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+
+STARTED_PID=
+CHAIN_PIDS=()   # the proxies measured together
+CHAIN_ROWS=()   # "label|hop|rps|cpu_a|cpu_b|cpu_sum|p50|p99|conns|other|errs"
+HS_ROWS=()      # "label|handshakes/s|server CPU µs per handshake|handshakes per CPU-second|p50|p99|tls|other|errs"
+POLICY_ROWS=()  # "round|variant|rps|cpu|p50|p99|other|errs"
+declare -A MESH_CPU
+CERTS=
+
+# make_certs: a dev CA from `ferry ca create` and two X509-SVIDs from `ferry ca issue`
+# (backend: the server side B; client: the caller side A and the handshake client), plus
+# the same certificate and key concatenated for HAProxy's crt.
+make_certs() {
+	[ -n "$CERTS" ] && return 0
+	local d=$TMP/certs n
+	mkdir -p "$d"
+	"$FERRY_BIN" ca create --dir "$d/ca" >"$d/ca.log" 2>&1 || { NOTE="ferry ca create: $(tail -2 "$d/ca.log" | tr '\n' ' ')"; return 1; }
+	for n in backend client; do
+		"$FERRY_BIN" ca issue --dir "$d/ca" --service "$n" --out "$d" >>"$d/ca.log" 2>&1 ||
+			{ NOTE="ferry ca issue: $(tail -2 "$d/ca.log" | tr '\n' ' ')"; return 1; }
+		cat "$d/$n.pem" "$d/$n-key.pem" >"$d/$n-haproxy.pem"
+	done
+	CERTS=$d
+	KEY_TYPE=$(openssl x509 -in "$d/backend.pem" -noout -text 2>/dev/null |
+		awk '/Public Key Algorithm/{a=$NF} /NIST CURVE/{c=$NF} END{print a (c ? " " c : "")}') || KEY_TYPE=unknown
+	return 0
+}
+KEY_TYPE=unknown
+
+# launch_ferry NAME CONFIG ADMIN: validate CONFIG and run Ferry on it on the proxy core;
+# sets STARTED_PID; fails (with NOTE) unless its /ready answers 200 in time.
+launch_ferry() {
+	local name=$1 cfg=$2 admin=$3 i
+	STARTED_PID=
+	[ -x "$FERRY_BIN" ] || { NOTE="$FERRY_BIN not found (run 'make build')"; return 1; }
+	"$FERRY_BIN" validate --config "$cfg" >"$cfg.validate" 2>&1 ||
+		{ NOTE="$name: $(tail -3 "$cfg.validate" | tr '\n' ' ')"; return 1; }
+	port_free "${admin##*:}" || { NOTE="port ${admin##*:} in use"; return 1; }
+	GOMAXPROCS=1 "${ON_PROXY_CPU[@]}" "$FERRY_BIN" run --config "$cfg" >"$cfg.log" 2>&1 &
+	STARTED_PID=$!
+	PIDS+=("$STARTED_PID")
+	for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+		curl -fs --max-time 1 -o /dev/null "http://$admin/ready" && return 0
+		kill -0 "$STARTED_PID" 2>/dev/null || { NOTE="$name exited: $(tail -3 "$cfg.log" | tr '\n' ' ')"; return 1; }
+		sleep 0.1
+	done
+	NOTE="$name not ready after ${READY_TIMEOUT}s: $(tail -3 "$cfg.log" | tr '\n' ' ')"
+	return 1
+}
+
+# launch_haproxy NAME CONFIG PORT: run HAProxy on CONFIG on the proxy core; sets
+# STARTED_PID; fails (with NOTE) unless PORT listens in time.
+launch_haproxy() {
+	local name=$1 cfg=$2 port=$3 i
+	STARTED_PID=
+	port_free "$port" || { NOTE="port $port in use"; return 1; }
+	"${ON_PROXY_CPU[@]}" haproxy -db -f "$cfg" >"$cfg.log" 2>&1 &
+	STARTED_PID=$!
+	PIDS+=("$STARTED_PID")
+	for ((i = 0; i < READY_TIMEOUT * 10; i++)); do
+		port_free "$port" || return 0
+		kill -0 "$STARTED_PID" 2>/dev/null || { NOTE="$name exited: $(tail -3 "$cfg.log" | tr '\n' ' ')"; return 1; }
+		sleep 0.1
+	done
+	NOTE="$name not listening on $port after ${READY_TIMEOUT}s"
+	return 1
+}
+
+# haproxy_cfg FILE FRONTEND_BIND SERVER_LINE [EXTRA]: an HAProxy configured as in
+# start_haproxy, with EXTRA (more sections) appended.
+haproxy_cfg() {
+	cat >"$1" <<EOF
+global
+    nbthread 1
+    maxconn 8192
+    ssl-default-bind-ciphersuites $HAPROXY_TLS13_SUITES
+    ssl-default-server-ciphersuites $HAPROXY_TLS13_SUITES
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+    http-reuse safe
+
+frontend fe
+    $2
+    default_backend be
+
+backend be
+    $3
+${4:-}
+EOF
+}
+
+# ferry_b_cfg FILE MODE / ferry_a_cfg FILE MODE: the server-side sidecar B (inbound to the
+# backend) and the caller-side sidecar A (outbound to B), with mTLS (MODE mtls, strict,
+# certificates from files) or without an mtls block (MODE plain: plaintext on both hops).
+ferry_b_cfg() {
+	{
+		echo "service: backend"
+		echo "admin: {address: $CHAIN_B_ADMIN}"
+		echo "inbound: {address: 127.0.0.1:$CHAIN_B_PORT, target: 127.0.0.1:$BACKEND_H1_PORT, protocol: http}"
+		if [ "$2" = mtls ]; then
+			echo "mtls: {mode: strict, source: files, cert_file: $CERTS/backend.pem, key_file: $CERTS/backend-key.pem, ca_file: $CERTS/bundle.pem}"
+		fi
+	} >"$1"
+}
+ferry_a_cfg() {
+	local tls=
+	[ "$2" = mtls ] && tls=", tls: mesh"
+	{
+		echo "service: client"
+		echo "admin: {address: $CHAIN_A_ADMIN}"
+		echo "outbound:"
+		echo "  - {upstream: backend, address: 127.0.0.1:$CHAIN_A_PORT, protocol: http}"
+		echo "upstreams:"
+		echo "  - {name: backend, endpoints: [127.0.0.1:$CHAIN_B_PORT], lb: round_robin$tls}"
+		if [ "$2" = mtls ]; then
+			echo "mtls: {mode: strict, source: files, cert_file: $CERTS/client.pem, key_file: $CERTS/client-key.pem, ca_file: $CERTS/bundle.pem}"
+		fi
+	} >"$1"
+}
+
+# start_chain PROXY MODE: start B then A for PROXY (ferry | haproxy) and MODE (plain |
+# mtls); sets CHAIN_PIDS and TARGET_PORT; fails (NOTE) unless a request goes through both.
+start_chain() {
+	local proxy=$1 mode=$2 dir=$TMP/chain-$1-$2 a b
+	mkdir -p "$dir"
+	CHAIN_PIDS=()
+	if [ "$mode" = mtls ]; then make_certs || return 1; fi
+	case $proxy in
+	ferry)
+		ferry_b_cfg "$dir/b.yaml" "$mode"
+		ferry_a_cfg "$dir/a.yaml" "$mode"
+		launch_ferry "ferry B" "$dir/b.yaml" "$CHAIN_B_ADMIN" || { [ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID"); return 1; }
+		CHAIN_PIDS+=("$STARTED_PID")
+		launch_ferry "ferry A" "$dir/a.yaml" "$CHAIN_A_ADMIN" || { [ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID"); return 1; }
+		CHAIN_PIDS+=("$STARTED_PID")
+		TARGET_PORT=$CHAIN_A_PORT
+		;;
+	haproxy)
+		b="bind 127.0.0.1:$HAPROXY_B_PORT"
+		a="server b 127.0.0.1:$HAPROXY_B_PORT"
+		if [ "$mode" = mtls ]; then
+			b+=" ssl crt $CERTS/backend-haproxy.pem ca-file $CERTS/bundle.pem verify required alpn h2,http/1.1"
+			a+=" ssl crt $CERTS/client-haproxy.pem ca-file $CERTS/bundle.pem verify required"
+		fi
+		haproxy_cfg "$dir/b.cfg" "$b" "server s1 127.0.0.1:$BACKEND_H1_PORT" "$HAPROXY_B_STATS"
+		haproxy_cfg "$dir/a.cfg" "bind 127.0.0.1:$HAPROXY_A_PORT" "$a"
+		launch_haproxy "HAProxy B" "$dir/b.cfg" "$HAPROXY_B_PORT" || { [ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID"); return 1; }
+		CHAIN_PIDS+=("$STARTED_PID")
+		launch_haproxy "HAProxy A" "$dir/a.cfg" "$HAPROXY_A_PORT" || { [ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID"); return 1; }
+		CHAIN_PIDS+=("$STARTED_PID")
+		TARGET_PORT=$HAPROXY_A_PORT
+		;;
+	esac
+	wait_http "http://127.0.0.1:$TARGET_PORT/" || {
+		NOTE="$proxy $mode chain did not answer: $(tail -2 "$dir"/*.log 2>/dev/null | tr '\n' ' ')"
+		return 1
+	}
+}
+
+stop_chain() {
+	local p
+	for p in "${CHAIN_PIDS[@]}"; do stop "$p"; done
+	CHAIN_PIDS=()
+}
+
+# tls_probe ADDR: what the server at ADDR negotiates with an OpenSSL client presenting the
+# client certificate and offering ALPN h2 and http/1.1 (as HAProxy A and Ferry A can).
+tls_probe() {
+	local out
+	command -v openssl >/dev/null || { echo "not probed (no openssl command)"; return 0; }
+	out=$(openssl s_client -connect "$1" -cert "$CERTS/client.pem" -key "$CERTS/client-key.pem" \
+		-CAfile "$CERTS/bundle.pem" -alpn h2,http/1.1 </dev/null 2>&1) || true
+	awk '/^New, /{p=$2; c=$NF} /^Server Temp Key:/{sub(/^Server Temp Key: /, ""); k=$0}
+		/^ALPN protocol:/{a=$3} /^No ALPN/{a="none"}
+		END{printf "%s %s, key exchange %s, ALPN %s", p, c, k, (a ? a : "none")}' <<<"$out"
+}
+
+# with_retries FUNC ARGS...: warm up and measure with FUNC (which sets M_OTHER and M_RES)
+# until a run is undisturbed or BENCH_RETRIES repeats are spent; keeps the least disturbed
+# run's M_RES in B_RES and its M_OTHER in B_OTHER.
+B_RES= B_OTHER=0 M_RES=
+with_retries() {
+	local f=$1 attempt
+	shift
+	B_OTHER=-1
+	for ((attempt = 0; attempt <= RETRIES; attempt++)); do
+		"$f" warm "$@"
+		wait_quiet
+		"$f" measure "$@"
+		if ((B_OTHER < 0 || M_OTHER < B_OTHER)); then B_OTHER=$M_OTHER B_RES=$M_RES; fi
+		((M_OTHER > QUIET_PERCENT)) || break
+		((attempt < RETRIES)) && log "other processes used ${M_OTHER}% of a core during the run; repeating it"
+	done
+	return 0
+}
+
+# other_pct S0 S1 T0 T1 OWN_TICKS: CPU used during a run by everything but our processes,
+# in % of one core.
+other_pct() {
+	awk -v d=$((($2 - $1) - $5)) -v t="$TCK" -v ns=$(($4 - $3)) \
+		'BEGIN {v = d / t / (ns / 1e9) * 100; if (v < 0) v = 0; printf "%.0f", v}'
+}
+
+# b_accepted: connections proxy B of the running chain has accepted so far (Ferry:
+# ferry_downstream_connections_total; HAProxy: its frontend's stot in the stats CSV), or -.
+ACCEPTED_OF=
+b_accepted() {
+	case $ACCEPTED_OF in
+	ferry) curl -fs --max-time 2 "http://$CHAIN_B_ADMIN/metrics" |
+		awk '/^ferry_downstream_connections_total/{s += $NF} END{printf "%d\n", s}' || echo - ;;
+	haproxy) curl -fs --max-time 2 "http://127.0.0.1:$HAPROXY_B_STATS_PORT/stats;csv" |
+		awk -F, '$1 == "fe" && $2 == "FRONTEND" {print $8}' || echo - ;;
+	*) echo - ;;
+	esac
+}
+
+# wrk_on_chain warm|measure OUT URL [wrk options...]: one wrk run through the proxies in
+# CHAIN_PIDS; measure sets M_RES "rps|cpu_1 cpu_2 …|cpu_sum|p50|p99|errs" (CPU µs/req).
+wrk_on_chain() {
+	local phase=$1 out=$2 url=$3 p bpids t0 t1 s0 s1 b0 b1 l0 l1 own cpu sum=0 parts= acc0 acc1 acc=-
+	shift 3
+	if [ "$phase" = warm ]; then
+		((WARMUP > 0)) && { "${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP"s "$@" "$url" >"$out.warm" 2>&1 || true; }
+		return 0
+	fi
+	local -a c0=() c1=()
+	bpids=$(tree_pids "$BACKEND_PID")
+	acc0=$(b_accepted)
+	t0=$(date +%s%N) s0=$(busy_ticks) b0=$(cpu_ticks $bpids) l0=$(child_ticks)
+	for p in "${CHAIN_PIDS[@]}"; do c0+=("$(cpu_ticks $(tree_pids "$p"))"); done
+	"${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"$DURATION"s --latency "$@" "$url" >"$out" 2>&1 || true
+	for p in "${CHAIN_PIDS[@]}"; do c1+=("$(cpu_ticks $(tree_pids "$p"))"); done
+	l1=$(child_ticks) b1=$(cpu_ticks $bpids) s1=$(busy_ticks) t1=$(date +%s%N)
+	acc1=$(b_accepted)
+	[[ $acc0 =~ ^[0-9]+$ && $acc1 =~ ^[0-9]+$ ]] && acc=$((acc1 - acc0))
+	parse_wrk "$out"
+	own=$(((b1 - b0) + (l1 - l0)))
+	for p in "${!c0[@]}"; do
+		own=$((own + c1[p] - c0[p]))
+		cpu=$(awk -v d=$((c1[p] - c0[p])) -v t="$TCK" -v n="$REQS" 'BEGIN {printf "%.1f", (n > 0 ? d / t * 1e6 / n : 0)}')
+		parts+="${parts:+ }$cpu"
+		sum=$((sum + c1[p] - c0[p]))
+	done
+	M_OTHER=$(other_pct "$s0" "$s1" "$t0" "$t1" "$own")
+	cpu=$(awk -v d="$sum" -v t="$TCK" -v n="$REQS" 'BEGIN {printf "%.1f", (n > 0 ? d / t * 1e6 / n : 0)}')
+	M_RES="$RPS|$parts|$cpu|$P50|$P99|$ERRS|$REQS|$acc"
+}
+
+# chain_case LABEL PROXY MODE: one row of the two-hop table.
+chain_case() {
+	local label=$1 proxy=$2 mode=$3 hop rps parts cpu p50 p99 errs reqs a b conns
+	NOTE=
+	case $proxy/$mode in
+	direct/*) hop="-" ;;
+	ferry/plain | haproxy/plain) hop="HTTP/1.1, plaintext" ;;
+	ferry/mtls) hop="HTTP/1.1 over TLS (ALPN http/1.1)" ;;
+	haproxy/mtls) hop="HTTP/1.1 over TLS (no ALPN)" ;;
+	esac
+	if [ "$proxy" = direct ]; then
+		CHAIN_PIDS=()
+		TARGET_PORT=$BACKEND_H1_PORT
+	elif ! start_chain "$proxy" "$mode"; then
+		log "$label: skipped: $NOTE"
+		NOTES+=("$label: not measured: $NOTE")
+		CHAIN_ROWS+=("$label|$hop|-|-|-|-|-|-|-|-|-")
+		stop_chain
+		return 0
+	fi
+	log "$label: warm-up ${WARMUP}s, then ${DURATION}s"
+	ACCEPTED_OF=$proxy
+	with_retries wrk_on_chain "$TMP/chain-$proxy-$mode.out" "http://127.0.0.1:$TARGET_PORT/"
+	ACCEPTED_OF=
+	# conns: connections B accepted during the measured run; with A reusing its connections
+	# to B this stays near the number of client connections, with churn it nears requests.
+	IFS='|' read -r rps parts cpu p50 p99 errs reqs conns <<<"$B_RES"
+	read -r a b <<<"$parts"
+	[ "$proxy" = direct ] && a=- b=- cpu=- conns=-
+	if [ "${reqs:-0}" -eq 0 ]; then
+		NOTES+=("$label: no request completed")
+		CHAIN_ROWS+=("$label|$hop|0|-|-|-|-|-|-|$B_OTHER|-")
+		stop_chain
+		return 0
+	fi
+	((errs > 0)) && NOTES+=("$label: $errs errors or non-2xx responses")
+	((B_OTHER > QUIET_PERCENT)) && NOTES+=("$label: other processes used ${B_OTHER}% of a core during the run; its numbers may be disturbed")
+	MESH_CPU[$proxy/$mode]=$cpu
+	CHAIN_ROWS+=("$label|$hop|$rps|${a:--}|${b:--}|$cpu|$p50|$p99|$conns|$B_OTHER|$errs")
+	log "$label: $rps req/s, CPU A $a + B $b = $cpu µs/req, p99 $p99 ms"
+	if [ "$proxy/$mode" = ferry/mtls ] && [ "$PROFILE" = 1 ]; then
+		profile_during "$TMP/prof-mtls.out" "$CHAIN_A_ADMIN=ferry-mtls-a" "$CHAIN_B_ADMIN=ferry-mtls-b" -- \
+			"${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d$((PROFILE_SECONDS + 2))s "http://127.0.0.1:$TARGET_PORT/"
+	fi
+	if [ "$mode" = mtls ] && [ "$proxy" != direct ]; then
+		TLS_SEEN[$proxy]=$(tls_probe "127.0.0.1:$([ "$proxy" = ferry ] && echo $CHAIN_B_PORT || echo $HAPROXY_B_PORT)")
+	fi
+	stop_chain
+}
+declare -A TLS_SEEN
+
+# profile_during OUT ADMIN=NAME... -- LOAD COMMAND...: run the load command while the
+# admin servers' pprof endpoints record CPU profiles (kept out of the measured numbers);
+# saves bench/results/NAME.pprof and adds its top lines to PROFILE_TOPS.
+PROFILE_TOPS=
+profile_during() {
+	local out=$1 spec name admin load_pid
+	local -a specs=() curls=()
+	shift
+	while [ "$1" != -- ]; do specs+=("$1"); shift; done
+	shift
+	mkdir -p "$RESULTS"
+	"$@" >"$out" 2>&1 &
+	load_pid=$!
+	sleep 1
+	for spec in "${specs[@]}"; do
+		admin=${spec%%=*} name=${spec#*=}
+		curl -fs --max-time $((PROFILE_SECONDS + 30)) -o "$RESULTS/$name.pprof" \
+			"http://$admin/debug/pprof/profile?seconds=$PROFILE_SECONDS" &
+		curls+=($!)
+	done
+	for spec in "${!curls[@]}"; do
+		name=${specs[spec]#*=}
+		if wait "${curls[spec]}"; then
+			PROFILE_TOPS+=$'\n'"go tool pprof -top bench/results/$name.pprof (first 20 lines):"$'\n```\n'
+			go tool pprof -top "$FERRY_BIN" "$RESULTS/$name.pprof" >"$out.$name.top" 2>&1 || true
+			PROFILE_TOPS+="$(head -20 "$out.$name.top")"$'\n```\n'
+			NOTES+=("CPU profile ($name, separate ${PROFILE_SECONDS}s run, not in the tables): bench/results/$name.pprof")
+		else
+			rm -f "$RESULTS/$name.pprof"
+			NOTES+=("BENCH_PROFILE=1: no $name profile (${specs[spec]%%=*} did not answer)")
+		fi
+	done
+	wait "$load_pid" || true
+}
+
+# hs_run warm|measure OUT ADDR: the handshake tool against ADDR (the server in
+# CHAIN_PIDS); measure sets M_RES "handshakes/s|µs server CPU per handshake|handshakes per
+# server CPU-second|p50|p99|tls|errors|handshakes".
+hs_run() {
+	local phase=$1 out=$2 addr=$3 secs=$HS_DURATION p bpids t0 t1 s0 s1 b0 b1 l0 l1 c0 c1 pids line
+	[ "$phase" = warm ] && secs=1
+	local cmd=("${ON_LOAD_CPU[@]}" "$TMP/handshake" -addr "$addr" -cert "$CERTS/client.pem" -key "$CERTS/client-key.pem"
+		-ca "$CERTS/bundle.pem" -workers "$HS_WORKERS" -duration "${secs}s" -curves "$HS_CURVES")
+	if [ "$phase" = warm ]; then
+		"${cmd[@]}" >"$out.warm" 2>&1 || true
+		return 0
+	fi
+	pids=$(for p in "${CHAIN_PIDS[@]}"; do tree_pids "$p"; done)
+	bpids=$(tree_pids "$BACKEND_PID")
+	t0=$(date +%s%N) s0=$(busy_ticks) b0=$(cpu_ticks $bpids) l0=$(child_ticks) c0=$(cpu_ticks $pids)
+	"${cmd[@]}" >"$out" 2>"$out.err" || true
+	c1=$(cpu_ticks $pids) l1=$(child_ticks) b1=$(cpu_ticks $bpids) s1=$(busy_ticks) t1=$(date +%s%N)
+	M_OTHER=$(other_pct "$s0" "$s1" "$t0" "$t1" $(((c1 - c0) + (b1 - b0) + (l1 - l0))))
+	line=$(grep '^handshakes=' "$out" || true)
+	kv() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$line"; }
+	local n rate errs
+	n=$(kv handshakes) rate=$(kv rate) errs=$(kv errors)
+	n=${n:-0}
+	M_RES="${rate:-0}|$(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="$n" 'BEGIN {printf "%.0f", (n > 0 ? d / t * 1e6 / n : 0)}')"
+	M_RES+="|$(awk -v d=$((c1 - c0)) -v t="$TCK" -v n="$n" 'BEGIN {printf "%.0f", (d > 0 ? n / (d / t) : 0)}')"
+	M_RES+="|$(kv p50_ms)|$(kv p99_ms)|$(kv version) $(kv cipher) $(kv curve), ALPN $(kv alpn), resumed $(kv resumed)|${errs:-?}|$n"
+	[ -s "$out.err" ] && NOTES+=("handshake tool against $addr: $(head -c 300 "$out.err" | tr '\n' ' ')")
+	return 0
+}
+
+# hs_case LABEL PROXY: start only B (ferry | haproxy) with mTLS and measure handshakes.
+hs_case() {
+	local label=$1 proxy=$2 dir=$TMP/hs-$2 addr rate us per p50 p99 tls errs n
+	NOTE=
+	mkdir -p "$dir"
+	CHAIN_PIDS=()
+	if ! make_certs; then
+		NOTES+=("$label: not measured: $NOTE")
+		HS_ROWS+=("$label|-|-|-|-|-|-|-|-")
+		return 0
+	fi
+	case $proxy in
+	ferry)
+		ferry_b_cfg "$dir/b.yaml" mtls
+		launch_ferry "ferry B" "$dir/b.yaml" "$CHAIN_B_ADMIN" && addr=127.0.0.1:$CHAIN_B_PORT
+		;;
+	haproxy)
+		haproxy_cfg "$dir/b.cfg" "bind 127.0.0.1:$HAPROXY_B_PORT ssl crt $CERTS/backend-haproxy.pem ca-file $CERTS/bundle.pem verify required alpn h2,http/1.1" \
+			"server s1 127.0.0.1:$BACKEND_H1_PORT"
+		launch_haproxy "HAProxy B" "$dir/b.cfg" "$HAPROXY_B_PORT" && addr=127.0.0.1:$HAPROXY_B_PORT
+		;;
+	esac
+	[ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID")
+	if [ -z "${addr:-}" ]; then
+		log "$label: skipped: $NOTE"
+		NOTES+=("$label: not measured: $NOTE")
+		HS_ROWS+=("$label|-|-|-|-|-|-|-|-")
+		stop_chain
+		return 0
+	fi
+	log "$label: ${HS_DURATION}s of new mTLS connections, $HS_WORKERS workers"
+	with_retries hs_run "$dir/hs.out" "$addr"
+	IFS='|' read -r rate us per p50 p99 tls errs n <<<"$B_RES"
+	((B_OTHER > QUIET_PERCENT)) && NOTES+=("$label: other processes used ${B_OTHER}% of a core during the run; its numbers may be disturbed")
+	[ "$errs" != 0 ] && NOTES+=("$label: $errs failed connections")
+	MESH_CPU[hs/$proxy]=$us
+	HS_ROWS+=("$label|$rate|$us|$per|$p50|$p99|$tls|$B_OTHER|$errs")
+	log "$label: $rate handshakes/s, $us µs server CPU per handshake ($per per CPU-second), $tls"
+	if [ "$proxy" = ferry ] && [ "$PROFILE" = 1 ]; then
+		profile_during "$dir/prof.out" "$CHAIN_B_ADMIN=ferry-handshake" -- "${ON_LOAD_CPU[@]}" "$TMP/handshake" -addr "$addr" \
+			-cert "$CERTS/client.pem" -key "$CERTS/client-key.pem" -ca "$CERTS/bundle.pem" -workers "$HS_WORKERS" \
+			-duration "$((PROFILE_SECONDS + 2))s" -curves "$HS_CURVES"
+	fi
+	stop_chain
+}
+
+# policy_cfg FILE PORT ADMIN on|off: Ferry's inbound (plaintext) to the backend, with
+# (on) or without (off) a policy block of 20 access rules and a rate limit that never
+# triggers.
+policy_cfg() {
+	{
+		echo "service: api"
+		echo "admin: {address: $3}"
+		echo "inbound: {address: 127.0.0.1:$2, target: 127.0.0.1:$BACKEND_H1_PORT, protocol: http}"
+		[ "$4" = on ] && cat "$ROOT/bench/policy-20-rules.yaml"
+		return 0
+	} >"$1"
+}
+
+# status_of URL [curl options...]: the HTTP status of one GET.
+status_of() { curl -s -o /dev/null --max-time 2 -w '%{http_code}' "$@" || true; }
+
+# policy_cases: two Ferry processes side by side (no policy / the policy), measured in
+# alternation BENCH_POLICY_ROUNDS times so that drift on the shared machine hits both alike.
+policy_cases() {
+	local dir=$TMP/policy r v port admin pid_off pid_on s rps cpu p50 p99 errs reqs parts
+	mkdir -p "$dir"
+	NOTE=
+	CHAIN_PIDS=()
+	policy_cfg "$dir/off.yaml" "$POLICY_OFF_PORT" "$POLICY_OFF_ADMIN" off
+	policy_cfg "$dir/on.yaml" "$POLICY_ON_PORT" "$POLICY_ON_ADMIN" on
+	if ! launch_ferry "ferry (no policy)" "$dir/off.yaml" "$POLICY_OFF_ADMIN"; then
+		NOTES+=("policy cost: not measured: $NOTE")
+		[ -n "$STARTED_PID" ] && stop "$STARTED_PID"
+		return 0
+	fi
+	pid_off=$STARTED_PID
+	if ! launch_ferry "ferry (policy)" "$dir/on.yaml" "$POLICY_ON_ADMIN"; then
+		NOTES+=("policy cost: not measured: $NOTE")
+		stop "$pid_off"
+		[ -n "$STARTED_PID" ] && stop "$STARTED_PID"
+		return 0
+	fi
+	pid_on=$STARTED_PID
+	# The policy must really be in force: the measured request is allowed, others denied.
+	s="$(status_of -H "$POLICY_HEADER" "http://127.0.0.1:$POLICY_ON_PORT$POLICY_PATH")"
+	s+=" $(status_of "http://127.0.0.1:$POLICY_ON_PORT$POLICY_PATH")"
+	s+=" $(status_of -H "$POLICY_HEADER" "http://127.0.0.1:$POLICY_ON_PORT/admin/x")"
+	s+=" $(status_of -H "$POLICY_HEADER" "http://127.0.0.1:$POLICY_OFF_PORT$POLICY_PATH")"
+	if [ "$s" != "200 403 403 200" ]; then
+		NOTES+=("policy cost: not measured: the policy did not decide as expected (statuses $s, want 200 403 403 200)")
+		stop "$pid_off"
+		stop "$pid_on"
+		return 0
+	fi
+	for ((r = 1; r <= POLICY_ROUNDS; r++)); do
+		for v in off on; do
+			if [ $v = off ]; then CHAIN_PIDS=("$pid_off") port=$POLICY_OFF_PORT; else CHAIN_PIDS=("$pid_on") port=$POLICY_ON_PORT; fi
+			log "policy $v (round $r): warm-up ${WARMUP}s, then ${DURATION}s"
+			with_retries wrk_on_chain "$dir/$v-$r.out" "http://127.0.0.1:$port$POLICY_PATH" -H "$POLICY_HEADER"
+			IFS='|' read -r rps parts cpu p50 p99 errs reqs _ <<<"$B_RES"
+			((${errs:-0} > 0)) && NOTES+=("policy $v round $r: $errs errors or non-2xx responses (a 429 would mean the rate limit triggered)")
+			((B_OTHER > QUIET_PERCENT)) && NOTES+=("policy $v round $r: other processes used ${B_OTHER}% of a core during the run")
+			POLICY_ROWS+=("$r|$v|$rps|$cpu|$p50|$p99|$B_OTHER|$errs")
+			log "policy $v (round $r): $rps req/s, $cpu µs/req"
+		done
+	done
+	CHAIN_PIDS=()
+	if [ "$PROFILE" = 1 ]; then
+		profile_during "$dir/prof.out" "$POLICY_ON_ADMIN=ferry-policy" -- "${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" \
+			-d$((PROFILE_SECONDS + 2))s -H "$POLICY_HEADER" "http://127.0.0.1:$POLICY_ON_PORT$POLICY_PATH"
+	fi
+	stop "$pid_off"
+	stop "$pid_on"
+}
+
 # ---------------------------------------------------------------- main
 
 want() { [[ " $1 " == *" $2 "* ]]; }
@@ -628,6 +1154,7 @@ log "backend: $BACKEND_KIND; ${DURATION}s per case after ${WARMUP}s warm-up; $CO
 start_backend
 
 for proto in h1 h2c; do
+	want "$SUITES" proxies || continue
 	want "$PROTOCOLS" "$proto" || continue
 	want "$PROXIES" direct && run_case "$proto" "direct" direct "$proto"
 	if want "$PROXIES" haproxy; then
@@ -668,7 +1195,95 @@ for proto in h1 h2c; do
 	fi
 done
 
+if want "$SUITES" mtls || want "$SUITES" handshake; then
+	go build -o "$TMP/handshake" ./bench/handshake || die "cannot build bench/handshake"
+fi
+if want "$SUITES" mtls; then
+	for proxy in $MTLS_PROXIES; do
+		case $proxy in
+		direct) chain_case "direct (no proxy)" direct - ;;
+		haproxy)
+			chain_case "HAProxy → HAProxy, plaintext" haproxy plain
+			chain_case "HAProxy → HAProxy, mTLS" haproxy mtls
+			;;
+		ferry)
+			chain_case "Ferry → Ferry, plaintext" ferry plain
+			chain_case "Ferry → Ferry, mTLS" ferry mtls
+			;;
+		*) die "BENCH_MTLS_PROXIES: unknown path '$proxy' (direct, haproxy, ferry)" ;;
+		esac
+	done
+fi
+if want "$SUITES" handshake; then
+	for proxy in $MTLS_PROXIES; do
+		case $proxy in
+		haproxy) hs_case "HAProxy (bind ssl … verify required)" haproxy ;;
+		ferry) hs_case "Ferry inbound (mtls.mode: strict)" ferry ;;
+		esac
+	done
+fi
+want "$SUITES" policy && policy_cases
+
 # ---------------------------------------------------------------- report
+
+# mesh_report: the tables of the two-hop, handshake and policy cases (markdown on stdout).
+mesh_report() {
+	local r label hop rps a b cpu p50 p99 conns other errs rel f h us per tls round v n sum
+	if ((${#CHAIN_ROWS[@]})); then
+		echo "Two hops (client → proxy A → proxy B → backend), HTTP/1.1 from wrk, both proxies on CPU $PROXY_CPU, CPU µs per request:"
+		echo
+		echo "| path | A → B | requests/s | CPU A | CPU B | CPU A+B µs/req | vs HAProxy, same hop | p50 ms | p99 ms | connections B accepted | other load % | errors |"
+		echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+		for r in "${CHAIN_ROWS[@]}"; do
+			IFS='|' read -r label hop rps a b cpu p50 p99 conns other errs <<<"$r"
+			rel=-
+			case $label in
+			Ferry*plaintext) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/plain]:-}") ;;
+			Ferry*mTLS) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/mtls]:-}") ;;
+			HAProxy*) [ "$cpu" != - ] && rel=1.00× ;;
+			esac
+			echo "| $label | $hop | $rps | $a | $b | $cpu | $rel | $p50 | $p99 | $conns | $other | $errs |"
+		done
+		echo
+		for v in haproxy ferry; do
+			f=${MESH_CPU[$v/mtls]:-} h=${MESH_CPU[$v/plain]:-}
+			if [ -n "$f" ] && [ -n "$h" ]; then
+				awk -v m="$f" -v p="$h" -v n="$v" 'BEGIN {printf "mTLS between the proxies costs %s %+.1f µs per request (%.2f× its plaintext two hops).\n\n", (n == "ferry" ? "Ferry" : "HAProxy"), m - p, m / p}'
+			fi
+		done
+		for v in ferry haproxy; do
+			[ -n "${TLS_SEEN[$v]:-}" ] && echo "TLS that proxy B ($v) negotiates with an OpenSSL client offering h2 and http/1.1 (openssl s_client): ${TLS_SEEN[$v]}."
+		done
+		echo
+	fi
+	if ((${#HS_ROWS[@]})); then
+		echo "New mutual-TLS connections: bench/handshake, $HS_WORKERS workers for ${HS_DURATION}s, each connection a full handshake with a client certificate ($KEY_TYPE certificates from \`ferry ca issue\` on both servers; no session cache, no tickets; client groups $HS_CURVES), one GET, close. Server alone on CPU $PROXY_CPU (GOMAXPROCS=1 / nbthread 1), client and backend on CPU $LOAD_CPU:"
+		echo
+		echo "| server | handshakes/s | server CPU µs per handshake | handshakes per server CPU-second | p50 ms | p99 ms | negotiated (Go client) | other load % | errors |"
+		echo "|---|--:|--:|--:|--:|--:|---|--:|--:|"
+		for r in "${HS_ROWS[@]}"; do
+			IFS='|' read -r label rps us per p50 p99 tls other errs <<<"$r"
+			echo "| $label | $rps | $us | $per | $p50 | $p99 | $tls | $other | $errs |"
+		done
+		echo
+		f=${MESH_CPU[hs/ferry]:-} h=${MESH_CPU[hs/haproxy]:-}
+		[ -n "$f" ] && [ -n "$h" ] && echo "Ferry/HAProxy server CPU per new mTLS connection: **$(ratio "$f" "$h")** ($f vs $h µs)." && echo
+	fi
+	if ((${#POLICY_ROWS[@]})); then
+		echo "Policy cost: Ferry's plaintext inbound (client → inbound → backend), GET $POLICY_PATH with \`$POLICY_HEADER\`, without a policy block and with 20 access rules (8 deny, 12 allow, default deny; the request is allowed by the last rule) and a client_ip rate limit that never triggers; the two processes measured in alternation:"
+		echo
+		echo "| round | policy | requests/s | proxy CPU µs/req | p50 ms | p99 ms | other load % | errors |"
+		echo "|--:|---|--:|--:|--:|--:|--:|--:|"
+		for r in "${POLICY_ROWS[@]}"; do
+			IFS='|' read -r round v rps cpu p50 p99 other errs <<<"$r"
+			echo "| $round | $v | $rps | $cpu | $p50 | $p99 | $other | $errs |"
+		done
+		echo
+		printf '%s\n' "${POLICY_ROWS[@]}" | awk -F'|' '$4 ~ /^[0-9.]+$/ {s[$2] += $4; n[$2]++}
+			END {if (n["on"] && n["off"]) printf "Policy cost per request: **%+.1f %%** (mean %.1f vs %.1f µs over %d rounds).\n\n", (s["on"] / n["on"] / (s["off"] / n["off"]) - 1) * 100, s["on"] / n["on"], s["off"] / n["off"], n["on"]}'
+	fi
+	return 0
+}
 
 ratio() { # ratio A B: A/B with two decimals, or "-"
 	if [[ ${1:-} =~ ^[0-9.]+$ && ${2:-} =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN {exit !(b > 0)}'; then
@@ -706,8 +1321,8 @@ overrides=${overrides% }
 	echo "Versions: HAProxy $ver_haproxy, nginx $ver_nginx, wrk $ver_wrk, h2load $ver_h2load, $ver_go, ferry: $ver_ferry."
 	echo "Environment overrides: ${overrides:-none}"
 	echo
-	echo "| protocol | path | requests/s | proxy CPU µs/req | CPU/req vs HAProxy | p50 ms | p99 ms | proxy peak RSS MiB | backend CPU µs/req | other load % | errors |"
-	echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+	((${#ROWS[@]})) && echo "| protocol | path | requests/s | proxy CPU µs/req | CPU/req vs HAProxy | p50 ms | p99 ms | proxy peak RSS MiB | backend CPU µs/req | other load % | errors |"
+	((${#ROWS[@]})) && echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 	for r in "${ROWS[@]}"; do
 		IFS='|' read -r proto label rps cpu p50 p99 rss bcpu other errs <<<"$r"
 		rel=-
@@ -723,6 +1338,7 @@ overrides=${overrides% }
 			echo
 		fi
 	done
+	mesh_report
 	if ((${#NOTES[@]})); then
 		echo "Notes:"
 		for n in "${NOTES[@]}"; do echo "- $n"; done
@@ -733,6 +1349,7 @@ overrides=${overrides% }
 mkdir -p "$RESULTS"
 cp "$TMP/report.md" "$RESULTS/latest.md"
 cat "$TMP/report.md"
+[ -n "$PROFILE_TOPS" ] && echo "$PROFILE_TOPS"
 if [ -n "$PROFILE_TOP" ]; then
 	echo "go tool pprof -top bench/results/ferry-h1.pprof (first 25 lines):"
 	echo '```'
