@@ -354,7 +354,7 @@ func (s *Sidecar) applyLocked(cfg *config.Config) error {
 		} else {
 			d.key, d.httpOpt = httpKey(in.Listener, s.log)
 			t := s.transport(transports, inboundUpstream, l7.TransportOptions{
-				Protocol: l7.ProtocolAuto, ConnectTimeout: in.ConnectTimeout.D(),
+				Protocol: in.TargetProtocol, ConnectTimeout: in.ConnectTimeout.D(),
 				IdleTimeout: 90 * time.Second, MaxIdleConnsPerHost: 1024})
 			rb.local = l7.Target{Name: cfg.Service, Upstream: u, Transport: t, RequestTimeout: in.RequestTimeout.D()}
 			routes, err := rb.inboundRouting(pol)

@@ -605,6 +605,30 @@ upstreams:
 			},
 		},
 		{
+			name: "inbound target_protocol",
+			doc: `
+service: web
+inbound: {address: 127.0.0.1:21000, target: 127.0.0.1:8080, target_protocol: http3}
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+`,
+			want: []string{
+				`ferry.yaml:2: inbound.target_protocol: unknown protocol "http3" (want auto, http1 or http2)`,
+			},
+		},
+		{
+			name: "inbound target_protocol on tcp",
+			doc: `
+service: db
+inbound: {address: 127.0.0.1:21000, target: 127.0.0.1:5432, protocol: tcp, target_protocol: http1}
+outbound: []
+upstreams: []
+`,
+			want: []string{
+				`ferry.yaml:2: inbound.target_protocol: target_protocol applies to http listeners only`,
+			},
+		},
+		{
 			name: "missing service, names and targets",
 			doc: `
 inbound:

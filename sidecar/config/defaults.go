@@ -156,6 +156,9 @@ func applyDefaults(c *Config, l *locator) {
 		listener(&in.Listener, p)
 		dur(&in.ConnectTimeout, p.with("connect_timeout"), DefaultConnectTimeout)
 		routeDefaults(&in.Routes)
+		if in.TargetProtocol == "" && in.Protocol != ProtocolTCP {
+			in.TargetProtocol = ProtocolAuto
+		}
 	}
 	for i := range c.Outbound {
 		listener(&c.Outbound[i].Listener, l.outbound(i))

@@ -90,6 +90,12 @@ type Inbound struct {
 	Listener `yaml:",inline" json:",inline"`
 	// Target is host:port of the local application.
 	Target string `yaml:"target" json:"target"`
+	// TargetProtocol is how HTTP is spoken to Target: "auto" (the caller's protocol: an
+	// HTTP/2 caller, such as a gRPC client's sidecar, reaches the application over h2c;
+	// the default), "http1" (for an application that speaks only HTTP/1.1: HTTP/2
+	// callers are served, and their requests forwarded as HTTP/1.1), or "http2" (h2c
+	// with prior knowledge). HTTP listeners only.
+	TargetProtocol string `yaml:"target_protocol" json:"target_protocol,omitempty"`
 	// ConnectTimeout bounds dialing the application. Default 1s.
 	ConnectTimeout Duration `yaml:"connect_timeout" json:"connect_timeout"`
 	// RequestTimeout bounds the time from sending a request to the application until its

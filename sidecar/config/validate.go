@@ -54,6 +54,15 @@ func validate(c *Config, col *collector) {
 		checkAddress(col, p.with("target"), "target", in.Target, false)
 		positive(col, p.with("connect_timeout"), in.ConnectTimeout)
 		notNegative(col, p.with("request_timeout"), in.RequestTimeout)
+		switch in.TargetProtocol {
+		case ProtocolAuto, ProtocolHTTP1, ProtocolHTTP2:
+			if in.Protocol == ProtocolTCP {
+				col.add(p.with("target_protocol"), "target_protocol applies to http listeners only")
+			}
+		case "":
+		default:
+			col.add(p.with("target_protocol"), "unknown protocol %q (want %s, %s or %s)", in.TargetProtocol, ProtocolAuto, ProtocolHTTP1, ProtocolHTTP2)
+		}
 	}
 
 	names := make(map[string]int) // upstream name → decoded index
