@@ -350,7 +350,7 @@ func TestIngressTCP(t *testing.T) {
 	ferrytest.CheckLeaks(t)
 	ca := newCA(t)
 	cert := ca.issue("db", "db.example")
-	echo := startEcho(t)
+	echo := ferrytest.StartEcho(t)
 	addr, admin := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
 	f := startFerry(t, admin, fmt.Sprintf(`service: web
 admin: {address: %s}

@@ -214,33 +214,6 @@ func (a *app) seen() seen {
 	return a.last
 }
 
-// startEcho runs a TCP echo server until the test ends.
-func startEcho(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			})
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
 // get sends GET url with header and returns the status and the body; a transport error
 // is status 0 with the error as body.
 func get(c *http.Client, url string, header http.Header) (int, string, *http.Response) {

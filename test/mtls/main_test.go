@@ -188,33 +188,6 @@ func (a *app) seen() ([]string, string) {
 	return a.xfcc, a.proto
 }
 
-// startEcho runs a TCP echo server until the test ends.
-func startEcho(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				_, _ = io.Copy(c, c)
-			})
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
 // mesh is a client-side sidecar (service web) and a server-side sidecar (service api) in
 // front of an app.
 type mesh struct {

@@ -124,7 +124,7 @@ func TestH2AndGRPCOverMTLS(t *testing.T) {
 // plaintext client of the server-side TCP listener gets nothing through.
 func TestTCPOverMTLS(t *testing.T) {
 	p := ferrytest.NewPKI(t)
-	echo := startEcho(t)
+	echo := ferrytest.StartEcho(t)
 	apiCerts := p.Issue("db")
 	webCerts := p.Issue("web")
 	inbound, outbound := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
