@@ -2,20 +2,17 @@ package mtls
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
-// Defaults for FileOptions.
+// Defaults for FileOptions and FileWatchOptions.
 const (
 	DefaultPollInterval = 30 * time.Second
 	DefaultDebounce     = 100 * time.Millisecond
@@ -45,30 +42,25 @@ type FileOptions struct {
 // and reads them again whenever they change. Changes are noticed by watching the files'
 // directories with fsnotify, which covers in-place writes, editors that write a new file
 // and rename it over the old one, and Kubernetes' atomic swap of a `..data` symlink;
-// a periodic re-stat catches anything missed. A change that does not load (a corrupt or
+// a periodic re-stat catches anything missed (see FileWatcher). A change that does not load (a corrupt or
 // mismatched file, or one half of a rotation written before the other) is logged and
 // recorded in Status; the previous material stays in force until a good set of files
 // appears. All methods are safe to call concurrently.
 type FileSource struct {
 	*Store
-	opts FileOptions
-	log  *slog.Logger
+	opts  FileOptions
+	log   *slog.Logger
+	watch *FileWatcher
 
-	watcher *fsnotify.Watcher
-	cancel  context.CancelFunc
-	done    chan struct{}
-	once    sync.Once
-
-	mu      sync.Mutex // serializes reloads; guards the fields below
-	tried   [3][]byte  // contents of the last attempt, to skip unchanged files
-	stats   [3]os.FileInfo
-	watched map[string]bool
+	mu    sync.Mutex // serializes reloads; guards tried
+	tried [3][]byte  // contents of the last attempt, to skip unchanged files
 }
 
 var _ Source = (*FileSource)(nil)
 
 // NewFileSource reads the files once and starts watching them. It fails only for
-// invalid options or when change notifications cannot be set up; if the first read
+// invalid options, or when change notifications cannot be set up and polling is
+// disabled (with polling, it logs that and relies on polling); if the first read
 // fails, the error is logged and Current reports it until good files appear.
 func NewFileSource(opts FileOptions) (*FileSource, error) {
 	if opts.CertFile == "" || opts.KeyFile == "" || opts.CAFile == "" {
@@ -77,35 +69,23 @@ func NewFileSource(opts FileOptions) (*FileSource, error) {
 	if opts.Source == "" {
 		opts.Source = "files"
 	}
-	if opts.PollInterval == 0 {
-		opts.PollInterval = DefaultPollInterval
-	}
-	if opts.Debounce <= 0 {
-		opts.Debounce = DefaultDebounce
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	w, err := fsnotify.NewWatcher()
+	log = log.With("source", opts.Source)
+	paths := []string{opts.CertFile, opts.KeyFile, opts.CAFile}
+	// The watcher applies the defaults of PollInterval and Debounce.
+	w, err := NewFileWatcher(FileWatchOptions{Paths: func() []string { return paths },
+		PollInterval: opts.PollInterval, Debounce: opts.Debounce, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("mtls: watching certificate files: %w", err)
+		return nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	f := &FileSource{
-		Store:   NewStore(opts.Source),
-		opts:    opts,
-		log:     log.With("source", opts.Source),
-		watcher: w,
-		cancel:  cancel,
-		done:    make(chan struct{}),
-		watched: map[string]bool{},
-	}
-	f.mu.Lock()
-	f.updateWatchesLocked()
-	f.mu.Unlock()
+	f := &FileSource{Store: NewStore(opts.Source), opts: opts, log: log, watch: w}
+	// The watcher is set up before the first read, so that a change made during it
+	// is reported once the watcher starts.
 	_ = f.reload("start")
-	go f.run(ctx)
+	w.Start(func(why string) { _ = f.reload(why) })
 	return f, nil
 }
 
@@ -114,108 +94,10 @@ func NewFileSource(opts FileOptions) (*FileSource, error) {
 func (f *FileSource) Reload() error { return f.reload("request") }
 
 // Close stops watching the files and waits for the watcher to finish.
-func (f *FileSource) Close() error {
-	var err error
-	f.once.Do(func() {
-		f.cancel()
-		err = f.watcher.Close()
-		<-f.done
-	})
-	return err
-}
+func (f *FileSource) Close() error { return f.watch.Close() }
 
 func (f *FileSource) paths() [3]string {
 	return [3]string{f.opts.CertFile, f.opts.KeyFile, f.opts.CAFile}
-}
-
-func (f *FileSource) run(ctx context.Context) {
-	defer close(f.done)
-	var poll <-chan time.Time
-	if f.opts.PollInterval > 0 {
-		t := time.NewTicker(f.opts.PollInterval)
-		defer t.Stop()
-		poll = t.C
-	}
-	debounce := time.NewTimer(time.Hour)
-	debounce.Stop()
-	defer debounce.Stop()
-	events, errs := f.watcher.Events, f.watcher.Errors
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			if ev.Op&(fsnotify.Create|fsnotify.Write|fsnotify.Remove|fsnotify.Rename) != 0 {
-				debounce.Reset(f.opts.Debounce)
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			f.log.Warn("certificate file watcher", "error", err)
-		case <-debounce.C:
-			_ = f.reload("change")
-		case <-poll:
-			if f.statChanged() {
-				_ = f.reload("poll")
-			}
-		}
-	}
-}
-
-// statChanged re-stats the files and reports whether any differs from the last read,
-// refreshing the directory watches on the way (a watched directory may have been
-// replaced, or a symlink may now point elsewhere).
-func (f *FileSource) statChanged() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.updateWatchesLocked()
-	for i, p := range f.paths() {
-		fi, err := os.Stat(p)
-		prev := f.stats[i]
-		switch {
-		case err != nil && prev == nil:
-		case err != nil || prev == nil:
-			return true
-		case !os.SameFile(fi, prev) || !fi.ModTime().Equal(prev.ModTime()) || fi.Size() != prev.Size():
-			return true
-		}
-	}
-	return false
-}
-
-// updateWatchesLocked watches the directory of every file and of every symlink target.
-func (f *FileSource) updateWatchesLocked() {
-	want := map[string]bool{}
-	for _, p := range f.paths() {
-		want[filepath.Dir(p)] = true
-		if real, err := filepath.EvalSymlinks(p); err == nil {
-			want[filepath.Dir(real)] = true
-		}
-	}
-	for dir := range f.watched {
-		if !want[dir] {
-			_ = f.watcher.Remove(dir)
-			delete(f.watched, dir)
-		}
-	}
-	for dir := range want {
-		// Add again even if already watched: a directory that was removed and
-		// recreated has lost its watch.
-		if err := f.watcher.Add(dir); err != nil {
-			if f.watched[dir] || !errors.Is(err, os.ErrNotExist) {
-				f.log.Warn("cannot watch certificate directory; relying on polling", "dir", dir, "error", err)
-			}
-			delete(f.watched, dir)
-			continue
-		}
-		f.watched[dir] = true
-	}
 }
 
 func (f *FileSource) reload(why string) error {
@@ -223,11 +105,6 @@ func (f *FileSource) reload(why string) error {
 	defer f.mu.Unlock()
 	var data [3][]byte
 	for i, p := range f.paths() {
-		fi, statErr := os.Stat(p)
-		if statErr != nil {
-			fi = nil
-		}
-		f.stats[i] = fi
 		b, err := os.ReadFile(p)
 		if err != nil {
 			err = fmt.Errorf("mtls: reading %s: %w", p, err)

@@ -7,15 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ferrymesh/ferry/discovery"
@@ -115,14 +112,10 @@ type ingressCerts struct {
 	updates  atomic.Uint64 // certificate sets published
 	failures atomic.Uint64 // reloads that kept a previous certificate
 
-	watcher *fsnotify.Watcher // nil when change notifications are unavailable: polling only
-	cancel  context.CancelFunc
-	done    chan struct{}
-	once    sync.Once
+	watch *mtls.FileWatcher
 
-	mu    sync.Mutex // serializes reloads; guards stats and errs
-	stats []os.FileInfo
-	errs  []string // per certificate: why its last reload failed, or ""
+	mu   sync.Mutex // serializes reloads; guards errs
+	errs []string   // per certificate: why its last reload failed, or ""
 }
 
 // certSet is one immutable generation of an ingress listener's certificates.
@@ -180,34 +173,26 @@ func ingressKey(in *config.Ingress) string {
 // if any does not load.
 func newIngressCerts(in *config.Ingress, log *slog.Logger) (*ingressCerts, error) {
 	c := &ingressCerts{addr: in.Address, key: ingressKey(in), files: slices.Clone(in.Certificates),
-		log: log.With("ingress", in.Address), done: make(chan struct{}),
-		stats: make([]os.FileInfo, 2*len(in.Certificates)), errs: make([]string, len(in.Certificates))}
+		log: log.With("ingress", in.Address), errs: make([]string, len(in.Certificates))}
+	// The watcher is set up before the files are read, so that a change made meanwhile
+	// is reported once it starts. It fails only with polling disabled, which it is not.
+	w, err := mtls.NewFileWatcher(mtls.FileWatchOptions{Paths: c.paths, PollInterval: ingressCertPoll,
+		Debounce: ingressCertDebounce, Logger: c.log})
+	if err != nil {
+		return nil, fmt.Errorf("ingress %s: %w", in.Address, err)
+	}
 	certs := make([]*tls.Certificate, len(c.files))
 	for i, f := range c.files {
 		cert, err := config.LoadIngressCertificate(f)
 		if err != nil {
+			_ = w.Close()
 			return nil, fmt.Errorf("ingress %s: certificates[%d]: %w", in.Address, i, err)
 		}
 		certs[i] = cert
 	}
-	c.mu.Lock()
-	c.statAllLocked()
-	c.mu.Unlock()
 	c.publish(certs, "start")
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		c.log.Warn("cannot watch ingress certificate files; relying on polling", "error", err)
-	} else {
-		c.watcher = w
-		for _, dir := range c.dirs() {
-			if err := w.Add(dir); err != nil {
-				c.log.Warn("cannot watch ingress certificate directory; relying on polling", "dir", dir, "error", err)
-			}
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
-	go c.run(ctx)
+	c.watch = w
+	w.Start(c.reload)
 	return c, nil
 }
 
@@ -220,94 +205,11 @@ func (c *ingressCerts) paths() []string {
 	return out
 }
 
-// dirs lists the directories to watch: of every file and of every symlink target.
-func (c *ingressCerts) dirs() []string {
-	var out []string
-	for _, p := range c.paths() {
-		out = append(out, filepath.Dir(p))
-		if real, err := filepath.EvalSymlinks(p); err == nil {
-			out = append(out, filepath.Dir(real))
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
-}
-
-func (c *ingressCerts) run(ctx context.Context) {
-	defer close(c.done)
-	poll := time.NewTicker(ingressCertPoll)
-	defer poll.Stop()
-	debounce := time.NewTimer(time.Hour)
-	debounce.Stop()
-	defer debounce.Stop()
-	var events <-chan fsnotify.Event
-	var errs <-chan error
-	if c.watcher != nil {
-		events, errs = c.watcher.Events, c.watcher.Errors
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-events:
-			if !ok {
-				events = nil
-				continue
-			}
-			if ev.Op&(fsnotify.Create|fsnotify.Write|fsnotify.Remove|fsnotify.Rename) != 0 {
-				debounce.Reset(ingressCertDebounce)
-			}
-		case err, ok := <-errs:
-			if !ok {
-				errs = nil
-				continue
-			}
-			c.log.Warn("ingress certificate watcher", "error", err)
-		case <-debounce.C:
-			c.reload("change")
-		case <-poll.C:
-			if c.statChanged() {
-				c.reload("poll")
-			}
-		}
-	}
-}
-
-// statAllLocked records the files' current stat results.
-func (c *ingressCerts) statAllLocked() {
-	for i, p := range c.paths() {
-		fi, err := os.Stat(p)
-		if err != nil {
-			fi = nil
-		}
-		c.stats[i] = fi
-	}
-}
-
-// statChanged reports whether any file differs from the last read.
-func (c *ingressCerts) statChanged() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for i, p := range c.paths() {
-		fi, err := os.Stat(p)
-		prev := c.stats[i]
-		switch {
-		case err != nil && prev == nil:
-		case err != nil || prev == nil:
-			return true
-		case !os.SameFile(fi, prev) || !fi.ModTime().Equal(prev.ModTime()) || fi.Size() != prev.Size():
-			return true
-		}
-	}
-	return false
-}
-
 // reload reads every certificate again. One that does not load keeps its previous
 // version; the new set is published if anything changed.
 func (c *ingressCerts) reload(why string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.statAllLocked()
 	cur := c.set.Load()
 	next := slices.Clone(cur.certs)
 	changed := false
@@ -356,13 +258,7 @@ func (c *ingressCerts) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certific
 
 // close stops watching the files. Certificates already handed out stay usable.
 func (c *ingressCerts) close() {
-	c.once.Do(func() {
-		c.cancel()
-		if c.watcher != nil {
-			_ = c.watcher.Close()
-		}
-		<-c.done
-	})
+	_ = c.watch.Close()
 }
 
 // IngressCertInfo is one ingress certificate in /certs.
