@@ -411,3 +411,66 @@ func TestIngressRSACertificateTLS12(t *testing.T) {
 		})
 	}
 }
+
+// TestIngressCertsKubernetesSecretSwap: an ingress certificate mounted from a Kubernetes
+// secret (tls.crt → ..data/tls.crt, ..data → ..<generation>) is replaced by the kubelet's
+// atomic swap of ..data, twice. Each swap publishes the new certificate once, by change
+// notification (well before the 5 s poll), and never a mix of the old and new halves.
+func TestIngressCertsKubernetesSecretSwap(t *testing.T) {
+	dir := t.TempDir()
+	gen := func(name string) *big.Int {
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return writeCert(t, filepath.Join(dir, name, "tls.crt"), filepath.Join(dir, name, "tls.key"), "a.example")
+	}
+	link := func(target, name string) {
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first := gen("..gen1")
+	link("..gen1", "..data")
+	link("..data/tls.crt", "tls.crt")
+	link("..data/tls.key", "tls.key")
+	in := &config.Ingress{Listener: config.Listener{Address: "127.0.0.1:1"},
+		Certificates: []config.IngressCertificate{{CertFile: filepath.Join(dir, "tls.crt"), KeyFile: filepath.Join(dir, "tls.key")}}}
+	c, err := newIngressCerts(in, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("newIngressCerts() error = %v", err)
+	}
+	defer c.close()
+	serial := func() *big.Int {
+		got, _ := c.GetCertificate(&tls.ClientHelloInfo{ServerName: "a.example"})
+		return got.Leaf.SerialNumber
+	}
+	if got := serial(); got.Cmp(first) != 0 {
+		t.Fatalf("serial = %v, want %v", got, first)
+	}
+	prev := "..gen1"
+	for i, next := range []string{"..gen2", "..gen3"} {
+		want := gen(next)
+		link(next, "..data_tmp")
+		if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.RemoveAll(filepath.Join(dir, prev)); err != nil {
+			t.Fatal(err)
+		}
+		prev = next
+		deadline := time.Now().Add(ingressCertPoll / 2)
+		for serial().Cmp(want) != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("swap %d: serial = %v, want %v within %v", i+1, serial(), want, ingressCertPoll/2)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		time.Sleep(3 * ingressCertDebounce)
+		if got, want := c.updates.Load(), uint64(i+2); got != want {
+			t.Errorf("swap %d: updates = %d, want %d (one publish per swap)", i+1, got, want)
+		}
+		if got := c.failures.Load(); got != 0 {
+			t.Errorf("swap %d: failures = %d, want 0", i+1, got)
+		}
+	}
+}
