@@ -2,9 +2,11 @@ package mtls
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -185,6 +187,24 @@ func TestFileWatcherChanges(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFileWatcherRepeatedSymlinkSwaps: successive kubelet-style ..data swaps are each
+// reported by notification (polling is off), even though every swap removes the
+// directory the previous one pointed into.
+func TestFileWatcherRepeatedSymlinkSwaps(t *testing.T) {
+	dir := t.TempDir()
+	path := k8sMount(t, dir, "..gen0", "tls.crt", "0")
+	_, r := startWatcher(t, []string{path}, 0, testDebounce)
+	seen := 0
+	for i := 1; i <= 4; i++ {
+		k8sSwap(t, dir, fmt.Sprintf("..gen%d", i-1), fmt.Sprintf("..gen%d", i), "tls.crt", strconv.Itoa(i))
+		got := r.settle(t, seen, 1, testDebounce)
+		if len(got) > 2 {
+			t.Errorf("swap %d: reports = %v, want 1 or 2", i, got)
+		}
+		seen += len(got)
 	}
 }
 

@@ -414,8 +414,10 @@ func TestIngressRSACertificateTLS12(t *testing.T) {
 
 // TestIngressCertsKubernetesSecretSwap: an ingress certificate mounted from a Kubernetes
 // secret (tls.crt → ..data/tls.crt, ..data → ..<generation>) is replaced by the kubelet's
-// atomic swap of ..data, twice. Each swap publishes the new certificate once, by change
-// notification (well before the 5 s poll), and never a mix of the old and new halves.
+// atomic swap of ..data, twice. Each swap publishes the new certificate once, without a
+// failure (never a mix of the old and new halves). That notifications alone see such
+// swaps is TestFileWatcherRepeatedSymlinkSwaps in mtls, with polling off; here the
+// deadline leaves room for the poll, so that a loaded machine cannot fail the test.
 func TestIngressCertsKubernetesSecretSwap(t *testing.T) {
 	dir := t.TempDir()
 	gen := func(name string) *big.Int {
@@ -458,10 +460,10 @@ func TestIngressCertsKubernetesSecretSwap(t *testing.T) {
 			t.Fatal(err)
 		}
 		prev = next
-		deadline := time.Now().Add(ingressCertPoll / 2)
+		deadline := time.Now().Add(10 * time.Second)
 		for serial().Cmp(want) != 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("swap %d: serial = %v, want %v within %v", i+1, serial(), want, ingressCertPoll/2)
+				t.Fatalf("swap %d: serial = %v, want %v", i+1, serial(), want)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
