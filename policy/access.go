@@ -37,6 +37,10 @@ type rule struct {
 	headers []HeaderMatcher
 	ports   []uint16
 	l7      bool // has request conditions (paths, methods, headers)
+	// pathPre is a prefix every path the rule's path patterns match starts with (the
+	// longest common prefix of their literal parts; "" when the rule has path_regex or no
+	// paths): a cheap first test of the path.
+	pathPre string
 	denies  bool // first_match: the rule refuses (deny, or default when the default denies)
 	counts  *counts
 	allowed Decision
@@ -160,6 +164,12 @@ func (a *access) compile(c *Access, norm normalize.Options, cs *counters, ext *R
 			}
 			r.ports = append(r.ports, uint16(port))
 		}
+		if len(r.regexes) == 0 && len(r.paths) > 0 {
+			r.pathPre = r.paths[0].lit
+			for i := range r.paths[1:] {
+				r.pathPre = commonPrefix(r.pathPre, r.paths[i+1].lit)
+			}
+		}
 		r.l7 = len(rc.Paths) > 0 || len(rc.PathRegex) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
 
 		r.counts = cs.get(KindAccess, r.name)
@@ -214,17 +224,20 @@ func (a *access) refusal(name string) Decision {
 // evaluate decides on an HTTP request: deny rules first, then allow rules, then the default;
 // or, in first_match order, the first matching rule, then the default.
 func (a *access) evaluate(r *Request) Decision {
-	mb := methodBit(r.Method)
+	q := httpQuery{r: r, mb: methodBit(r.Method), src: r.SourceIP.Unmap().WithZone("")}
+	if q.src.Is4() {
+		q.src4 = v4(q.src)
+	}
 	if a.firstMatch {
-		if ru := a.all.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+		if ru := a.all.firstHTTP(&q); ru != nil {
 			return a.decide(ru)
 		}
 		return a.fallback()
 	}
-	if ru := a.deny.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+	if ru := a.deny.firstHTTP(&q); ru != nil {
 		return a.refuse(ru)
 	}
-	if ru := a.allow.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+	if ru := a.allow.firstHTTP(&q); ru != nil {
 		ru.counts.allowed.Add(1)
 		return ru.allowed
 	}
@@ -326,6 +339,37 @@ func (l *ruleList) first(id string, match func(*rule) bool) *rule {
 	return nil
 }
 
+// firstHTTP is first for an HTTP request, with the match inlined (no call through a func
+// value per rule).
+func (l *ruleList) firstHTTP(q *httpQuery) *rule {
+	id := q.r.SourceID
+	var named []int32
+	if id != "" && l.byLast != nil {
+		named = l.byLast[lastSegment(id)]
+	}
+	if len(named) == 0 {
+		for _, k := range l.rest {
+			if ru := &l.rules[k]; ru.matchHTTP(q) {
+				return ru
+			}
+		}
+		return nil
+	}
+	rest := l.rest
+	for len(named) > 0 || len(rest) > 0 {
+		var k int32
+		if len(rest) == 0 || len(named) > 0 && named[0] < rest[0] {
+			k, named = named[0], named[1:]
+		} else {
+			k, rest = rest[0], rest[1:]
+		}
+		if ru := &l.rules[k]; ru.matchHTTP(q) {
+			return ru
+		}
+	}
+	return nil
+}
+
 func (a *access) fallback() Decision {
 	if a.dfltAllows {
 		a.dflt.counts.allowed.Add(1)
@@ -352,13 +396,38 @@ func (a *access) refuse(ru *rule) Decision {
 	return ru.refused
 }
 
-// matchHTTP reports whether every condition of ru holds for r, whose method has bit mb.
-func (ru *rule) matchHTTP(r *Request, mb methodBits) bool {
-	return ru.mbits&mb != 0 && (mb != bitOther || ru.methods.Match(r.Method)) &&
-		ru.matchPort(r.DestPort) &&
-		ru.from.match(r.SourceID, r.SourceIP) &&
+// httpQuery is an HTTP request as the rules test it, with what every rule would otherwise
+// work out again computed once: the method's bit and the source address, unmapped and
+// without zone (and as a number when it is IPv4).
+type httpQuery struct {
+	r    *Request
+	mb   methodBits
+	src  netip.Addr
+	src4 uint32
+}
+
+// matchHTTP reports whether every condition of ru holds for q. The conditions have no side
+// effects, so they are tested cheapest first: method bits, port, the path's literal prefix,
+// the caller, the path patterns, the headers.
+func (ru *rule) matchHTTP(q *httpQuery) bool {
+	r := q.r
+	return ru.mbits&q.mb != 0 && (q.mb != bitOther || ru.methods.Match(r.Method)) &&
+		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
+		strings.HasPrefix(r.Path, ru.pathPre) &&
+		ru.from.matchNorm(r.SourceID, q.src, q.src4) &&
 		ru.matchPath(r.Path) &&
 		matchAllHeaders(ru.headers, r)
+}
+
+// commonPrefix returns the longest common prefix of a and b.
+func commonPrefix(a, b string) string {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			return a[:i]
+		}
+	}
+	return a[:n]
 }
 
 // matchPath reports whether path matches one of ru's patterns or regular expressions, or
