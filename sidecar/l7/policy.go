@@ -18,7 +18,8 @@ import (
 // span, and the normalized path when it differs from r's.
 func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	p := h.o.Policy
-	fwd, match, nd := p.NormalizePath(r.URL.EscapedPath())
+	esc := r.URL.EscapedPath()
+	fwd, match, nd := p.NormalizePath(esc)
 	if !nd.Allowed {
 		h.refuse(st, r, pn, &nd)
 		return false
@@ -55,7 +56,7 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 		}
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
 	}
-	if fwd != r.URL.EscapedPath() {
+	if fwd != esc { // r.URL is not changed in between
 		pn.forward = fwd
 	}
 	pn.match, pn.normalized = match, true
