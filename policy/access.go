@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math/bits"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -277,6 +278,9 @@ type ruleList struct {
 	rules  []rule
 	byLast map[string][]int32 // last ID segment → indexes of the rules whose IDs all end in a literal segment
 	rest   []int32            // indexes of the other rules
+	// restBy[i] is the rules of rest that can match a request whose method has bit 1<<i,
+	// so that HTTP requests skip the others without looking at them.
+	restBy [numMethodBits][]int32
 }
 
 // lastSegment is what follows the last '/' of a SPIFFE ID or pattern.
@@ -315,6 +319,13 @@ func (l *ruleList) index() {
 			}
 		}
 	}
+	for b := range l.restBy {
+		for _, k := range l.rest {
+			if l.rules[k].mbits&(1<<b) != 0 {
+				l.restBy[b] = append(l.restBy[b], k)
+			}
+		}
+	}
 }
 
 // first returns the first rule, in order, that may apply to caller id and for which match
@@ -347,15 +358,15 @@ func (l *ruleList) firstHTTP(q *httpQuery) *rule {
 	if id != "" && l.byLast != nil {
 		named = l.byLast[lastSegment(id)]
 	}
+	rest := l.restBy[bits.TrailingZeros16(uint16(q.mb))]
 	if len(named) == 0 {
-		for _, k := range l.rest {
+		for _, k := range rest {
 			if ru := &l.rules[k]; ru.matchHTTP(q) {
 				return ru
 			}
 		}
 		return nil
 	}
-	rest := l.rest
 	for len(named) > 0 || len(rest) > 0 {
 		var k int32
 		if len(rest) == 0 || len(named) > 0 && named[0] < rest[0] {

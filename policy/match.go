@@ -239,6 +239,7 @@ const (
 	bitOptions
 	bitTrace
 	bitOther
+	numMethodBits = iota
 )
 
 // methodBit returns m's bit.
