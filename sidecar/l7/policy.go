@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 
 	"github.com/ferrymesh/ferry/policy"
 )
@@ -24,10 +25,9 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 		h.refuse(st, r, pn, &nd)
 		return false
 	}
-	ap, _ := netip.ParseAddrPort(r.RemoteAddr)
 	req := policy.Request{Method: r.Method, Path: match, RawQuery: r.URL.RawQuery, URI: r.RequestURI,
 		Host: r.Host, Header: r.Header, ContentLength: r.ContentLength, SourceID: st.peer,
-		SourceIP: ap.Addr().Unmap(), DestPort: h.o.Port}
+		SourceIP: remoteIP(r.RemoteAddr), DestPort: h.o.Port}
 	c := p.Check(&req)
 	if d := c.Refusal(); d != nil {
 		h.refuse(st, r, pn, d)
@@ -60,6 +60,40 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 		pn.forward = fwd
 	}
 	pn.match, pn.normalized = match, true
+	return true
+}
+
+// remoteIP returns the address of http.Request.RemoteAddr, unmapped; the zero Addr when
+// it is not an IP:port. It is netip.ParseAddrPort(s).Addr().Unmap() without the work
+// ParseAddrPort does for the port, which is only checked, for the usual IPv4 case.
+func remoteIP(s string) netip.Addr {
+	i := strings.LastIndexByte(s, ':')
+	if i <= 0 || s[0] == '[' || !validPort(s[i+1:]) {
+		ap, _ := netip.ParseAddrPort(s)
+		return ap.Addr().Unmap()
+	}
+	a, err := netip.ParseAddr(s[:i])
+	if err != nil || !a.Is4() { // IPv6 needs brackets; ParseAddrPort refuses it
+		return netip.Addr{}
+	}
+	return a
+}
+
+// validPort reports whether s is a port as strconv.ParseUint(s, 10, 16) accepts it.
+func validPort(s string) bool {
+	if s == "" {
+		return false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return false
+		}
+		if n = n*10 + int(c-'0'); n > 65535 {
+			return false
+		}
+	}
 	return true
 }
 
