@@ -42,6 +42,9 @@ type rule struct {
 	// longest common prefix of their literal parts; "" when the rule has path_regex or no
 	// paths): a cheap first test of the path.
 	pathPre string
+	// pathB1 holds the bytes the path may have after its leading '/' (the byte at index 1),
+	// all of them when a pattern's literal prefix does not fix it, or with path_regex.
+	pathB1  [4]uint64
 	denies  bool // first_match: the rule refuses (deny, or default when the default denies)
 	counts  *counts
 	allowed Decision
@@ -165,10 +168,18 @@ func (a *access) compile(c *Access, norm normalize.Options, cs *counters, ext *R
 			}
 			r.ports = append(r.ports, uint16(port))
 		}
+		r.pathB1 = [4]uint64{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
 		if len(r.regexes) == 0 && len(r.paths) > 0 {
 			r.pathPre = r.paths[0].lit
-			for i := range r.paths[1:] {
-				r.pathPre = commonPrefix(r.pathPre, r.paths[i+1].lit)
+			r.pathB1 = [4]uint64{}
+			for i := range r.paths {
+				lit := r.paths[i].lit
+				r.pathPre = commonPrefix(r.pathPre, lit)
+				if len(lit) < 2 || lit[1] == 0 {
+					r.pathB1 = [4]uint64{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
+					break
+				}
+				r.pathB1[lit[1]>>6] |= 1 << (lit[1] & 63)
 			}
 		}
 		r.l7 = len(rc.Paths) > 0 || len(rc.PathRegex) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
@@ -223,9 +234,13 @@ func (a *access) refusal(name string) Decision {
 }
 
 // evaluate decides on an HTTP request: deny rules first, then allow rules, then the default;
-// or, in first_match order, the first matching rule, then the default.
-func (a *access) evaluate(r *Request) Decision {
+// or, in first_match order, the first matching rule, then the default. The decision it
+// returns is the deciding rule's, which nobody may modify (copy it).
+func (a *access) evaluate(r *Request) *Decision {
 	q := httpQuery{r: r, mb: methodBit(r.Method), src: r.SourceIP.Unmap().WithZone("")}
+	if len(r.Path) >= 2 {
+		q.b1 = r.Path[1]
+	}
 	if q.src.Is4() {
 		q.src4 = v4(q.src)
 	}
@@ -240,7 +255,7 @@ func (a *access) evaluate(r *Request) Decision {
 	}
 	if ru := a.allow.firstHTTP(&q); ru != nil {
 		ru.counts.allowed.Add(1)
-		return ru.allowed
+		return &ru.allowed
 	}
 	return a.fallback()
 }
@@ -253,20 +268,20 @@ func (a *access) evaluateConn(id string, src netip.Addr, port uint16) Decision {
 	if a.firstMatch {
 		if ru := a.all.first(id, func(ru *rule) bool { return ru.matchConn(id, src, port) }); ru != nil {
 			if ru.l7 {
-				return a.refuse(ru)
+				return *a.refuse(ru)
 			}
-			return a.decide(ru)
+			return *a.decide(ru)
 		}
-		return a.fallback()
+		return *a.fallback()
 	}
 	if ru := a.deny.first(id, func(ru *rule) bool { return ru.matchConn(id, src, port) }); ru != nil {
-		return a.refuse(ru)
+		return *a.refuse(ru)
 	}
 	if ru := a.allow.first(id, func(ru *rule) bool { return !ru.l7 && ru.matchConn(id, src, port) }); ru != nil {
 		ru.counts.allowed.Add(1)
 		return ru.allowed
 	}
-	return a.fallback()
+	return *a.fallback()
 }
 
 // ruleList is rules in order, indexed by caller: most rules name their callers by SPIFFE
@@ -381,30 +396,30 @@ func (l *ruleList) firstHTTP(q *httpQuery) *rule {
 	return nil
 }
 
-func (a *access) fallback() Decision {
+func (a *access) fallback() *Decision {
 	if a.dfltAllows {
 		a.dflt.counts.allowed.Add(1)
-		return a.dflt.allowed
+		return &a.dflt.allowed
 	}
 	return a.refuse(&a.dflt)
 }
 
 // decide counts and returns the decision of ru, a first_match rule that matched.
-func (a *access) decide(ru *rule) Decision {
+func (a *access) decide(ru *rule) *Decision {
 	if ru.denies {
 		return a.refuse(ru)
 	}
 	ru.counts.allowed.Add(1)
-	return ru.allowed
+	return &ru.allowed
 }
 
-func (a *access) refuse(ru *rule) Decision {
+func (a *access) refuse(ru *rule) *Decision {
 	if a.dryRun {
 		ru.counts.dryRun.Add(1)
 	} else {
 		ru.counts.denied.Add(1)
 	}
-	return ru.refused
+	return &ru.refused
 }
 
 // httpQuery is an HTTP request as the rules test it, with what every rule would otherwise
@@ -415,6 +430,7 @@ type httpQuery struct {
 	mb   methodBits
 	src  netip.Addr
 	src4 uint32
+	b1   byte // the path's byte at index 1, 0 when it is shorter (no pattern's prefix has 0 there)
 }
 
 // matchHTTP reports whether every condition of ru holds for q. The conditions have no side
@@ -423,6 +439,7 @@ type httpQuery struct {
 func (ru *rule) matchHTTP(q *httpQuery) bool {
 	r := q.r
 	return ru.mbits&q.mb != 0 && (q.mb != bitOther || ru.methods.Match(r.Method)) &&
+		ru.pathB1[q.b1>>6]&(1<<(q.b1&63)) != 0 &&
 		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
 		strings.HasPrefix(r.Path, ru.pathPre) &&
 		ru.from.matchNorm(r.SourceID, q.src, q.src4) &&
