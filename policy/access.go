@@ -442,7 +442,7 @@ func (ru *rule) matchHTTP(q *httpQuery) bool {
 		ru.pathB1[q.b1>>6]&(1<<(q.b1&63)) != 0 &&
 		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
 		strings.HasPrefix(r.Path, ru.pathPre) &&
-		ru.from.matchNorm(r.SourceID, q.src, q.src4) &&
+		(ru.from.any || ru.from.matchNorm(r.SourceID, q.src, q.src4)) &&
 		ru.matchPath(r.Path) &&
 		matchAllHeaders(ru.headers, r)
 }

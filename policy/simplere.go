@@ -18,11 +18,12 @@ type simpleRegex struct {
 
 // reElem is one element: a set of ASCII bytes occurring min to max times (max -1: no bound).
 type reElem struct {
-	set      [2]uint64
+	set      [2]uint64 // the bytes, as bits (for the checks at compile time)
+	in       [256]bool // the bytes, as a table (for matching)
 	min, max int
 }
 
-func (e *reElem) has(c byte) bool { return c < utf8.RuneSelf && e.set[c>>6]&(1<<(c&63)) != 0 }
+func (e *reElem) has(c byte) bool { return e.in[c] }
 
 // compileSimpleRegex returns the simpleRegex deciding the anchored expr exactly as
 // regexp.MustCompile(`^(?:` + expr + `)$`).MatchString does, or false when expr has another
@@ -96,6 +97,9 @@ func compileSimpleRegex(expr string) (*simpleRegex, bool) {
 	}
 	for i := range s.elems {
 		e := &s.elems[i]
+		for c := 0; c < utf8.RuneSelf; c++ {
+			e.in[c] = e.set[c>>6]&(1<<(c&63)) != 0
+		}
 		if e.min == e.max || i == len(s.elems)-1 {
 			continue
 		}
@@ -122,9 +126,12 @@ func (s *simpleRegex) match(v string) bool {
 			i++
 			n++
 		}
-		for (e.max < 0 || n < e.max) && i < len(v) && e.has(v[i]) {
+		end := len(v)
+		if e.max >= 0 && i+e.max-n < end {
+			end = i + e.max - n
+		}
+		for i < end && e.in[v[i]] {
 			i++
-			n++
 		}
 	}
 	return i == len(v)
