@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"math/bits"
 	"net/http"
 	"net/netip"
 	"regexp"
@@ -37,6 +38,13 @@ type rule struct {
 	headers []HeaderMatcher
 	ports   []uint16
 	l7      bool // has request conditions (paths, methods, headers)
+	// pathPre is a prefix every path the rule's path patterns match starts with (the
+	// longest common prefix of their literal parts; "" when the rule has path_regex or no
+	// paths): a cheap first test of the path.
+	pathPre string
+	// pathB1 holds the bytes the path may have after its leading '/' (the byte at index 1),
+	// all of them when a pattern's literal prefix does not fix it, or with path_regex.
+	pathB1  [4]uint64
 	denies  bool // first_match: the rule refuses (deny, or default when the default denies)
 	counts  *counts
 	allowed Decision
@@ -160,6 +168,20 @@ func (a *access) compile(c *Access, norm normalize.Options, cs *counters, ext *R
 			}
 			r.ports = append(r.ports, uint16(port))
 		}
+		r.pathB1 = [4]uint64{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
+		if len(r.regexes) == 0 && len(r.paths) > 0 {
+			r.pathPre = r.paths[0].lit
+			r.pathB1 = [4]uint64{}
+			for i := range r.paths {
+				lit := r.paths[i].lit
+				r.pathPre = commonPrefix(r.pathPre, lit)
+				if len(lit) < 2 || lit[1] == 0 {
+					r.pathB1 = [4]uint64{^uint64(0), ^uint64(0), ^uint64(0), ^uint64(0)}
+					break
+				}
+				r.pathB1[lit[1]>>6] |= 1 << (lit[1] & 63)
+			}
+		}
 		r.l7 = len(rc.Paths) > 0 || len(rc.PathRegex) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
 
 		r.counts = cs.get(KindAccess, r.name)
@@ -212,21 +234,28 @@ func (a *access) refusal(name string) Decision {
 }
 
 // evaluate decides on an HTTP request: deny rules first, then allow rules, then the default;
-// or, in first_match order, the first matching rule, then the default.
-func (a *access) evaluate(r *Request) Decision {
-	mb := methodBit(r.Method)
+// or, in first_match order, the first matching rule, then the default. The decision it
+// returns is the deciding rule's, which nobody may modify (copy it).
+func (a *access) evaluate(r *Request) *Decision {
+	q := httpQuery{r: r, mb: methodBit(r.Method), src: r.SourceIP.Unmap().WithZone("")}
+	if len(r.Path) >= 2 {
+		q.b1 = r.Path[1]
+	}
+	if q.src.Is4() {
+		q.src4 = v4(q.src)
+	}
 	if a.firstMatch {
-		if ru := a.all.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+		if ru := a.all.firstHTTP(&q); ru != nil {
 			return a.decide(ru)
 		}
 		return a.fallback()
 	}
-	if ru := a.deny.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+	if ru := a.deny.firstHTTP(&q); ru != nil {
 		return a.refuse(ru)
 	}
-	if ru := a.allow.first(r.SourceID, func(ru *rule) bool { return ru.matchHTTP(r, mb) }); ru != nil {
+	if ru := a.allow.firstHTTP(&q); ru != nil {
 		ru.counts.allowed.Add(1)
-		return ru.allowed
+		return &ru.allowed
 	}
 	return a.fallback()
 }
@@ -239,20 +268,20 @@ func (a *access) evaluateConn(id string, src netip.Addr, port uint16) Decision {
 	if a.firstMatch {
 		if ru := a.all.first(id, func(ru *rule) bool { return ru.matchConn(id, src, port) }); ru != nil {
 			if ru.l7 {
-				return a.refuse(ru)
+				return *a.refuse(ru)
 			}
-			return a.decide(ru)
+			return *a.decide(ru)
 		}
-		return a.fallback()
+		return *a.fallback()
 	}
 	if ru := a.deny.first(id, func(ru *rule) bool { return ru.matchConn(id, src, port) }); ru != nil {
-		return a.refuse(ru)
+		return *a.refuse(ru)
 	}
 	if ru := a.allow.first(id, func(ru *rule) bool { return !ru.l7 && ru.matchConn(id, src, port) }); ru != nil {
 		ru.counts.allowed.Add(1)
 		return ru.allowed
 	}
-	return a.fallback()
+	return *a.fallback()
 }
 
 // ruleList is rules in order, indexed by caller: most rules name their callers by SPIFFE
@@ -264,6 +293,9 @@ type ruleList struct {
 	rules  []rule
 	byLast map[string][]int32 // last ID segment → indexes of the rules whose IDs all end in a literal segment
 	rest   []int32            // indexes of the other rules
+	// restBy[i] is the rules of rest that can match a request whose method has bit 1<<i,
+	// so that HTTP requests skip the others without looking at them.
+	restBy [numMethodBits][]int32
 }
 
 // lastSegment is what follows the last '/' of a SPIFFE ID or pattern.
@@ -302,6 +334,13 @@ func (l *ruleList) index() {
 			}
 		}
 	}
+	for b := range l.restBy {
+		for _, k := range l.rest {
+			if l.rules[k].mbits&(1<<b) != 0 {
+				l.restBy[b] = append(l.restBy[b], k)
+			}
+		}
+	}
 }
 
 // first returns the first rule, in order, that may apply to caller id and for which match
@@ -326,39 +365,97 @@ func (l *ruleList) first(id string, match func(*rule) bool) *rule {
 	return nil
 }
 
-func (a *access) fallback() Decision {
+// firstHTTP is first for an HTTP request, with the match inlined (no call through a func
+// value per rule).
+func (l *ruleList) firstHTTP(q *httpQuery) *rule {
+	id := q.r.SourceID
+	var named []int32
+	if id != "" && l.byLast != nil {
+		named = l.byLast[lastSegment(id)]
+	}
+	rest := l.restBy[bits.TrailingZeros16(uint16(q.mb))]
+	if len(named) == 0 {
+		for _, k := range rest {
+			if ru := &l.rules[k]; ru.matchHTTP(q) {
+				return ru
+			}
+		}
+		return nil
+	}
+	for len(named) > 0 || len(rest) > 0 {
+		var k int32
+		if len(rest) == 0 || len(named) > 0 && named[0] < rest[0] {
+			k, named = named[0], named[1:]
+		} else {
+			k, rest = rest[0], rest[1:]
+		}
+		if ru := &l.rules[k]; ru.matchHTTP(q) {
+			return ru
+		}
+	}
+	return nil
+}
+
+func (a *access) fallback() *Decision {
 	if a.dfltAllows {
 		a.dflt.counts.allowed.Add(1)
-		return a.dflt.allowed
+		return &a.dflt.allowed
 	}
 	return a.refuse(&a.dflt)
 }
 
 // decide counts and returns the decision of ru, a first_match rule that matched.
-func (a *access) decide(ru *rule) Decision {
+func (a *access) decide(ru *rule) *Decision {
 	if ru.denies {
 		return a.refuse(ru)
 	}
 	ru.counts.allowed.Add(1)
-	return ru.allowed
+	return &ru.allowed
 }
 
-func (a *access) refuse(ru *rule) Decision {
+func (a *access) refuse(ru *rule) *Decision {
 	if a.dryRun {
 		ru.counts.dryRun.Add(1)
 	} else {
 		ru.counts.denied.Add(1)
 	}
-	return ru.refused
+	return &ru.refused
 }
 
-// matchHTTP reports whether every condition of ru holds for r, whose method has bit mb.
-func (ru *rule) matchHTTP(r *Request, mb methodBits) bool {
-	return ru.mbits&mb != 0 && (mb != bitOther || ru.methods.Match(r.Method)) &&
-		ru.matchPort(r.DestPort) &&
-		ru.from.match(r.SourceID, r.SourceIP) &&
+// httpQuery is an HTTP request as the rules test it, with what every rule would otherwise
+// work out again computed once: the method's bit and the source address, unmapped and
+// without zone (and as a number when it is IPv4).
+type httpQuery struct {
+	r    *Request
+	mb   methodBits
+	src  netip.Addr
+	src4 uint32
+	b1   byte // the path's byte at index 1, 0 when it is shorter (no pattern's prefix has 0 there)
+}
+
+// matchHTTP reports whether every condition of ru holds for q. The conditions have no side
+// effects, so they are tested cheapest first: method bits, port, the path's literal prefix,
+// the caller, the path patterns, the headers.
+func (ru *rule) matchHTTP(q *httpQuery) bool {
+	r := q.r
+	return ru.mbits&q.mb != 0 && (q.mb != bitOther || ru.methods.Match(r.Method)) &&
+		ru.pathB1[q.b1>>6]&(1<<(q.b1&63)) != 0 &&
+		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
+		strings.HasPrefix(r.Path, ru.pathPre) &&
+		(ru.from.any || ru.from.matchNorm(r.SourceID, q.src, q.src4)) &&
 		ru.matchPath(r.Path) &&
 		matchAllHeaders(ru.headers, r)
+}
+
+// commonPrefix returns the longest common prefix of a and b.
+func commonPrefix(a, b string) string {
+	n := min(len(a), len(b))
+	for i := 0; i < n; i++ {
+		if a[i] != b[i] {
+			return a[:i]
+		}
+	}
+	return a[:n]
 }
 
 // matchPath reports whether path matches one of ru's patterns or regular expressions, or

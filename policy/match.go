@@ -85,6 +85,7 @@ type HeaderMatcher struct {
 	op     headerOp
 	value  string
 	re     *regexp.Regexp
+	simple *simpleRegex // decides re without the regexp engine when re is simple enough
 	invert bool
 }
 
@@ -126,6 +127,9 @@ func CompileHeaderMatch(m *HeaderMatch) (HeaderMatcher, []*FieldError) {
 			errs = append(errs, fieldErr(path{"regex"}, "invalid regular expression: %v", err))
 		}
 		h.re = re
+		if err == nil {
+			h.simple, _ = compileSimpleRegex(m.Regex)
+		}
 	}
 	if m.Present {
 		set(hdrPresent, "")
@@ -179,6 +183,9 @@ func (h *HeaderMatcher) matchValue(v string) bool {
 	case hdrContains:
 		return strings.Contains(v, h.value)
 	case hdrRegex:
+		if h.simple != nil {
+			return h.simple.match(v)
+		}
 		return h.re.MatchString(v)
 	}
 	return false
@@ -232,6 +239,7 @@ const (
 	bitOptions
 	bitTrace
 	bitOther
+	numMethodBits = iota
 )
 
 // methodBit returns m's bit.
@@ -409,6 +417,8 @@ func (p *idPattern) match(id string) bool {
 // distinct lengths, not of prefixes.
 type ipSet struct {
 	list []netip.Prefix        // small sets
+	v4   []v4Prefix            // the IPv4 prefixes of list, as numbers
+	v6   []netip.Prefix        // the IPv6 prefixes of list
 	lens []int                 // distinct lengths, IPv4 (as 0..32) and IPv6 (as 1000+len)
 	m    map[netip.Prefix]bool // masked prefixes, large sets
 }
@@ -441,9 +451,30 @@ func parsePrefix(s string) (netip.Prefix, error) {
 	return netip.PrefixFrom(a, a.BitLen()), nil
 }
 
+// v4Prefix is an IPv4 prefix as numbers: an address a is in it when a&mask == addr.
+type v4Prefix struct{ addr, mask uint32 }
+
+// v4 returns the IPv4 address a as a number.
+func v4(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
 func newIPSet(ps []netip.Prefix) ipSet {
 	if len(ps) <= ipSetScanMax {
-		return ipSet{list: ps}
+		s := ipSet{list: ps}
+		for _, p := range ps {
+			if !p.Addr().Is4() {
+				s.v6 = append(s.v6, p)
+				continue
+			}
+			var mask uint32
+			if p.Bits() > 0 {
+				mask = ^uint32(0) << (32 - p.Bits())
+			}
+			s.v4 = append(s.v4, v4Prefix{addr: v4(p.Addr()) & mask, mask: mask})
+		}
+		return s
 	}
 	s := ipSet{m: make(map[netip.Prefix]bool, len(ps))}
 	for _, p := range ps {
@@ -468,8 +499,26 @@ func (s *ipSet) contains(a netip.Addr) bool {
 		return false
 	}
 	a = a.Unmap().WithZone("")
+	var a4 uint32
+	if a.Is4() {
+		a4 = v4(a)
+	}
+	return s.containsNorm(a, a4)
+}
+
+// containsNorm is contains for a valid address a without zone and not IPv4-mapped, whose
+// value as a number is a4 when it is IPv4.
+func (s *ipSet) containsNorm(a netip.Addr, a4 uint32) bool {
 	if s.m == nil {
-		for _, p := range s.list {
+		if a.Is4() {
+			for _, p := range s.v4 {
+				if a4&p.mask == p.addr {
+					return true
+				}
+			}
+			return false
+		}
+		for _, p := range s.v6 {
 			if p.Contains(a) {
 				return true
 			}
@@ -543,4 +592,23 @@ func (s *sources) match(id string, ip netip.Addr) bool {
 		}
 	}
 	return s.ips.contains(ip)
+}
+
+// matchNorm is match for an address ip that is valid or zero, without zone, not
+// IPv4-mapped, and whose value as a number is ip4 when it is IPv4.
+func (s *sources) matchNorm(id string, ip netip.Addr, ip4 uint32) bool {
+	if s.any {
+		return true
+	}
+	if id != "" {
+		for i := range s.ids {
+			if s.ids[i].match(id) {
+				return true
+			}
+		}
+	}
+	if s.ips.m == nil && len(s.ips.list) == 0 || !ip.IsValid() {
+		return false
+	}
+	return s.ips.containsNorm(ip, ip4)
 }

@@ -28,6 +28,9 @@ type PathPattern struct {
 	kind pathKind
 	lit  string   // exact: the path; prefix and glob: the prefix every match has
 	segs []segPat // glob
+	// need (glob) holds "/"+S for every segment S of the pattern without wildcard past
+	// lit: a path can match only if it contains each, a cheap test before the glob.
+	need []string
 }
 
 type pathKind uint8
@@ -97,6 +100,9 @@ func CompilePath(pattern string, opts normalize.Options) (PathPattern, error) {
 			sp.open = i == len(parts)-1 && strings.HasSuffix(s, "*")
 		}
 		p.segs = append(p.segs, sp)
+		if !sp.dstar && !sp.wild && !strings.HasPrefix(p.lit, "/"+strings.Join(parts[:i+1], "/")) {
+			p.need = append(p.need, "/"+s)
+		}
 	}
 	return p, nil
 }
@@ -123,6 +129,11 @@ func (p *PathPattern) Match(path string) bool {
 	}
 	if !strings.HasPrefix(path, p.lit) || path == "" || path[0] != '/' {
 		return false
+	}
+	for _, n := range p.need {
+		if !strings.Contains(path, n) {
+			return false
+		}
 	}
 	return matchSegments(p.segs, path[1:])
 }

@@ -207,7 +207,12 @@ func (p *Policy) Check(r *Request) Checks {
 	if c.Filter = p.Filter(r); !c.Filter.Allowed {
 		return c
 	}
-	if c.Access = p.Access(r); !c.Access.Allowed {
+	if p != nil && p.access.enabled {
+		c.Access = *p.access.evaluate(r)
+	} else {
+		c.Access = Decision{Allowed: true}
+	}
+	if !c.Access.Allowed {
 		return c
 	}
 	c.RateLimit = p.RateLimit(r)
@@ -229,7 +234,7 @@ func (p *Policy) Access(r *Request) Decision {
 	if p == nil || !p.access.enabled {
 		return Decision{Allowed: true}
 	}
-	return p.access.evaluate(r)
+	return *p.access.evaluate(r)
 }
 
 // CheckConn checks a TCP connection from src whose peer has SPIFFE ID id ("" if it did not

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"strings"
 
 	"github.com/ferrymesh/ferry/policy"
 )
@@ -18,15 +19,15 @@ import (
 // span, and the normalized path when it differs from r's.
 func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	p := h.o.Policy
-	fwd, match, nd := p.NormalizePath(r.URL.EscapedPath())
+	esc := r.URL.EscapedPath()
+	fwd, match, nd := p.NormalizePath(esc)
 	if !nd.Allowed {
 		h.refuse(st, r, pn, &nd)
 		return false
 	}
-	ap, _ := netip.ParseAddrPort(r.RemoteAddr)
 	req := policy.Request{Method: r.Method, Path: match, RawQuery: r.URL.RawQuery, URI: r.RequestURI,
 		Host: r.Host, Header: r.Header, ContentLength: r.ContentLength, SourceID: st.peer,
-		SourceIP: ap.Addr().Unmap(), DestPort: h.o.Port}
+		SourceIP: remoteIP(r.RemoteAddr), DestPort: h.o.Port}
 	c := p.Check(&req)
 	if d := c.Refusal(); d != nil {
 		h.refuse(st, r, pn, d)
@@ -55,10 +56,69 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 		}
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
 	}
-	if fwd != r.URL.EscapedPath() {
+	if fwd != esc { // r.URL is not changed in between
 		pn.forward = fwd
 	}
 	pn.match, pn.normalized = match, true
+	return true
+}
+
+// remoteIP returns the address of http.Request.RemoteAddr, unmapped; the zero Addr when
+// it is not an IP:port. It is netip.ParseAddrPort(s).Addr().Unmap(), with the usual case,
+// a dotted-decimal IPv4 address and a port, parsed without its generality.
+func remoteIP(s string) netip.Addr {
+	if i := strings.LastIndexByte(s, ':'); i > 0 && validPort(s[i+1:]) {
+		if a, ok := parseIPv4(s[:i]); ok {
+			return a
+		}
+	}
+	ap, _ := netip.ParseAddrPort(s)
+	return ap.Addr().Unmap()
+}
+
+// parseIPv4 parses a dotted-decimal IPv4 address as netip.ParseAddr accepts it (four
+// fields of 0 to 255, no leading zero); false when s is not one.
+func parseIPv4(s string) (netip.Addr, bool) {
+	var b [4]byte
+	f, n, digits := 0, 0, 0
+	for i := 0; i <= len(s); i++ {
+		if i == len(s) || s[i] == '.' {
+			if digits == 0 || f == 3 && i != len(s) {
+				return netip.Addr{}, false
+			}
+			b[f] = byte(n)
+			f, n, digits = f+1, 0, 0
+			continue
+		}
+		c := s[i]
+		if c < '0' || c > '9' || digits > 0 && n == 0 {
+			return netip.Addr{}, false
+		}
+		if n, digits = n*10+int(c-'0'), digits+1; n > 255 {
+			return netip.Addr{}, false
+		}
+	}
+	if f != 4 {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFrom4(b), true
+}
+
+// validPort reports whether s is a port as strconv.ParseUint(s, 10, 16) accepts it.
+func validPort(s string) bool {
+	if s == "" {
+		return false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < '0' || c > '9' {
+			return false
+		}
+		if n = n*10 + int(c-'0'); n > 65535 {
+			return false
+		}
+	}
 	return true
 }
 
