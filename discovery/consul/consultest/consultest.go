@@ -67,41 +67,7 @@ type Agent struct {
 // Binary returns the path of the consul binary, failing t if there is none.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("FERRY_CONSUL_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("FERRY_CONSUL_BIN=%s: %v", p, err)
-		}
-		return p
-	}
-	if root, err := repoRoot(); err == nil {
-		p := filepath.Join(root, ".deps", "bin", "consul")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("consul"); err == nil {
-		return p
-	}
-	t.Fatalf("no consul binary (looked at $FERRY_CONSUL_BIN, <repo>/.deps/bin/consul and PATH): run make deps-consul")
-	return ""
-}
-
-// repoRoot is the nearest directory above the working directory holding go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
+	return ferrytest.Tool(t, "FERRY_CONSUL_BIN", "consul", "deps-consul")
 }
 
 // Start runs a dev agent, waits until it has a leader and has registered its own node,

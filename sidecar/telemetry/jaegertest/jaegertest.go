@@ -19,7 +19,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -64,41 +63,7 @@ type Jaeger struct {
 // Binary returns the path of the jaeger-all-in-one binary, failing t if there is none.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("FERRY_JAEGER_BIN"); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("FERRY_JAEGER_BIN=%s: %v", p, err)
-		}
-		return p
-	}
-	if root, err := repoRoot(); err == nil {
-		p := filepath.Join(root, ".deps", "bin", "jaeger-all-in-one")
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	if p, err := exec.LookPath("jaeger-all-in-one"); err == nil {
-		return p
-	}
-	t.Fatalf("no jaeger-all-in-one binary (looked at $FERRY_JAEGER_BIN, <repo>/.deps/bin/jaeger-all-in-one and PATH): run make deps-jaeger")
-	return ""
-}
-
-// repoRoot is the nearest directory above the working directory holding go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.mod above the working directory")
-		}
-		dir = parent
-	}
+	return ferrytest.Tool(t, "FERRY_JAEGER_BIN", "jaeger-all-in-one", "deps-jaeger")
 }
 
 // Start runs an all-in-one on fresh free ports, waits until its collector is healthy and
