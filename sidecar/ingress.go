@@ -463,7 +463,7 @@ func (s *Sidecar) ingressListeners(cfg *config.Config, env ingressEnv) []desired
 			}
 			d.http = edgeHeaders{l7.NewHandler(o)}
 		}
-		d.tlsIn = &inboundTLS{mode: mtls.ModeStrict, config: picker.serverConfig(minVersion, !tcp),
+		d.tlsIn = &inboundTLS{mode: mtls.ModeStrict, config: picker.serverConfig(minVersion, !tcp), kind: "TLS",
 			handshake: in.ReadHeaderTimeout.D(), log: s.log,
 			failures: s.handshakeFailures.MustCurryWith(prometheus.Labels{"listener": in.Address})}
 		d.key += fmt.Sprintf("/ingress-%s-%p", in.MinVersion, picker)

@@ -387,6 +387,25 @@ type inboundTLS struct {
 	log       *slog.Logger
 	// failures counts refused handshakes by reason; nil counts nothing.
 	failures *prometheus.CounterVec
+	// kind names the listener's TLS in replies and logs: "mTLS" (the inbound; the
+	// zero value) or "TLS" (an ingress, which asks for no client certificate).
+	kind string
+}
+
+// listenerName is "an mTLS listener" or "a TLS listener", for replies.
+func (in *inboundTLS) listenerName() string {
+	if in.tlsKind() == "mTLS" {
+		return "an mTLS listener"
+	}
+	return "a " + in.tlsKind() + " listener"
+}
+
+// tlsKind is in.kind, "mTLS" by default.
+func (in *inboundTLS) tlsKind() string {
+	if in.kind == "" {
+		return "mTLS"
+	}
+	return in.kind
 }
 
 // Reasons of ferry_tls_handshake_failures_total.
@@ -507,22 +526,22 @@ func (t *tlsLayer) handshake(c *tls.Conn) {
 	var pe *mtls.PeerError
 	switch {
 	case errors.As(err, &rhe) && rhe.Conn != nil && looksLikeHTTP(rhe.RecordHeader):
-		body := "client sent a plaintext request to an mTLS listener\n"
+		body := "client sent a plaintext request to " + t.in.listenerName() + "\n"
 		_, _ = fmt.Fprintf(rhe.Conn, "HTTP/1.1 400 Bad Request\r\nProxy-Status: %s; error=tls_protocol_error; details=%q\r\n"+
 			"Content-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s",
-			l7.ProxyName, "plaintext request to an mTLS listener", len(body), body)
+			l7.ProxyName, "plaintext request to "+t.in.listenerName(), len(body), body)
 		_ = rhe.Conn.Close()
 		t.in.failed(handshakePlaintext)
-		t.in.log.Info("mTLS handshake refused: plaintext request", "downstream", c.RemoteAddr().String())
+		t.in.log.Info(t.in.tlsKind()+" handshake refused: plaintext request", "downstream", c.RemoteAddr().String())
 	case errors.As(err, &pe):
 		t.in.failed(handshakePeerCert)
-		t.in.log.Info("mTLS handshake refused: peer certificate", "downstream", c.RemoteAddr().String(), "details", pe.Details())
+		t.in.log.Info(t.in.tlsKind()+" handshake refused: peer certificate", "downstream", c.RemoteAddr().String(), "details", pe.Details())
 	case errors.Is(err, context.DeadlineExceeded):
 		t.in.failed(handshakeTimeout)
-		t.in.log.Debug("mTLS handshake timed out", "downstream", c.RemoteAddr().String(), "timeout", t.in.handshake)
+		t.in.log.Debug(t.in.tlsKind()+" handshake timed out", "downstream", c.RemoteAddr().String(), "timeout", t.in.handshake)
 	default:
 		t.in.failed(handshakeProtocol)
-		t.in.log.Debug("mTLS handshake failed", "downstream", c.RemoteAddr().String(), "error", err)
+		t.in.log.Debug(t.in.tlsKind()+" handshake failed", "downstream", c.RemoteAddr().String(), "error", err)
 	}
 	_ = c.Close()
 }

@@ -138,8 +138,9 @@ telemetry: {access_log: stdout}
 		before := application.count.Load()
 		c := ferrytest.NewClient(t, 1, nil)
 		status, body, resp := get(c, "http://"+addr+"/", nil)
-		if status != http.StatusBadRequest || !strings.Contains(resp.Header.Get("Proxy-Status"), "error=tls_protocol_error") {
-			t.Errorf("plaintext GET = %d %q, want 400 with Proxy-Status tls_protocol_error", status, body)
+		want := `ferry; error=tls_protocol_error; details="plaintext request to a TLS listener"`
+		if status != http.StatusBadRequest || resp.Header.Get("Proxy-Status") != want {
+			t.Errorf("plaintext GET = %d %q, Proxy-Status %q, want 400 with %s", status, body, resp.Header.Get("Proxy-Status"), want)
 		}
 		if got := application.count.Load(); got != before {
 			t.Errorf("app requests = %d after a plaintext request, want %d", got, before)
