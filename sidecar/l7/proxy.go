@@ -274,12 +274,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		span.End()
 	}
 	if h.o.AccessLog != nil {
+		// Inbound: the caller's identity. Outbound: the identity the endpoint that
+		// answered proved in its mTLS handshake.
+		peer := st.peer
+		if peer == "" && h.o.Direction == telemetry.Outbound && st.reply == nil && st.endpoint != "" {
+			peer = st.t.peerOf(st.endpoint)
+		}
 		h.o.AccessLog.HTTP(&telemetry.HTTPRecord{
 			Start: start, Direction: h.o.Direction, Upstream: st.upstreamName(h.o.Name), Endpoint: st.endpoint,
 			Method: r.Method, Authority: r.Host, Path: r.URL.RequestURI(), Protocol: r.Proto,
 			Status: st.status, ProxyStatus: st.proxyStatus, BytesIn: max(r.ContentLength, 0),
 			BytesOut: st.written, Duration: d, RequestID: st.requestID, Downstream: r.RemoteAddr,
-			Attempts: st.attempts, TraceID: telemetry.TraceID(span), PeerID: st.peer,
+			Attempts: st.attempts, TraceID: telemetry.TraceID(span), PeerID: peer,
 			Policy: pn.outcome, PolicyRule: pn.rule, Route: st.routeName(),
 		})
 	}
@@ -369,10 +375,10 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		ep.Done(failure(err, down))
 		lr := classify(req.Context(), err)
-		h.endAttempt(span, ep.Address, nil, lr)
+		h.endAttempt(span, t, ep.Address, nil, lr)
 		return nil, lr
 	}
-	return h.deliver(resp, ep, down, span), nil
+	return h.deliver(resp, t, ep, down, span), nil
 }
 
 // roundTripRetrying is RoundTrip with a retry policy: it tries endpoints until a try
@@ -470,11 +476,11 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 					cancelTry(nil)
 				}
 				lr := classify(tctx, err)
-				h.endAttempt(span, ep.Address, nil, lr)
+				h.endAttempt(span, t, ep.Address, nil, lr)
 				return nil, lr
 			}
 			// tctx stays alive: the body streams under it.
-			return h.deliver(resp, ep, down, span), nil
+			return h.deliver(resp, t, ep, down, span), nil
 		}
 
 		// Abandon this try and go on with the next.
@@ -483,12 +489,12 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		}
 		if err != nil {
 			ep.Done(balancer.DoneInfo{Err: err})
-			h.endAttempt(span, ep.Address, nil, classify(tctx, err))
+			h.endAttempt(span, t, ep.Address, nil, classify(tctx, err))
 		} else {
 			_, _ = io.CopyN(io.Discard, resp.Body, 4<<10) // a short body keeps its connection
 			resp.Body.Close()
 			ep.Done(balancer.DoneInfo{Status: outcomeStatus(resp)})
-			h.endAttempt(span, ep.Address, resp, nil)
+			h.endAttempt(span, t, ep.Address, resp, nil)
 		}
 		if cancelTry != nil {
 			cancelTry(nil)
@@ -552,10 +558,10 @@ func failure(err error, down context.Context) balancer.DoneInfo {
 }
 
 // deliver hands resp to the reverse proxy with a body that reports the end of the call.
-func (h *Handler) deliver(resp *http.Response, ep *balancer.Endpoint, down context.Context, span trace.Span) *http.Response {
+func (h *Handler) deliver(resp *http.Response, t *target, ep *balancer.Endpoint, down context.Context, span trace.Span) *http.Response {
 	d := &doneBody{ReadCloser: resp.Body, ep: ep, resp: resp, ctx: down}
 	if span != nil {
-		d.span, d.tracing, d.peer = span, h.o.Tracing, h.peerOf(ep.Address)
+		d.span, d.tracing, d.peer = span, h.o.Tracing, t.peerOf(ep.Address)
 	}
 	if ct := resp.Header["Content-Type"]; len(ct) > 0 && strings.HasPrefix(ct[0], "application/grpc") {
 		d.grpc = true

@@ -32,12 +32,12 @@ func (h *Handler) startAttempt(ctx context.Context, server trace.Span, req *http
 
 // endAttempt ends the client span of a try that got resp, or failed as lr. A nil span
 // (no client span) is ignored.
-func (h *Handler) endAttempt(span trace.Span, endpoint string, resp *http.Response, lr *LocalReply) {
+func (h *Handler) endAttempt(span trace.Span, t *target, endpoint string, resp *http.Response, lr *LocalReply) {
 	if span == nil {
 		return
 	}
 	if resp != nil {
-		h.o.Tracing.EndHTTP(span, attemptResult(endpoint, h.peerOf(endpoint), resp, nil))
+		h.o.Tracing.EndHTTP(span, attemptResult(endpoint, t.peerOf(endpoint), resp, nil))
 		return
 	}
 	res := telemetry.HTTPResult{Endpoint: endpoint}
@@ -54,14 +54,14 @@ func attemptResult(endpoint, peer string, resp *http.Response, err error) teleme
 		GRPCStatus: telemetry.GRPCStatus(resp.Trailer, resp.Header), Err: err}
 }
 
-// peerOf returns the SPIFFE ID an upstream endpoint must have presented for a response to
-// come back from it over mesh mTLS (the handshake refuses any other), "" when the
+// peerOf returns the SPIFFE ID an endpoint of t must have presented for a response to
+// come back from it over mesh mTLS (the handshake refuses any other), "" when t's
 // transport does not speak mesh TLS.
-func (h *Handler) peerOf(endpoint string) string {
-	if h.o.Transport == nil {
+func (t *target) peerOf(endpoint string) string {
+	if t == nil || t.transport == nil {
 		return ""
 	}
-	return h.o.Transport.Options().TLS.PeerIdentity(endpoint)
+	return t.transport.Options().TLS.PeerIdentity(endpoint)
 }
 
 // endServerSpan records how the request of st ended on its (recording) server span and

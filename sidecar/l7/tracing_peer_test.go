@@ -35,13 +35,13 @@ func TestPeerIdentity(t *testing.T) {
 			Identities: identities{"10.0.0.2:21000": "spiffe://x/y"}}, "10.0.0.3:21000", api.String()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &Handler{o: Options{Transport: NewTransport(TransportOptions{TLS: tc.tls})}}
-			if got := h.peerOf(tc.addr); got != tc.want {
+			tg := &target{transport: NewTransport(TransportOptions{TLS: tc.tls})}
+			if got := tg.peerOf(tc.addr); got != tc.want {
 				t.Errorf("peerOf(%s) = %q, want %q", tc.addr, got, tc.want)
 			}
 		})
 	}
-	if got := (&Handler{}).peerOf("10.0.0.1:80"); got != "" {
+	if got := (&target{}).peerOf("10.0.0.1:80"); got != "" {
 		t.Errorf("peerOf without a transport = %q, want none", got)
 	}
 }

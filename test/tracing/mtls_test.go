@@ -3,6 +3,7 @@ package tracing
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/ferrymesh/ferry/sidecar/telemetry/jaegertest"
@@ -11,7 +12,7 @@ import (
 
 // TestPeerIdentitiesOverMTLS: with mTLS between the sidecars, the trace names who was on
 // the other end of each hop: A's client span the identity B proved, B's server span the
-// identity A proved.
+// identity A proved; A's access log names B's identity too.
 func TestPeerIdentitiesOverMTLS(t *testing.T) {
 	j := jaegertest.Start(t)
 	appAddr, seen := startHTTPApp(t)
@@ -24,11 +25,12 @@ admin: {address: %s}
 inbound: {address: %s, target: %s}
 telemetry:
 %s%s`, adminB, inbound, appAddr, tracingBlock(j, ""), bCerts.MTLSBlock()))
-	startFerry(t, "svc-a", adminA, fmt.Sprintf(`service: svc-a
+	a := startFerry(t, "svc-a", adminA, fmt.Sprintf(`service: svc-a
 admin: {address: %s}
 outbound: [{upstream: svc-b, address: %s}]
 upstreams: [{name: svc-b, endpoints: [%s]}]
 telemetry:
+  access_log: stdout
 %s%s`, adminA, outbound, inbound, tracingBlock(j, ""), aCerts.MTLSBlock()))
 
 	resp, body := get(t, "http://"+outbound+"/mtls", nil)
@@ -53,4 +55,7 @@ telemetry:
 			t.Errorf("%s %s span ferry.peer_identity = %q, want %q", tc.service, tc.kind, got, tc.want)
 		}
 	}
+	want := `"peer_identity":"spiffe://mesh.local/svc/svc-b"`
+	ferrytest.Eventually(t, waitTimeout, func() bool { return strings.Contains(a.Output(), want) },
+		func() string { return "A's access log has no " + want + ":\n" + a.Output() })
 }
