@@ -43,7 +43,9 @@ for i in 1 2 3; do
   "$work/backend" -listen 127.0.0.1:808$i -name api-$i & pids+=($!)
   (cd "$work" && exec "$FERRY" run --config "$repo/examples/static/api-$i.yaml") >"$work/ferry-api-$i.log" 2>&1 & pids+=($!)
 done
-(cd "$work" && exec "$FERRY" run --config "$repo/examples/static/web.yaml") >"$work/access.log" 2>"$work/ferry-web.log" & pids+=($!)
+cp "$repo/examples/static/web.yaml" "$work/web.yaml" # the demo edits and reloads it below
+(cd "$work" && exec "$FERRY" run --config "$work/web.yaml") >"$work/access.log" 2>"$work/ferry-web.log" & pids+=($!)
+web_pid=$!
 
 for port in 9901 9902 9903 9904; do
   for _ in $(seq 100); do
@@ -82,7 +84,15 @@ for i in $(seq 20); do
   hdr=$(curl -s -D - -o /dev/null http://127.0.0.1:9191/hello | tr -d '\r')
   if grep -q '^HTTP/1.1 503' <<<"$hdr"; then grep -iE '^(HTTP/|proxy-status)' <<<"$hdr"; break; fi
 done
-echo "(outlier detection and retries, which route around it, come with the high-availability work)"
+echo
+echo "== add retries and outlier detection to web's api upstream and reload (SIGHUP): calls route around it"
+sed -i 's/^    request_timeout: 5s$/&\n    retries: {attempts: 2, on: [connect-failure, gateway-error]}\n    outlier_detection: {consecutive_gateway_failure: 2, max_ejection_percent: 50}/' "$work/web.yaml"
+grep -E '^    (retries|outlier_detection):' "$work/web.yaml"
+kill -HUP "$web_pid"; sleep 0.5
+fails=0
+for _ in $(seq 30); do curl -fs -o /dev/null http://127.0.0.1:9191/hello || fails=$((fails+1)); done
+echo "   30 calls after the reload: $fails failed"
+curl -fs http://127.0.0.1:9901/clusters | grep -E '"(outlier|reason)"' | sort | uniq -c | head -4
 echo
 echo "== last access-log line of web's sidecar:"
 tail -n 1 "$work/access.log"
