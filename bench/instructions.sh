@@ -16,9 +16,15 @@
 # off with tracing at sample ratios 0.01 and 1.0, exporting over OTLP gRPC to that Jaeger.
 #
 # Usage: bench/instructions.sh [N requests, default 4000]   (needs valgrind, nginx, h2load)
+# IR_SUITES picks the tables (default "resilience policy tracing"); "plain" alone measures
+# only the plain upstream, twice: the quick check while working on the proxy path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-4000}
+SUITES=" ${IR_SUITES:-resilience policy tracing} "
+for s in $SUITES; do
+	[[ " plain resilience policy tracing " == *" $s "* ]] || { echo "IR_SUITES: unknown suite '$s' (plain, resilience, policy, tracing)" >&2; exit 2; }
+done
 FERRY=${FERRY_BIN:-bin/ferry}
 work=$(mktemp -d /tmp/ferry-ir.XXXXXX)
 pids=()
@@ -69,7 +75,7 @@ done
 
 JAEGER=${JAEGER_BIN:-.deps/bin/jaeger-all-in-one}
 tracing=0
-if [ -x "$JAEGER" ]; then
+if [ -x "$JAEGER" ] && [[ $SUITES == *" tracing "* ]]; then
 	tracing=1
 	j=127.0.0.1
 	"$JAEGER" --admin.http.host-port=$j:19714 --collector.grpc-server.host-port=$j:19715 \
@@ -124,16 +130,20 @@ measure() {
 	echo $(((b - a) / N))
 }
 p1=$(measure plain)
-h1=$(measure ha)
+[[ $SUITES == *" resilience "* ]] && h1=$(measure ha)
 p2=$(measure plain)
-h2=$(measure ha)
 echo "| config | instructions/request (run 1) | (run 2) |"
 echo "|---|--:|--:|"
 echo "| plain upstream | $p1 | $p2 |"
-echo "| + retries, breaker, outlier detection, health check | $h1 | $h2 |"
-awk -v p=$((p1 + p2)) -v h=$((h1 + h2)) 'BEGIN {printf "\nresilience cost on the happy path: %+.1f %% instructions per request\n", (h - p) * 100 / p}'
+if [[ $SUITES == *" resilience "* ]]; then
+	h2=$(measure ha)
+	echo "| + retries, breaker, outlier detection, health check | $h1 | $h2 |"
+	awk -v p=$((p1 + p2)) -v h=$((h1 + h2)) 'BEGIN {printf "\nresilience cost on the happy path: %+.1f %% instructions per request\n", (h - p) * 100 / p}'
+fi
+[[ $SUITES == *" policy "* ]] || [[ $SUITES == *" tracing "* ]] || exit 0
 purl=http://127.0.0.1:19602/api/v1/orders/42
 phdr=(-H "x-tenant: acme-corp")
+[[ $SUITES == *" policy "* ]] && {
 i1=$(measure inbound "$purl" "${phdr[@]}")
 q1=$(measure inbound-policy "$purl" "${phdr[@]}")
 i2=$(measure inbound "$purl" "${phdr[@]}")
@@ -144,6 +154,8 @@ echo "|---|--:|--:|"
 echo "| no policy | $i1 | $i2 |"
 echo "| 20 access rules + rate limit (bench/policy-20-rules.yaml) | $q1 | $q2 |"
 awk -v p=$((i1 + i2)) -v q=$((q1 + q2)) 'BEGIN {printf "\npolicy cost: %+.1f %% instructions per request\n", (q - p) * 100 / p}'
+}
+[[ $SUITES == *" tracing "* ]] || exit 0
 if [ $tracing = 1 ]; then
 	t1a=$(measure trace-0.01)
 	t2a=$(measure trace-1.0)
