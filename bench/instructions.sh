@@ -20,6 +20,10 @@
 # only the plain upstream, twice: the quick check while working on the proxy path.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# One run at a time on this machine: the ports below are fixed, and a second run would
+# measure the first one's Ferry.
+exec 9>/tmp/ferry-instructions.lock
+flock 9
 N=${1:-4000}
 SUITES=" ${IR_SUITES:-resilience policy tracing} "
 for s in $SUITES; do
