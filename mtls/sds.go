@@ -36,16 +36,17 @@ const (
 	// with SPIRE's agent, the workload's SPIFFE ID (or SPIRE's "default").
 	DefaultSDSCertName = "default"
 	// DefaultSDSValidationName is the name of the validation context secret Istio's agent
-	// serves; with SPIRE's agent, the trust domain's SPIFFE ID (spiffe://example.org) or
-	// "ALL".
+	// serves; with SPIRE's agent, the trust domain's SPIFFE ID (spiffe://example.org).
+	// SPIRE serves its "ALL" secret (a SPIFFE validator configuration) only to clients that
+	// announce Envoy 1.18 or later as their build version, which Ferry does not claim.
 	DefaultSDSValidationName = "ROOTCA"
 	DefaultSDSRetryBase      = 500 * time.Millisecond
 	DefaultSDSRetryMax       = 30 * time.Second
 )
 
-// SDSTypeURL is the type URL of the secrets the SDS client asks for:
-// type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret.
-var SDSTypeURL = "type.googleapis.com/" + string((&tlsv3.Secret{}).ProtoReflect().Descriptor().FullName())
+// SDSTypeURL is the type URL of the secrets the SDS client asks for (Envoy's
+// envoy.extensions.transport_sockets.tls.v3.Secret).
+const SDSTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 // SDSOptions configures an SDSSource.
 type SDSOptions struct {

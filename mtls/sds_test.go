@@ -2,14 +2,19 @@ package mtls_test
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ferrymesh/ferry/mtls"
 	"github.com/ferrymesh/ferry/test/ferrytest"
@@ -70,6 +75,32 @@ func caPEM(t *testing.T, ca *mtls.CA) []byte {
 	return b
 }
 
+// bundleMapSecret is a validation context secret holding a SPIFFE validator configuration
+// whose trust_bundles is a file: a SPIFFE bundle map with the bundles of cas.
+func bundleMapSecret(t *testing.T, name string, cas ...*mtls.CA) *tlsv3.Secret {
+	t.Helper()
+	doc := map[string]map[string]json.RawMessage{"trust_domains": {}}
+	for _, ca := range cas {
+		b, err := spiffebundle.FromX509Authorities(ca.TrustDomain(), []*x509.Certificate{ca.Certificate()}).Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc["trust_domains"][ca.TrustDomain().Name()] = b
+	}
+	raw, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := ferrytest.WriteFile(t, t.TempDir(), "bundles.json", string(raw))
+	typed, err := anypb.New(&tlsv3.SPIFFECertValidatorConfig{
+		TrustBundles: &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: file}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+		CustomValidatorConfig: &corev3.TypedExtensionConfig{Name: "envoy.tls.cert_validator.spiffe", TypedConfig: typed}}}}
+}
+
 // newSDS starts an SDS source for srv with short retry delays, closed when the test ends.
 func newSDS(t *testing.T, srv *ferrytest.SDSServer, mod func(*mtls.SDSOptions)) *mtls.SDSSource {
 	t.Helper()
@@ -123,6 +154,7 @@ func TestSDSSourceFirstMaterial(t *testing.T) {
 		certName  string
 		validName string
 		valid     func(name string) *tlsv3.Secret
+		cert      func(name string, svid *x509svid.SVID) *tlsv3.Secret // default: inline bytes
 	}{
 		{name: "unix socket, Istio's names, trusted_ca", network: "unix",
 			valid: func(name string) *tlsv3.Secret { return ferrytest.CASecret(name, caPEM(t, ca)) }},
@@ -133,6 +165,18 @@ func TestSDSSourceFirstMaterial(t *testing.T) {
 			valid: func(name string) *tlsv3.Secret {
 				return ferrytest.SPIFFEValidatorSecret(t, name, map[string][]byte{"other.org": caPEM(t, other), "mesh.local": caPEM(t, ca)})
 			}},
+		{name: "SPIFFE validator with a trust_bundles map in a file, certificate as inline strings", network: "tcp",
+			valid: func(name string) *tlsv3.Secret { return bundleMapSecret(t, name, ca, other) },
+			cert: func(name string, svid *x509svid.SVID) *tlsv3.Secret {
+				chain, key, err := svid.Marshal()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{TlsCertificate: &tlsv3.TlsCertificate{
+					CertificateChain: &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: string(chain)}},
+					PrivateKey:       &corev3.DataSource{Specifier: &corev3.DataSource_InlineString{InlineString: string(key)}},
+				}}}
+			}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -142,7 +186,11 @@ func TestSDSSourceFirstMaterial(t *testing.T) {
 				certName, validName = mtls.DefaultSDSCertName, mtls.DefaultSDSValidationName
 			}
 			svid := sdsIssue(t, ca, "web")
-			v := srv.SetSecrets(t, certSecret(t, certName, svid), tc.valid(validName),
+			cert := certSecret(t, certName, svid)
+			if tc.cert != nil {
+				cert = tc.cert(certName, svid)
+			}
+			v := srv.SetSecrets(t, cert, tc.valid(validName),
 				certSecret(t, "unrelated", sdsIssue(t, ca, "api")))
 			src := newSDS(t, srv, func(o *mtls.SDSOptions) { o.CertName, o.ValidationName = tc.certName, tc.validName })
 
@@ -179,8 +227,8 @@ func TestSDSSourceFirstMaterial(t *testing.T) {
 			if got, want := strings.Join(first.GetResourceNames(), ","), certName+","+validName; got != want {
 				t.Errorf("resource_names = %q, want %q", got, want)
 			}
-			if got := first.GetTypeUrl(); got != mtls.SDSTypeURL || got != "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret" {
-				t.Errorf("type_url = %q, want the Secret type", got)
+			if got, want := first.GetTypeUrl(), "type.googleapis.com/"+string((&tlsv3.Secret{}).ProtoReflect().Descriptor().FullName()); got != want || got != mtls.SDSTypeURL {
+				t.Errorf("type_url = %q, want %q", got, want)
 			}
 		})
 	}

@@ -58,7 +58,7 @@ type SDS struct {
 	CertName string `yaml:"cert_name" json:"cert_name"`
 	// ValidationName is the name of the validation context secret (the trust bundle):
 	// default "ROOTCA" (Istio's name); with SPIRE, the trust domain's SPIFFE ID
-	// (spiffe://example.org) or "ALL".
+	// (spiffe://example.org).
 	ValidationName string `yaml:"validation_name" json:"validation_name"`
 }
 
