@@ -227,6 +227,17 @@ func TestSDSSourceFirstMaterial(t *testing.T) {
 			if got, want := strings.Join(first.GetResourceNames(), ","), certName+","+validName; got != want {
 				t.Errorf("resource_names = %q, want %q", got, want)
 			}
+			if n := srv.OpenStreams(); n != 1 {
+				t.Errorf("OpenStreams() = %d, want 1", n)
+			}
+			if err := src.Close(); err != nil {
+				t.Errorf("Close() error = %v", err)
+			}
+			ferrytest.Eventually(t, sdsWait, func() bool { return srv.OpenStreams() == 0 },
+				func() string { return "the stream is still open after Close()" })
+			if _, err := src.Current(); err != nil {
+				t.Errorf("Current() after Close() = %v, want the material kept", err)
+			}
 			if got, want := first.GetTypeUrl(), "type.googleapis.com/"+string((&tlsv3.Secret{}).ProtoReflect().Descriptor().FullName()); got != want || got != mtls.SDSTypeURL {
 				t.Errorf("type_url = %q, want %q", got, want)
 			}

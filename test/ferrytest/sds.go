@@ -45,6 +45,7 @@ type SDSServer struct {
 	done     chan struct{}
 	version  int
 	requests []*discoveryv3.DiscoveryRequest
+	open     int // streams open now
 }
 
 // sdsAllNodes gives every node the same snapshot.
@@ -92,6 +93,17 @@ func (s *SDSServer) Start(t testing.TB) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	xds := serverv3.NewServer(ctx, s.cache, serverv3.CallbackFuncs{
+		StreamOpenFunc: func(context.Context, int64, string) error {
+			s.mu.Lock()
+			s.open++
+			s.mu.Unlock()
+			return nil
+		},
+		StreamClosedFunc: func(int64, *corev3.Node) {
+			s.mu.Lock()
+			s.open--
+			s.mu.Unlock()
+		},
 		StreamRequestFunc: func(_ int64, req *discoveryv3.DiscoveryRequest) error {
 			s.mu.Lock()
 			s.requests = append(s.requests, proto.Clone(req).(*discoveryv3.DiscoveryRequest))
@@ -145,6 +157,13 @@ func (s *SDSServer) SetSecrets(t testing.TB, secrets ...*tlsv3.Secret) string {
 		t.Fatalf("SetSnapshot() error = %v", err)
 	}
 	return version
+}
+
+// OpenStreams is the number of SDS streams open now.
+func (s *SDSServer) OpenStreams() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.open
 }
 
 // Requests returns copies of the requests received so far, oldest first.

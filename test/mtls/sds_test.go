@@ -2,12 +2,15 @@ package mtls
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -216,6 +219,65 @@ func TestSDSRejectsBadSecretAndSurvivesRestart(t *testing.T) {
 	eventually(t, "the sidecar to take the new certificate once the SDS server is back", func() bool {
 		return leafSerial(f.certs()) == newAPI.Serial
 	})
+}
+
+// TestSDSReload: a reload that changes the sds block starts a new SDS stream for the new
+// secret names and closes the old one; one that leaves it alone keeps the stream.
+func TestSDSReload(t *testing.T) {
+	p := ferrytest.NewPKI(t)
+	srv := ferrytest.StartSDS(t, "unix")
+	a := startApp(t, nil)
+	web, api := p.Issue("web"), p.Issue("api")
+	apiDefault := p.IssueAt(t.TempDir(), "api", time.Time{}, time.Hour)
+	chain, key, _ := apiDefault.ReadSecretFiles(t)
+	srv.SetSecrets(t, append(sdsSecrets(t, web, api), ferrytest.CertSecret("default", chain, key))...)
+
+	inbound, admin := ferrytest.FreeAddr(t), ferrytest.FreeAddr(t)
+	config := func(mtlsBlock string) string {
+		return fmt.Sprintf("service: api\nadmin: {address: %s}\ndrain_timeout: 1s\ninbound: {address: %s, target: %s}\n%s",
+			admin, inbound, a.addr, mtlsBlock)
+	}
+	file := ferrytest.WriteFile(t, t.TempDir(), "ferry.yaml", config(sdsBlock(srv, "api")))
+	f := &ferry{Process: ferrytest.StartWith(t, ferrytest.Options{Grace: 10 * time.Second, Name: admin}, ferryBin, file, admin), t: t}
+	f.WaitReady()
+	if got := leafSerial(f.certs()); got != api.Serial {
+		t.Fatalf("/certs serial = %s, want %s", got, api.Serial)
+	}
+
+	// Same sds block, another key: the stream stays.
+	requests := len(srv.Requests())
+	v1 := configVersion(f)
+	ferrytest.WriteFile(t, filepath.Dir(file), "ferry.yaml", config(sdsBlock(srv, "api"))+"telemetry: {access_log: stdout}\n")
+	f.Signal(syscall.SIGHUP)
+	eventually(t, "the reload to apply", func() bool { return configVersion(f) != v1 })
+	if dump := f.get("/config_dump"); !strings.Contains(dump, `"cert_name": "spiffe://mesh.local/svc/api"`) {
+		t.Errorf("/config_dump has no sds cert_name:\n%s", dump)
+	}
+	if n := srv.OpenStreams(); n != 1 {
+		t.Errorf("OpenStreams() after a reload without sds changes = %d, want 1", n)
+	}
+	if got := len(srv.Requests()); got != requests {
+		t.Errorf("the SDS server got %d more requests after a reload without sds changes, want 0", got-requests)
+	}
+
+	// cert_name changes: a new stream asks for "default"; the old one is closed after the
+	// drain timeout.
+	ferrytest.WriteFile(t, filepath.Dir(file), "ferry.yaml",
+		config(fmt.Sprintf("mtls: {source: sds, sds: {address: %q, validation_name: \"spiffe://mesh.local\"}}\n", srv.Address)))
+	f.Signal(syscall.SIGHUP)
+	eventually(t, "/certs to show the certificate of secret default", func() bool { return leafSerial(f.certs()) == apiDefault.Serial })
+	eventually(t, "the old SDS stream to close", func() bool { return srv.OpenStreams() == 1 })
+}
+
+// configVersion is the version of the config f runs, from /config_dump.
+func configVersion(f *ferry) string {
+	var d struct {
+		Version string `json:"version"`
+	}
+	if err := json.Unmarshal([]byte(f.get("/config_dump")), &d); err != nil {
+		f.t.Fatalf("/config_dump: %v", err)
+	}
+	return d.Version
 }
 
 // hasMetricLine reports whether a line of the Prometheus text exposition starts with
