@@ -45,7 +45,10 @@ type MTLS struct {
 }
 
 // SDS is the mtls.sds block: the SDS server (Envoy's SecretDiscoveryService) that pushes
-// this sidecar's certificate and trust bundle, and the names of the two secrets.
+// this sidecar's certificate and trust bundle, and the names of the two secrets. The
+// certificate must be in mtls.trust_domain (with SPIRE, set it to SPIRE's trust domain);
+// one that is not, or that does not verify against the bundle, is refused (NACKed) and
+// the previous one stays.
 type SDS struct {
 	// Address is the SDS server: unix:///path (SPIRE's agent socket, Istio's workload
 	// socket) or host:port. The stream is plaintext gRPC, as Envoy's is over a Unix
