@@ -78,6 +78,10 @@ func (s *Sidecar) meshFor(cfg *config.Config, cc consulConn) (*meshTLS, error) {
 	if consulCA {
 		key += fmt.Sprintf("|%s|%s|%p", mc.ConsulService, cc.key, cc.client)
 	}
+	sdsCA := mc.Source == config.MTLSSourceSDS && mc.SDS != nil
+	if sdsCA {
+		key += fmt.Sprintf("|%q|%q|%q", mc.SDS.Address, mc.SDS.CertName, mc.SDS.ValidationName)
+	}
 	if cur := s.mesh.cur; cur != nil && cur.key == key {
 		return cur, nil
 	}
@@ -105,6 +109,16 @@ func (s *Sidecar) meshFor(cfg *config.Config, cc consulConn) (*meshTLS, error) {
 		}
 		src, err = mtls.NewConsulSource(mtls.ConsulOptions{Agent: cc.client.API().Agent(), Service: svc,
 			TrustDomain: td, Address: cc.addr, Logger: s.log})
+	case config.MTLSSourceSDS:
+		if !sdsCA {
+			return nil, errors.New("mtls: source sds needs an sds block") // unreachable: validation
+		}
+		nodeID := cfg.Service
+		if id, err := mtls.ServiceID(td, cfg.Service); err == nil {
+			nodeID = id.String()
+		}
+		src, err = mtls.NewSDSSource(mtls.SDSOptions{Address: mc.SDS.Address, CertName: mc.SDS.CertName,
+			ValidationName: mc.SDS.ValidationName, NodeID: nodeID, NodeCluster: cfg.Service, TrustDomain: td, Logger: s.log})
 	default:
 		err = fmt.Errorf("mtls source %q is not available", mc.Source)
 	}
@@ -121,7 +135,33 @@ func (s *Sidecar) meshFor(cfg *config.Config, cc consulConn) (*meshTLS, error) {
 		}
 		cancel()
 	}
+	if sdsCA && s.mesh.cur != nil {
+		// As for Consul: a reload replacing a running source waits a moment for the new
+		// one's first certificate.
+		wctx, cancel := context.WithTimeout(context.Background(), consulReloadWait)
+		if _, err := mtls.Wait(wctx, src); err != nil {
+			s.log.Warn("the new SDS certificate source has no certificate yet; applying the config anyway",
+				"sds_address", mc.SDS.Address, "error", err)
+		}
+		cancel()
+	}
 	ctx, stop := context.WithCancel(context.Background())
+	if sdsCA {
+		// SPIRE's and Istio's agents rotate by 50 to 80% of the lifetime: warn once less
+		// than a tenth is left, sized once the first certificate shows the lifetime.
+		if _, err := src.Current(); err != nil {
+			s.log.Info("waiting for the first certificate from the SDS server: /ready answers 503 until it arrives",
+				"sds_address", mc.SDS.Address, "cert_name", mc.SDS.CertName, "validation_name", mc.SDS.ValidationName)
+		}
+		go func() {
+			m, err := mtls.Wait(ctx, src)
+			if err != nil {
+				return
+			}
+			mtls.WatchExpiry(ctx, src, s.log, min(maxExpiryWarning, m.NotAfter().Sub(m.Leaf().NotBefore)/10))
+		}()
+		return &meshTLS{key: key, src: src, td: td, stop: stop}, nil
+	}
 	if consulCA {
 		// Consul renews the leaf itself, by 90% of its lifetime at the latest: warn only
 		// when the renewal is overdue, sized once the first leaf shows the lifetime.

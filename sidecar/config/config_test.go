@@ -399,7 +399,7 @@ upstreams: [{name: api, endpoints: [127.0.0.1:8081], tls: mesh}]
 			},
 		},
 		{
-			name: "mtls sds source is not available yet",
+			name: "mtls sds source needs sds.address",
 			doc: `
 service: web
 outbound: [{upstream: api, address: 127.0.0.1:9191}]
@@ -407,7 +407,70 @@ upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
 mtls: {source: sds}
 `,
 			want: []string{
-				`ferry.yaml:4: mtls.source: source sds is not available yet (use files, dev or consul)`,
+				`ferry.yaml:4: mtls.sds.address: missing sds.address (source sds needs the SDS server: unix:///path or host:port)`,
+			},
+		},
+		{
+			name: "mtls sds block without its address",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+mtls:
+  source: sds
+  sds:
+    cert_name: web
+`,
+			want: []string{
+				`ferry.yaml:7: mtls.sds.address: missing sds.address`,
+			},
+		},
+		{
+			name: "mtls sds malformed addresses and names",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+mtls:
+  source: sds
+  cert_file: web.pem
+  sds:
+    address: unix:run/spire/agent.sock
+    cert_name: same
+    validation_name: same
+`,
+			want: []string{
+				`ferry.yaml:6: mtls.cert_file: cert_file applies to source files only (source sds takes the certificate from the SDS server)`,
+				`ferry.yaml:8: mtls.sds.address: invalid SDS address "unix:run/spire/agent.sock" (want unix:///absolute/path)`,
+				`ferry.yaml:10: mtls.sds.validation_name: validation_name is the same as cert_name ("same")`,
+			},
+		},
+		{
+			name: "mtls sds address without a port",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+mtls: {source: sds, sds: {address: 127.0.0.1}}
+`,
+			want: []string{
+				`ferry.yaml:4: mtls.sds.address: invalid SDS address "127.0.0.1" (want unix:///path or host:port)`,
+			},
+		},
+		{
+			name: "mtls sds block with another source, unknown sds key",
+			doc: `
+service: web
+outbound: [{upstream: api, address: 127.0.0.1:9191}]
+upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
+mtls:
+  source: dev
+  dir: /tmp/ca
+  sds: {address: "unix:///run/spire/agent.sock", cert: web}
+`,
+			want: []string{
+				`ferry.yaml:7: mtls.sds.cert: unknown key`,
+				`ferry.yaml:7: mtls.sds: sds applies to source sds only (source is dev)`,
 			},
 		},
 		{

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/ferrymesh/ferry/mtls"
@@ -21,10 +22,10 @@ type MTLS struct {
 	// talking to the wrong Consul cluster).
 	TrustDomain string `yaml:"trust_domain" json:"trust_domain"`
 	// Source is where the certificates come from: files (CertFile, KeyFile, CAFile; the
-	// default), dev (the development CA of `ferry ca`, in Dir) or consul (Consul
+	// default), dev (the development CA of `ferry ca`, in Dir), consul (Consul
 	// Connect's CA, through the agent of discovery.consul or the CONSUL_* environment:
-	// the leaf certificate of ConsulService and the CA roots, followed as they rotate).
-	// sds is reserved for the source still to come.
+	// the leaf certificate of ConsulService and the CA roots, followed as they rotate) or
+	// sds (pushed by an SDS server such as SPIRE's or Istio's agent; see SDS).
 	Source string `yaml:"source" json:"source"`
 	// ConsulService is the Consul service name the leaf certificate is issued for (source
 	// consul; default: service). The sidecar's identity is then Consul's
@@ -39,6 +40,29 @@ type MTLS struct {
 	// Dir is the directory `ferry ca create` or `ferry ca issue --out` wrote to
 	// (source dev).
 	Dir string `yaml:"dir" json:"dir,omitempty"`
+	// SDS is where source sds gets its certificates (required with it, and only there).
+	SDS *SDS `yaml:"sds" json:"sds,omitempty"`
+}
+
+// SDS is the mtls.sds block: the SDS server (Envoy's SecretDiscoveryService) that pushes
+// this sidecar's certificate and trust bundle, and the names of the two secrets. The
+// certificate must be in mtls.trust_domain (with SPIRE, set it to SPIRE's trust domain);
+// one that is not, or that does not verify against the bundle, is refused (NACKed) and
+// the previous one stays.
+type SDS struct {
+	// Address is the SDS server: unix:///path (SPIRE's agent socket, Istio's workload
+	// socket) or host:port. The stream is plaintext gRPC, as Envoy's is over a Unix
+	// socket, so a TCP address must be loopback or on a network otherwise trusted
+	// (Warnings says so for a host that is not a loopback IP): whoever answers there
+	// hands this sidecar its identity. Required.
+	Address string `yaml:"address" json:"address"`
+	// CertName is the name of the TLS certificate secret: default "default" (Istio's
+	// name); with SPIRE, the workload's SPIFFE ID.
+	CertName string `yaml:"cert_name" json:"cert_name"`
+	// ValidationName is the name of the validation context secret (the trust bundle):
+	// default "ROOTCA" (Istio's name); with SPIRE, the trust domain's SPIFFE ID
+	// (spiffe://example.org).
+	ValidationName string `yaml:"validation_name" json:"validation_name"`
 }
 
 // Values of mtls.source and of an upstream's tls key.
@@ -76,6 +100,14 @@ func mtlsDefaults(c *Config) {
 		}
 		if m.ConsulService == "" && m.Source == MTLSSourceConsul {
 			m.ConsulService = c.Service
+		}
+		if m.Source == MTLSSourceSDS && m.SDS != nil {
+			if m.SDS.CertName == "" {
+				m.SDS.CertName = mtls.DefaultSDSCertName
+			}
+			if m.SDS.ValidationName == "" {
+				m.SDS.ValidationName = mtls.DefaultSDSValidationName
+			}
 		}
 	}
 	for i := range c.Upstreams {
@@ -146,9 +178,20 @@ func checkMTLS(c *Config, col *collector) {
 				col.add(p.with("consul_service"), "invalid Consul service name %q (%s)", m.ConsulService, nameRule)
 			}
 		case MTLSSourceSDS:
-			col.add(p.with("source"), "source %s is not available yet (use files, dev or consul)", m.Source)
+			for _, f := range []struct{ key, v string }{{"cert_file", m.CertFile}, {"key_file", m.KeyFile}, {"ca_file", m.CAFile}} {
+				if f.v != "" {
+					col.add(p.with(f.key), "%s applies to source files only (source sds takes the certificate from the SDS server)", f.key)
+				}
+			}
+			if m.Dir != "" {
+				col.add(p.with("dir"), "dir applies to source dev only")
+			}
+			checkSDS(m.SDS, p.with("sds"), col)
 		default:
-			col.add(p.with("source"), "unknown source %q (want files, dev or consul)", m.Source)
+			col.add(p.with("source"), "unknown source %q (want files, dev, consul or sds)", m.Source)
+		}
+		if m.SDS != nil && m.Source != MTLSSourceSDS {
+			col.add(p.with("sds"), "sds applies to source sds only (source is %s)", m.Source)
 		}
 		if m.ConsulService != "" && m.Source != MTLSSourceConsul {
 			col.add(p.with("consul_service"), "consul_service applies to source consul only")
@@ -192,4 +235,36 @@ func checkMTLS(c *Config, col *collector) {
 			col.add(p.with("tls_ca_file"), "invalid file name %q", u.TLSCAFile)
 		}
 	}
+}
+
+// checkSDS validates the sds block of source sds, at p.
+func checkSDS(s *SDS, p path, col *collector) {
+	if s == nil || s.Address == "" {
+		col.add(p.with("address"), "missing sds.address (source sds needs the SDS server: unix:///path or host:port)")
+		return
+	}
+	if _, _, err := mtls.ParseSDSAddress(s.Address); err != nil {
+		col.add(p.with("address"), "%s", strings.TrimPrefix(err.Error(), "mtls: "))
+	}
+	for _, f := range []struct{ key, v string }{{"cert_name", s.CertName}, {"validation_name", s.ValidationName}} {
+		if strings.ContainsRune(f.v, 0) {
+			col.add(p.with(f.key), "invalid secret name %q", f.v)
+		}
+	}
+	if s.CertName != "" && s.CertName == s.ValidationName {
+		col.add(p.with("validation_name"), "validation_name is the same as cert_name (%q): the certificate and the trust bundle are two secrets", s.CertName)
+	}
+}
+
+// mtlsWarnings warns about an SDS server reached over TCP on an address that is not
+// loopback: the stream is plaintext.
+func mtlsWarnings(c *Config) []string {
+	m := c.MTLS
+	if m == nil || m.Source != MTLSSourceSDS || m.SDS == nil {
+		return nil
+	}
+	if _, local, err := mtls.ParseSDSAddress(m.SDS.Address); err == nil && !local {
+		return []string{fmt.Sprintf("mtls.sds.address %s is not a Unix socket or a loopback address: the SDS stream is plaintext, and whoever answers there hands this sidecar its identity; make sure that network is trusted", m.SDS.Address)}
+	}
+	return nil
 }

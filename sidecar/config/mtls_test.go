@@ -54,6 +54,63 @@ mtls: {source: consul, trust_domain: x.consul, consul_service: web-v2, mode: per
 	}
 }
 
+func TestParseMTLSSDS(t *testing.T) {
+	tests := []struct {
+		name                           string
+		sds                            string
+		address, certName, validName   string
+		trustDomain, apiIdentity, mode string
+	}{
+		{
+			name:    "Istio's agent: secret names by default",
+			sds:     `mtls: {source: sds, sds: {address: "unix:///var/run/secrets/workload-spiffe-uds/socket"}}`,
+			address: "unix:///var/run/secrets/workload-spiffe-uds/socket", certName: "default", validName: "ROOTCA",
+			trustDomain: "mesh.local", apiIdentity: "spiffe://mesh.local/svc/api", mode: "strict",
+		},
+		{
+			name: "SPIRE's agent: SPIFFE ID and trust domain bundle, own trust domain",
+			sds: `mtls:
+  mode: permissive
+  trust_domain: example.org
+  source: sds
+  sds:
+    address: unix:///run/spire/agent.sock
+    cert_name: spiffe://example.org/svc/web
+    validation_name: spiffe://example.org
+`,
+			address: "unix:///run/spire/agent.sock", certName: "spiffe://example.org/svc/web", validName: "spiffe://example.org",
+			trustDomain: "example.org", apiIdentity: "spiffe://example.org/svc/api", mode: "permissive",
+		},
+		{
+			name:    "loopback TCP",
+			sds:     `mtls: {source: sds, sds: {address: "127.0.0.1:8234", validation_name: ALL}}`,
+			address: "127.0.0.1:8234", certName: "default", validName: "ALL",
+			trustDomain: "mesh.local", apiIdentity: "spiffe://mesh.local/svc/api", mode: "strict",
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			doc := "service: web\noutbound: [{upstream: api, address: 127.0.0.1:9191}]\nupstreams: [{name: api, endpoints: [127.0.0.1:8081]}]\n" + tc.sds
+			c, err := parse(t, doc)
+			if err != nil {
+				t.Fatalf("Parse() error = %v", err)
+			}
+			if err := c.Validate(); err != nil {
+				t.Errorf("Validate() of a parsed config = %v, want nil", err)
+			}
+			m := c.MTLS
+			got := []string{m.Source, m.SDS.Address, m.SDS.CertName, m.SDS.ValidationName, m.TrustDomain, c.Upstreams[0].Identity, m.Mode}
+			want := []string{"sds", tc.address, tc.certName, tc.validName, tc.trustDomain, tc.apiIdentity, tc.mode}
+			if strings.Join(got, "|") != strings.Join(want, "|") {
+				t.Errorf("source, address, cert_name, validation_name, trust_domain, identity, mode = %q, want %q", got, want)
+			}
+			if w := c.Warnings(); len(w) != 0 {
+				t.Errorf("Warnings() = %q, want none for a local SDS server", w)
+			}
+		})
+	}
+}
+
 func TestMTLSConsulErrors(t *testing.T) {
 	tests := []struct {
 		name string
@@ -117,7 +174,7 @@ upstreams: [{name: api, endpoints: [127.0.0.1:8081]}]
 mtls: {source: vault}
 `,
 			want: []string{
-				`ferry.yaml:4: mtls.source: unknown source "vault" (want files, dev or consul)`,
+				`ferry.yaml:4: mtls.source: unknown source "vault" (want files, dev, consul or sds)`,
 			},
 		},
 	}

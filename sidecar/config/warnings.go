@@ -8,6 +8,7 @@ func (c *Config) Warnings() []string {
 	if c.MTLS == nil {
 		w = append(w, "no mtls block: traffic between sidecars is plaintext")
 	}
+	w = append(w, mtlsWarnings(c)...)
 	if c.HasPolicy() && c.Inbound == nil && len(c.Ingress) == 0 {
 		w = append(w, "policy: there is no inbound or ingress listener, so nothing enforces this policy (it applies to requests arriving at this service, not to outbound calls)")
 	}
