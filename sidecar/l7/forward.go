@@ -92,7 +92,7 @@ func (c *connTokens) parse(v []string) {
 // names: what http.Header.Del(token) would remove.
 func (c *connTokens) names(k string) bool {
 	for _, t := range c.list {
-		if len(t) == len(k) && strings.EqualFold(t, k) && textproto.CanonicalMIMEHeaderKey(t) == k {
+		if len(t) == len(k) && asciiEqualFold(t, k) && textproto.CanonicalMIMEHeaderKey(t) == k {
 			return true
 		}
 	}
@@ -100,20 +100,67 @@ func (c *connTokens) names(k string) bool {
 }
 
 // removeHopByHop removes the hop-by-hop headers of h (a response header), as
-// ReverseProxy's removeHopByHopHeaders does.
+// ReverseProxy's removeHopByHopHeaders does, without canonicalizing names: a token of
+// Connection naming a hop-by-hop header needs no work of its own, another removes the
+// key it canonicalizes to.
 func removeHopByHop(h http.Header) {
 	if v := h["Connection"]; len(v) > 0 {
 		var ct connTokens
 		ct.parse(v)
 		for _, t := range ct.list {
-			h.Del(t)
+			if !hopToken(t) {
+				h.Del(t)
+			}
 		}
 	}
-	for k := range h {
-		if hopHeader(k) {
-			delete(h, k)
+	for _, k := range [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
+		delete(h, k)
+	}
+}
+
+// hopToken reports whether the Connection token t names a hop-by-hop header (hopHeader),
+// in any case.
+func hopToken(t string) bool {
+	switch len(t) {
+	case 2:
+		return asciiEqualFold(t, "Te")
+	case 7:
+		return asciiEqualFold(t, "Upgrade") || asciiEqualFold(t, "Trailer")
+	case 10:
+		return asciiEqualFold(t, "Keep-Alive") || asciiEqualFold(t, "Connection")
+	case 16:
+		return asciiEqualFold(t, "Proxy-Connection")
+	case 17:
+		return asciiEqualFold(t, "Transfer-Encoding")
+	case 18:
+		return asciiEqualFold(t, "Proxy-Authenticate")
+	case 19:
+		return asciiEqualFold(t, "Proxy-Authorization")
+	}
+	return false
+}
+
+// asciiEqualFold reports whether a and b are equal in ASCII case-insensitive comparison
+// (HTTP tokens; strings.EqualFold also folds non-ASCII letters such as U+212A KELVIN SIGN
+// onto ASCII ones).
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
 		}
 	}
+	return true
 }
 
 // containsToken reports whether the comma-separated header values v contain token,
@@ -121,7 +168,7 @@ func removeHopByHop(h http.Header) {
 func containsToken(v []string, token string) bool {
 	for _, f := range v {
 		for sf := range strings.SplitSeq(f, ",") {
-			if strings.EqualFold(strings.Trim(sf, " \t"), token) {
+			if asciiEqualFold(strings.Trim(sf, " \t"), token) {
 				return true
 			}
 		}
@@ -255,7 +302,8 @@ func (b *noCloseBody) Close() error {
 func (h *Handler) forward(st *state, r *http.Request, ctx context.Context, path string) (aborted bool) {
 	st.ctx = ctx
 	st.info.Got1xxResponse = st.got1xx
-	out := r.WithContext(httptrace.WithClientTrace(st, &st.info))
+	st.out = *r.WithContext(httptrace.WithClientTrace(st, &st.info))
+	out := &st.out
 	st.url = *r.URL
 	out.URL = &st.url
 	out.URL.Scheme = "http"
@@ -378,7 +426,7 @@ func streaming(res *http.Response) bool {
 		return false
 	}
 	base, _, _ := strings.Cut(ct[0], ";")
-	return strings.EqualFold(strings.TrimSpace(base), "text/event-stream")
+	return asciiEqualFold(strings.TrimSpace(base), "text/event-stream")
 }
 
 // copyBody copies the response body to the client through st, with a pooled buffer,
@@ -454,7 +502,7 @@ func (h *Handler) switchProtocols(st *state, req *http.Request, res *http.Respon
 		h.errorHandler(st, req, fmt.Errorf("backend tried to switch to invalid protocol %q", resUp))
 		return
 	}
-	if !strings.EqualFold(reqUp, resUp) {
+	if !asciiEqualFold(reqUp, resUp) {
 		res.Body.Close()
 		h.errorHandler(st, req, fmt.Errorf("backend tried to switch protocol %q when %q was requested", resUp, reqUp))
 		return

@@ -321,6 +321,7 @@ func TestForwardHelpers(t *testing.T) {
 		{[]string{"trailersx"}, "trailers", false},
 		{nil, "upgrade", false},
 		{[]string{"keep-alive, Upgrade"}, "upgrade", true},
+		{[]string{"trailer\u017f"}, "trailers", false}, // no Unicode folding (U+017F folds to s)
 	} {
 		if got := containsToken(tc.v, tc.token); got != tc.want {
 			t.Errorf("containsToken(%q, %q) = %v, want %v", tc.v, tc.token, got, tc.want)
@@ -344,10 +345,20 @@ func TestForwardHelpers(t *testing.T) {
 			t.Errorf("streaming(%q, length %d) = %v, want %v", tc.ct, tc.length, got, tc.want)
 		}
 	}
-	h := http.Header{"Connection": {"X-A, close"}, "X-A": {"1"}, "Keep-Alive": {"5"}, "X-B": {"2"}}
+	h := http.Header{"Connection": {"x-a, close", "KEEP-alive"}, "X-A": {"1"}, "Keep-Alive": {"5"}, "X-B": {"2"},
+		"Te": {"trailers"}, "Transfer-Encoding": {"chunked"}, "Proxy-Authenticate": {"Basic"}, "Upgrade": {"h2c"},
+		"\u212aeep-Alive": {"not a hop-by-hop header"}}
 	removeHopByHop(h)
-	if len(h) != 1 || h.Get("X-B") != "2" {
-		t.Errorf("removeHopByHop() left %v, want only X-B", h)
+	if len(h) != 2 || h.Get("X-B") != "2" || h["\u212aeep-Alive"] == nil {
+		t.Errorf("removeHopByHop() left %v, want only X-B and \\u212aeep-Alive", h)
+	}
+	for _, tc := range []struct {
+		token string
+		want  bool
+	}{{"te", true}, {"KEEP-ALIVE", true}, {"proxy-authorization", true}, {"x-te", false}, {"\u212aeep-Alive", false}} {
+		if got := hopToken(tc.token); got != tc.want {
+			t.Errorf("hopToken(%q) = %v, want %v", tc.token, got, tc.want)
+		}
 	}
 	var ct connTokens
 	ct.parse([]string{"x-token ,  Other"})

@@ -182,6 +182,8 @@ type state struct {
 	rtDone bool                  // the round trip returned: 1xx responses are ignored
 	url    url.URL               // the upstream request's
 	body   noCloseBody           // the upstream request's body
+	rid    [1]string             // a generated X-Request-Id
+	out    http.Request          // the upstream request
 	xff    [1]string             // X-Forwarded-For
 	xfp    [1]string             // X-Forwarded-Proto
 	te     [1]string             // TE
@@ -236,10 +238,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &state{ResponseWriter: w, t: h.def, m: h.o.Metrics}
 	var pn policyNote // kept out of state, so that requests without a policy pay nothing
 	aborted := false  // the response was cut short after its header: abort the handler
-	st.requestID = r.Header.Get("X-Request-Id")
-	if st.requestID == "" {
+	// The header map is indexed directly (Get and Set canonicalize the name every time).
+	if v := r.Header["X-Request-Id"]; len(v) > 0 && v[0] != "" {
+		st.requestID = v[0]
+	} else {
 		st.requestID = newRequestID()
-		r.Header.Set("X-Request-Id", st.requestID)
+		st.rid[0] = st.requestID
+		r.Header["X-Request-Id"] = st.rid[:1:1]
 	}
 	h.o.Metrics.Active.Inc()
 	ctx, span := h.o.Tracing.StartServer(r.Context(), r, h.o.Direction, h.spanUpstream)
@@ -550,7 +555,8 @@ func (h *Handler) deliver(resp *http.Response, t *target, ep *balancer.Endpoint,
 // route's timeout), or for a gRPC call carrying a shorter grpc-timeout, that deadline.
 func (t *target) requestTimeout(req *http.Request) time.Duration {
 	to := t.timeout
-	if gt := req.Header.Get("Grpc-Timeout"); gt != "" {
+	if v := req.Header["Grpc-Timeout"]; len(v) > 0 && v[0] != "" {
+		gt := v[0]
 		if d, ok := parseGRPCTimeout(gt); ok && (to == 0 || d < to) {
 			to = d
 		}
