@@ -158,6 +158,23 @@ func (g *guardConn) scan(b []byte) {
 			i += j - 1
 			continue
 		}
+		if g.lineLen == 0 {
+			// The start of a header line: with the whole name in b (and no stray '\r' in
+			// it), look at it at once.
+			line := b[i:]
+			if k := bytes.IndexByte(line, '\n'); k >= 0 {
+				line = line[:k]
+			}
+			if j := bytes.IndexByte(line, ':'); j >= 0 && bytes.IndexByte(line[:j], '\r') < 0 {
+				name := line[:j]
+				g.sawCL = g.sawCL || len(name) == len("content-length") && asciiEqualFold(string(name), "content-length")
+				g.sawTE = g.sawTE || len(name) == len("transfer-encoding") && asciiEqualFold(string(name), "transfer-encoding")
+				g.colonFound = true
+				g.lineLen = j + 1
+				i += len(line) - 1 // the value needs no look either
+				continue
+			}
+		}
 		if c == ':' {
 			g.colonFound = true
 			switch string(g.name[:min(g.lineLen, len(g.name))]) {

@@ -188,6 +188,9 @@ type state struct {
 	xfp    [1]string             // X-Forwarded-Proto
 	te     [1]string             // TE
 	ua     [1]string             // the empty User-Agent
+	// done is the response body deliver hands over (delivered: in use).
+	done      doneBody
+	delivered bool
 }
 
 // upstreamName is the upstream of st's request for metrics and logs: its target's, or
@@ -534,9 +537,17 @@ func failure(err error, down context.Context) balancer.DoneInfo {
 	return balancer.DoneInfo{Err: err}
 }
 
-// deliver hands resp to the reverse proxy with a body that reports the end of the call.
+// deliver hands resp to the forwarder with a body that reports the end of the call. The
+// body lives in the request's state when down carries one.
 func (h *Handler) deliver(resp *http.Response, t *target, ep *balancer.Endpoint, down context.Context, span trace.Span) *http.Response {
-	d := &doneBody{ReadCloser: resp.Body, ep: ep, resp: resp, ctx: down}
+	var d *doneBody
+	if st, _ := down.Value(stateKey{}).(*state); st != nil && !st.delivered {
+		st.delivered = true
+		d = &st.done
+	} else {
+		d = new(doneBody)
+	}
+	d.ReadCloser, d.ep, d.resp, d.ctx = resp.Body, ep, resp, down
 	if span != nil {
 		d.span, d.tracing, d.peer = span, h.o.Tracing, t.peerOf(ep.Address)
 	}
