@@ -390,9 +390,13 @@ func (h *Handler) forward(st *state, r *http.Request, ctx context.Context, path 
 		// The header goes out now, even if the first bytes of the body take a while.
 		st.flush()
 	}
-	if err := h.copyBody(st, res.Body, stream); err != nil {
+	if client, err := h.copyBody(st, res.Body, stream); err != nil {
 		res.Body.Close()
-		st.proxyStatus = ProxyName + "; error=" + ErrHTTPResponseIncomplete + "; details=" + strconv.Quote(err.Error())
+		kind := ErrHTTPResponseIncomplete // the upstream's body failed
+		if client {
+			kind = ErrConnectionTerminated // writing to the client failed
+		}
+		st.proxyStatus = ProxyName + "; error=" + kind + "; details=" + strconv.Quote(err.Error())
 		return true
 	}
 	res.Body.Close() // now, so that res.Trailer is complete
@@ -431,8 +435,8 @@ func streaming(res *http.Response) bool {
 
 // copyBody copies the response body to the client through st, with a pooled buffer,
 // flushing after every write when stream is set. It returns a read error other than EOF,
-// or a write error.
-func (h *Handler) copyBody(st *state, body io.Reader, stream bool) error {
+// or a write error with client set.
+func (h *Handler) copyBody(st *state, body io.Reader, stream bool) (client bool, err error) {
 	bp := h.buffers.p.Get().(*[]byte)
 	defer h.buffers.p.Put(bp)
 	buf := *bp
@@ -445,10 +449,10 @@ func (h *Handler) copyBody(st *state, body io.Reader, stream bool) error {
 		if nr > 0 {
 			nw, werr := st.Write(buf[:nr])
 			if werr != nil {
-				return werr
+				return true, werr
 			}
 			if nw != nr {
-				return io.ErrShortWrite
+				return true, io.ErrShortWrite
 			}
 			if stream {
 				st.flush()
@@ -456,9 +460,9 @@ func (h *Handler) copyBody(st *state, body io.Reader, stream bool) error {
 		}
 		if rerr != nil {
 			if rerr == io.EOF {
-				return nil
+				return false, nil
 			}
-			return rerr
+			return false, rerr
 		}
 	}
 }

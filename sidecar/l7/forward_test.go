@@ -8,10 +8,17 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ferrymesh/ferry/sidecar/circuit"
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
 )
 
 // rawRequest sends the HTTP/1.1 request text req to addr and returns the response, with its
@@ -234,7 +241,10 @@ func TestForwardUndeclaredTrailers(t *testing.T) {
 }
 
 // TestForwardAbortsTruncatedBody checks that an upstream body failing mid-stream resets the
-// client's response instead of ending it as if it were complete.
+// client's response instead of ending it as if it were complete, and that the handler still
+// accounts for the request: the circuit breaker's request slot is given back (with
+// max_requests 1 a later request is admitted), the active-requests gauge returns to 0 and
+// the access log records Proxy-Status http_response_incomplete.
 func TestForwardAbortsTruncatedBody(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -255,26 +265,63 @@ func TestForwardAbortsTruncatedBody(t *testing.T) {
 					if err != nil {
 						return
 					}
-					_, _ = http.ReadRequest(bufio.NewReader(c))
-					_, _ = io.WriteString(c, tc.response)
+					req, err := http.ReadRequest(bufio.NewReader(c))
+					if err == nil && req.URL.Path == "/ok" {
+						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+					} else {
+						_, _ = io.WriteString(c, tc.response)
+					}
 					c.Close()
 				}
 			}()
+			br := circuit.New(nil)
+			br.SetLimits(circuit.Limits{MaxConnections: 100, MaxPending: 100, MaxRequests: 1, BudgetPercent: 20})
+			metrics := telemetry.NewMetrics().HTTP(telemetry.Outbound, "test")
+			logPath := filepath.Join(t.TempDir(), "access.log")
+			al, err := telemetry.OpenAccessLog(logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { al.Close() })
 			proxy := startProxy(t, upstreamOf(ln.Addr().String()), func(o *Options) {
 				tr := NewTransport(TransportOptions{Protocol: ProtocolHTTP1, ConnectTimeout: time.Second})
 				t.Cleanup(tr.CloseIdleConnections)
-				o.Transport = tr
+				o.Transport, o.Breaker, o.Metrics, o.AccessLog = tr, br, metrics, al
 			})
 			for _, h2c := range []bool{false, true} {
-				resp, err := client(h2c).Get("http://" + proxy + "/")
-				if err != nil {
-					continue // cut short before the header left the proxy's buffer: an error too
-				}
-				body, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
+				resp, err := client(h2c).Get("http://" + proxy + "/cut")
 				if err == nil {
-					t.Errorf("h2c=%v: body = %q read to its end, want an error (the response was cut short)", h2c, body)
+					body, err := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if err == nil {
+						t.Errorf("h2c=%v: body = %q read to its end, want an error (the response was cut short)", h2c, body)
+					}
+				} // else: cut short before the header left the proxy's buffer, an error too
+				// The handler finishes its accounting after the client saw the reset.
+				deadline := time.Now().Add(5 * time.Second)
+				for testutil.ToFloat64(metrics.Active) != 0 && time.Now().Before(deadline) {
+					time.Sleep(5 * time.Millisecond)
 				}
+				if got := testutil.ToFloat64(metrics.Active); got != 0 {
+					t.Fatalf("h2c=%v: active requests = %v after the abort, want 0", h2c, got)
+				}
+				resp, err = client(h2c).Get("http://" + proxy + "/ok")
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(body) != "ok" {
+					t.Fatalf("h2c=%v: request after the abort = %d %q, want 200 ok (max_requests 1: the aborted request must give its slot back)",
+						h2c, resp.StatusCode, body)
+				}
+			}
+			logged, err := os.ReadFile(logPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := strings.Count(string(logged), ErrHTTPResponseIncomplete); n != 2 {
+				t.Errorf("access log has %d records with %s, want 2:\n%s", n, ErrHTTPResponseIncomplete, logged)
 			}
 		})
 	}
