@@ -244,7 +244,8 @@ func forwardedHeaders(st *state, out http.Header, in *http.Request) {
 
 // cleanQuery re-encodes a query string url.ParseQuery would not take as it is (a ';'
 // separator, a bad escape, more than 10000 parameters), dropping what it cannot parse,
-// as ReverseProxy does so that Ferry and the upstream read the same parameters.
+// as ReverseProxy does so that Ferry and the upstream read the same parameters. (Unlike
+// ReverseProxy it ignores a GODEBUG urlmaxqueryparams setting: the limit is url's default.)
 func cleanQuery(s string) string {
 	reencode := func(s string) string {
 		v, _ := url.ParseQuery(s)
@@ -295,11 +296,12 @@ func (b *noCloseBody) Close() error {
 	return nil
 }
 
-// forward sends the downstream request r upstream (to st.t) and copies the response to the
-// client through st. path, if not "", is the path to send instead of r's. It reports
-// whether the response was cut short after its header was sent; the caller then aborts
-// the handler (http.ErrAbortHandler) once it has done its accounting.
-func (h *Handler) forward(st *state, r *http.Request, ctx context.Context, path string) (aborted bool) {
+// forward sends the downstream request r (whose context, with its server span, is ctx)
+// upstream (to st.t) and copies the response to the client through st. path, if not "",
+// is the path to send instead of r's. It reports whether the response was cut short after
+// its header was sent; the caller then aborts the handler (http.ErrAbortHandler) once it
+// has done its accounting.
+func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path string) (aborted bool) {
 	st.ctx = ctx
 	st.info.Got1xxResponse = st.got1xx
 	st.out = *r.WithContext(httptrace.WithClientTrace(st, &st.info))

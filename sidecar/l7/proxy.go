@@ -266,7 +266,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if err := admit(st.t); err != nil {
 		h.localReply(st, r, classify(r.Context(), err))
 	} else {
-		aborted = h.forward(st, r, ctx, pn.forward)
+		aborted = h.forward(ctx, st, r, pn.forward)
 		release(st.t)
 	}
 	st.m.Active.Dec()
