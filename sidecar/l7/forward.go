@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptrace"
@@ -444,7 +445,7 @@ func (h *Handler) copyBody(st *state, body io.Reader, stream bool) (client bool,
 	buf := *bp
 	for {
 		nr, rerr := body.Read(buf)
-		if rerr != nil && rerr != io.EOF && rerr != context.Canceled {
+		if rerr != nil && rerr != io.EOF && rerr != context.Canceled && h.logger.Enabled(st, slog.LevelDebug) {
 			h.logger.Debug("upstream response body read failed", "direction", h.o.Direction,
 				"upstream", st.upstreamName(h.o.Name), "endpoint", st.endpoint, "error", rerr, "request_id", st.requestID)
 		}

@@ -710,8 +710,11 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 	// ferry_proxy_errors_total, and a per-request log line during an outage (thousands of
 	// 503s a second) would be synchronous I/O on the request path. What changed state
 	// (ejections, health, Consul outages) is logged once where it happens.
-	h.logger.Debug("upstream request failed", "direction", h.o.Direction, "upstream", st.upstreamName(h.o.Name),
-		"endpoint", st.endpoint, "error", err, "proxy_status", lr.Type, "request_id", st.requestID)
+	// Checked first: building the arguments costs allocations even when Debug is off.
+	if h.logger.Enabled(r.Context(), slog.LevelDebug) {
+		h.logger.Debug("upstream request failed", "direction", h.o.Direction, "upstream", st.upstreamName(h.o.Name),
+			"endpoint", st.endpoint, "error", err, "proxy_status", lr.Type, "request_id", st.requestID)
+	}
 	h.localReply(st, r, lr)
 }
 
