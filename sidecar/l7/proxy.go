@@ -683,7 +683,7 @@ func (b *doneBody) Close() error {
 	return b.ReadCloser.Close()
 }
 
-// doneRWBody is the body of a 101 Switching Protocols response: the reverse proxy writes to
+// doneRWBody is the body of a 101 Switching Protocols response: the forwarder writes to
 // it as the upgraded connection.
 type doneRWBody struct {
 	*doneBody
