@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"net"
@@ -115,7 +116,8 @@ func (g *guardConn) CloseWrite() error {
 }
 
 func (g *guardConn) scan(b []byte) {
-	for _, c := range b {
+	for i := 0; i < len(b); i++ {
+		c := b[i]
 		if c == '\n' {
 			if g.line == 0 {
 				g.http10 = string(g.lastBytes[:]) == "HTTP/1.0"
@@ -136,29 +138,75 @@ func (g *guardConn) scan(b []byte) {
 			continue
 		}
 		if g.line == 0 {
-			copy(g.lastBytes[:], g.lastBytes[1:])
-			g.lastBytes[len(g.lastBytes)-1] = c
-			g.lineLen++
+			// The request line: only its last bytes matter. Take them from the rest of
+			// the line in b at once.
+			end := len(b)
+			if j := bytes.IndexByte(b[i:], '\n'); j >= 0 {
+				end = i + j
+			}
+			g.requestLineTail(b[i:end])
+			g.lineLen += end - i
+			i = end - 1
 			continue
 		}
-		if !g.colonFound {
-			if c == ':' {
-				g.colonFound = true
-				switch string(g.name[:min(g.lineLen, len(g.name))]) {
-				case "content-length":
-					g.sawCL = g.sawCL || g.lineLen == len("content-length")
-				case "transfer-encoding":
-					g.sawTE = g.sawTE || g.lineLen == len("transfer-encoding")
-				}
-			} else if g.lineLen < len(g.name) {
-				if 'A' <= c && c <= 'Z' {
-					c += 'a' - 'A'
-				}
-				g.name[g.lineLen] = c
+		if g.colonFound {
+			// A header value: nothing to look at up to the end of the line.
+			j := bytes.IndexByte(b[i:], '\n')
+			if j < 0 {
+				return
 			}
+			i += j - 1
+			continue
+		}
+		if g.lineLen == 0 {
+			// The start of a header line: with the whole name in b (and no stray '\r' in
+			// it), look at it at once.
+			line := b[i:]
+			if k := bytes.IndexByte(line, '\n'); k >= 0 {
+				line = line[:k]
+			}
+			if j := bytes.IndexByte(line, ':'); j >= 0 && bytes.IndexByte(line[:j], '\r') < 0 {
+				name := line[:j]
+				g.sawCL = g.sawCL || len(name) == len("content-length") && asciiEqualFold(string(name), "content-length")
+				g.sawTE = g.sawTE || len(name) == len("transfer-encoding") && asciiEqualFold(string(name), "transfer-encoding")
+				g.colonFound = true
+				g.lineLen = j + 1
+				i += len(line) - 1 // the value needs no look either
+				continue
+			}
+		}
+		if c == ':' {
+			g.colonFound = true
+			switch string(g.name[:min(g.lineLen, len(g.name))]) {
+			case "content-length":
+				g.sawCL = g.sawCL || g.lineLen == len("content-length")
+			case "transfer-encoding":
+				g.sawTE = g.sawTE || g.lineLen == len("transfer-encoding")
+			}
+		} else if g.lineLen < len(g.name) {
+			if 'A' <= c && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			g.name[g.lineLen] = c
 		}
 		g.lineLen++
 	}
+}
+
+// requestLineTail shifts the bytes of seg, a piece of the request line, but '\r', into
+// lastBytes.
+func (g *guardConn) requestLineTail(seg []byte) {
+	const n = len(g.lastBytes)
+	var tail [n]byte
+	k := 0
+	for j := len(seg) - 1; j >= 0 && k < n; j-- {
+		if seg[j] != '\r' {
+			k++
+			tail[n-k] = seg[j]
+		}
+	}
+	copy(g.lastBytes[:], g.lastBytes[k:])
+	copy(g.lastBytes[n-k:], tail[n-k:])
 }
 
 // ReadFrom keeps the kernel's fast paths (sendfile, splice) when the server copies into the

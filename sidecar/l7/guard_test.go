@@ -2,6 +2,7 @@ package l7
 
 import (
 	"net"
+	"strings"
 	"testing"
 )
 
@@ -56,3 +57,52 @@ func FuzzGuardScan(f *testing.F) {
 }
 
 var _ net.Conn = (*guardConn)(nil)
+
+// referenceConflict is the scanner's rule written plainly, byte by byte, over a whole
+// first header section: Transfer-Encoding with Content-Length, or on HTTP/1.0.
+func referenceConflict(raw []byte) bool {
+	if len(raw) >= len(preface) && string(raw[:len(preface)]) == preface {
+		return false
+	}
+	line, lineLen, colon := 0, 0, false
+	var name, last []byte
+	sawCL, sawTE, http10 := false, false, false
+	for _, c := range raw {
+		switch {
+		case c == '\n':
+			if line == 0 {
+				http10 = len(last) >= 8 && string(last[len(last)-8:]) == "HTTP/1.0"
+			} else if lineLen == 0 {
+				return sawTE && (sawCL || http10)
+			}
+			line, lineLen, colon, name = line+1, 0, false, name[:0]
+			continue
+		case c == '\r':
+			continue
+		case line == 0:
+			last = append(last, c)
+		case !colon && c == ':':
+			colon = true
+			n := strings.ToLower(string(name))
+			sawCL = sawCL || n == "content-length"
+			sawTE = sawTE || n == "transfer-encoding"
+		case !colon:
+			name = append(name, c)
+		}
+		lineLen++
+	}
+	return false
+}
+
+// FuzzGuardScanReference checks the scanner (with its skips over request lines and header
+// values) against referenceConflict.
+func FuzzGuardScanReference(f *testing.F) {
+	f.Add([]byte("POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"), uint8(3))
+	f.Add([]byte("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), uint8(1))
+	f.Add([]byte("POST /a HTTP/1.1\r\nX: Transfer-Encoding: 1\r\ncontent-length:1\r\n\r\n"), uint8(4))
+	f.Fuzz(func(t *testing.T, raw []byte, piece uint8) {
+		if got, want := feed(raw, int(piece)+1), referenceConflict(raw); got != want {
+			t.Fatalf("scan(%q) in pieces of %d: conflict = %v, want %v", raw, int(piece)+1, got, want)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 // Package l7 proxies HTTP: HTTP/1.1 with keep-alive, HTTP/2 cleartext, gRPC (all streaming
-// kinds, trailers) and WebSocket upgrades, on top of net/http's server and
-// httputil.ReverseProxy with per-upstream pooled transports. Around the pick and the round
+// kinds, trailers) and WebSocket upgrades, on top of net/http's server, Ferry's own
+// forwarder (forward.go, ReverseProxy's semantics without its per-request copies) and
+// per-upstream pooled transports. Around the pick and the round
 // trip sit the upstream's circuit breaker (sidecar/circuit) and an optional retry loop
 // (retry.go) with per-try timeouts, backoff and a retry budget; every try's outcome, gRPC
 // status included, is reported to the endpoint's health model through Endpoint.Done.
@@ -10,11 +11,10 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log"
 	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httputil"
+	"net/http/httptrace"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,8 +103,8 @@ type Options struct {
 // for concurrent use; a config change builds a new Handler.
 type Handler struct {
 	o          Options
-	rp         *httputil.ReverseProxy
-	def        *target // where requests no route takes go; nil: 404
+	buffers    *bufferPool // 32 KiB buffers for copying response bodies
+	def        *target     // where requests no route takes go; nil: 404
 	routes     []routed
 	table      *route.Table
 	logger     *slog.Logger
@@ -149,23 +149,17 @@ func NewHandler(o Options) *Handler {
 	if o.Direction == telemetry.Outbound {
 		h.spanUpstream = o.Name
 	}
-	h.rp = &httputil.ReverseProxy{
-		Rewrite:      h.rewrite,
-		Transport:    roundTripper{h},
-		ErrorHandler: h.errorHandler,
-		BufferPool:   newBufferPool(),
-		ErrorLog:     log.New(slogWriter{h.logger}, "", 0),
-	}
+	h.buffers = newBufferPool()
 	if o.Routes != nil {
 		h.buildRoutes(o.Routes)
-		h.rp.ModifyResponse = modifyResponse
 	}
 	return h
 }
 
-// state is the per-request record shared by ServeHTTP, the round trip and the error handler.
-// It is also the ResponseWriter handed to the reverse proxy, so that one allocation serves
-// all three.
+// state is the per-request record shared by ServeHTTP, the forwarder, the round trip and
+// the error handler. It is also the ResponseWriter the forwarder writes the response
+// through, the context of the upstream request (see Value) and the storage of the upstream
+// request's URL and small header values, so that one allocation serves them all.
 type state struct {
 	http.ResponseWriter
 	status      int
@@ -180,6 +174,23 @@ type state struct {
 	t           *target    // where the request goes (nil until routed when there is no default)
 	m           *telemetry.HTTPMetrics
 	route       *routed // the route that took the request; nil for none
+
+	// The forwarder's (forward.go).
+	ctx    context.Context       // the downstream request's, with its server span
+	info   httptrace.ClientTrace // forwards 1xx responses
+	mu     sync.Mutex            // orders got1xx against the end of the round trip
+	rtDone bool                  // the round trip returned: 1xx responses are ignored
+	url    url.URL               // the upstream request's
+	body   noCloseBody           // the upstream request's body
+	rid    [1]string             // a generated X-Request-Id
+	out    http.Request          // the upstream request
+	xff    [1]string             // X-Forwarded-For
+	xfp    [1]string             // X-Forwarded-Proto
+	te     [1]string             // TE
+	ua     [1]string             // the empty User-Agent
+	// done is the response body deliver hands over (delivered: in use).
+	done      doneBody
+	delivered bool
 }
 
 // upstreamName is the upstream of st's request for metrics and logs: its target's, or
@@ -229,10 +240,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	st := &state{ResponseWriter: w, t: h.def, m: h.o.Metrics}
 	var pn policyNote // kept out of state, so that requests without a policy pay nothing
-	st.requestID = r.Header.Get("X-Request-Id")
-	if st.requestID == "" {
+	aborted := false  // the response was cut short after its header: abort the handler
+	// The header map is indexed directly (Get and Set canonicalize the name every time).
+	if v := r.Header["X-Request-Id"]; len(v) > 0 && v[0] != "" {
+		st.requestID = v[0]
+	} else {
 		st.requestID = newRequestID()
-		r.Header.Set("X-Request-Id", st.requestID)
+		st.rid[0] = st.requestID
+		r.Header["X-Request-Id"] = st.rid[:1:1]
 	}
 	h.o.Metrics.Active.Inc()
 	ctx, span := h.o.Tracing.StartServer(r.Context(), r, h.o.Direction, h.spanUpstream)
@@ -251,14 +266,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	} else if err := admit(st.t); err != nil {
 		h.localReply(st, r, classify(r.Context(), err))
 	} else {
-		pr := r.WithContext(context.WithValue(ctx, stateKey{}, st))
-		if pn.forward != "" {
-			// The normalized path goes upstream; r keeps the caller's for the access log.
-			u := *pr.URL
-			policy.SetURLPath(&u, pn.forward)
-			pr.URL = &u
-		}
-		h.rp.ServeHTTP(st, pr)
+		aborted = h.forward(ctx, st, r, pn.forward)
 		release(st.t)
 	}
 	st.m.Active.Dec()
@@ -289,37 +297,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Policy: pn.outcome, PolicyRule: pn.rule, Route: st.routeName(),
 		})
 	}
-}
-
-// rewrite builds the upstream request: the reverse proxy has already removed hop-by-hop
-// headers and X-Forwarded-*; the Host header is kept as the caller sent it.
-func (h *Handler) rewrite(pr *httputil.ProxyRequest) {
-	out, in := pr.Out, pr.In
-	out.URL.Scheme = "http"
-	out.URL.Host = in.Host // replaced by the picked endpoint in RoundTrip
-	clientIP, _, err := net.SplitHostPort(in.RemoteAddr)
-	if err != nil {
-		clientIP = in.RemoteAddr
-	}
-	if prior := in.Header["X-Forwarded-For"]; len(prior) > 0 {
-		out.Header["X-Forwarded-For"] = []string{strings.Join(prior, ", ") + ", " + clientIP}
-	} else {
-		out.Header["X-Forwarded-For"] = []string{clientIP}
-	}
-	if p := in.Header["X-Forwarded-Proto"]; len(p) > 0 {
-		out.Header["X-Forwarded-Proto"] = p[:1]
-	} else if in.TLS != nil {
-		out.Header["X-Forwarded-Proto"] = []string{"https"}
-	} else {
-		out.Header["X-Forwarded-Proto"] = []string{"http"}
-	}
-	if fh := in.Header["X-Forwarded-Host"]; len(fh) > 0 {
-		out.Header["X-Forwarded-Host"] = fh[:1]
-	}
-	if h.table != nil {
-		if st, _ := in.Context().Value(stateKey{}).(*state); st != nil && st.route != nil {
-			st.route.entry.ApplyRequestHeaders(out.Header)
-		}
+	if aborted {
+		// The client must see a reset, not a complete-looking truncated response.
+		panic(http.ErrAbortHandler)
 	}
 }
 
@@ -557,9 +537,17 @@ func failure(err error, down context.Context) balancer.DoneInfo {
 	return balancer.DoneInfo{Err: err}
 }
 
-// deliver hands resp to the reverse proxy with a body that reports the end of the call.
+// deliver hands resp to the forwarder with a body that reports the end of the call. The
+// body lives in the request's state when down carries one.
 func (h *Handler) deliver(resp *http.Response, t *target, ep *balancer.Endpoint, down context.Context, span trace.Span) *http.Response {
-	d := &doneBody{ReadCloser: resp.Body, ep: ep, resp: resp, ctx: down}
+	var d *doneBody
+	if st, _ := down.Value(stateKey{}).(*state); st != nil && !st.delivered {
+		st.delivered = true
+		d = &st.done
+	} else {
+		d = new(doneBody)
+	}
+	d.ReadCloser, d.ep, d.resp, d.ctx = resp.Body, ep, resp, down
 	if span != nil {
 		d.span, d.tracing, d.peer = span, h.o.Tracing, t.peerOf(ep.Address)
 	}
@@ -578,7 +566,8 @@ func (h *Handler) deliver(resp *http.Response, t *target, ep *balancer.Endpoint,
 // route's timeout), or for a gRPC call carrying a shorter grpc-timeout, that deadline.
 func (t *target) requestTimeout(req *http.Request) time.Duration {
 	to := t.timeout
-	if gt := req.Header.Get("Grpc-Timeout"); gt != "" {
+	if v := req.Header["Grpc-Timeout"]; len(v) > 0 && v[0] != "" {
+		gt := v[0]
 		if d, ok := parseGRPCTimeout(gt); ok && (to == 0 || d < to) {
 			to = d
 		}
@@ -694,7 +683,7 @@ func (b *doneBody) Close() error {
 	return b.ReadCloser.Close()
 }
 
-// doneRWBody is the body of a 101 Switching Protocols response: the reverse proxy writes to
+// doneRWBody is the body of a 101 Switching Protocols response: the forwarder writes to
 // it as the upgraded connection.
 type doneRWBody struct {
 	*doneBody
@@ -721,8 +710,11 @@ func (h *Handler) errorHandler(w http.ResponseWriter, r *http.Request, err error
 	// ferry_proxy_errors_total, and a per-request log line during an outage (thousands of
 	// 503s a second) would be synchronous I/O on the request path. What changed state
 	// (ejections, health, Consul outages) is logged once where it happens.
-	h.logger.Debug("upstream request failed", "direction", h.o.Direction, "upstream", st.upstreamName(h.o.Name),
-		"endpoint", st.endpoint, "error", err, "proxy_status", lr.Type, "request_id", st.requestID)
+	// Checked first: building the arguments costs allocations even when Debug is off.
+	if h.logger.Enabled(r.Context(), slog.LevelDebug) {
+		h.logger.Debug("upstream request failed", "direction", h.o.Direction, "upstream", st.upstreamName(h.o.Name),
+			"endpoint", st.endpoint, "error", err, "proxy_status", lr.Type, "request_id", st.requestID)
+	}
 	h.localReply(st, r, lr)
 }
 
@@ -748,20 +740,18 @@ func (h *Handler) localReply(st *state, r *http.Request, lr *LocalReply) {
 	_, _ = io.WriteString(st, lr.Type+": "+lr.Details+"\n")
 }
 
-// bufferPool lends the reverse proxy its 32 KiB copy buffers.
+// bufferPool lends the forwarder its 32 KiB copy buffers (as *[]byte, so that lending
+// allocates nothing).
 type bufferPool struct{ p sync.Pool }
 
 func newBufferPool() *bufferPool {
 	return &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}}
 }
 
-func (bp *bufferPool) Get() []byte  { return *(bp.p.Get().(*[]byte)) }
-func (bp *bufferPool) Put(b []byte) { bp.p.Put(&b) }
-
-// slogWriter adapts the reverse proxy's log.Logger to slog.
+// slogWriter adapts a log.Logger (the http.Server's error log) to slog.
 type slogWriter struct{ l *slog.Logger }
 
 func (w slogWriter) Write(p []byte) (int, error) {
-	w.l.Debug(strings.TrimSpace(string(p)), "component", "reverseproxy")
+	w.l.Debug(strings.TrimSpace(string(p)), "component", "http")
 	return len(p), nil
 }

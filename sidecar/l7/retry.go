@@ -220,7 +220,7 @@ func (rb *replayBody) untouched() bool { return rb.consumed.Load() == 0 && !rb.r
 func (rb *replayBody) attempt() *attemptBody { return &attemptBody{rb: rb} }
 
 // attemptBody is one try's view of a replayBody. Close does not close the client's body:
-// the reverse proxy closes it when the request ends.
+// the forwarder closes it when the request ends.
 type attemptBody struct {
 	rb   *replayBody
 	off  int

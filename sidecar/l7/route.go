@@ -163,12 +163,3 @@ func requestScheme(r *http.Request) string {
 	}
 	return "http"
 }
-
-// modifyResponse applies the route's response header changes to an upstream's response
-// (Ferry's own error replies are left as they are).
-func modifyResponse(resp *http.Response) error {
-	if st, _ := resp.Request.Context().Value(stateKey{}).(*state); st != nil && st.route != nil {
-		st.route.entry.ApplyResponseHeaders(resp.Header)
-	}
-	return nil
-}
