@@ -195,7 +195,13 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 					// The request body could not be read (http.Transport reports this too).
 					err = w.body.err
 				case c.written.Load() == start:
-					err = &h1NothingWritten{werr}
+					// Report why the connection failed, not the write that failed
+					// because of it.
+					var nr *h1NoResponse
+					if errors.As(err, &nr) {
+						err = nr.err
+					}
+					err = &h1NothingWritten{err}
 				}
 			}
 		}
