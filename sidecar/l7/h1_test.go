@@ -849,3 +849,32 @@ func TestCanonicalAddr(t *testing.T) {
 		}
 	}
 }
+
+// TestH1UnsolicitedResponseWhileIdle: bytes an upstream sends on an idle connection are not
+// taken for the answer to the next request on it.
+func TestH1UnsolicitedResponseWhileIdle(t *testing.T) {
+	addr, ln := startRaw(t, func(c net.Conn, stop <-chan struct{}) {
+		br := bufio.NewReader(c)
+		if _, err := readHead(br); err != nil {
+			return
+		}
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		time.Sleep(20 * time.Millisecond)
+		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+		for {
+			if _, err := readHead(br); err != nil {
+				return
+			}
+			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater")
+		}
+	})
+	tr := newTestTransport(t, TransportOptions{})
+	do(t, tr, "GET", "http://"+addr+"/", nil, nil)
+	time.Sleep(60 * time.Millisecond)
+	if _, body := do(t, tr, "GET", "http://"+addr+"/", nil, nil); body != "ok" {
+		t.Errorf("second request = %q, want ok from a new connection", body)
+	}
+	if got := ln.n.Load(); got != 2 {
+		t.Errorf("connections = %d, want 2", got)
+	}
+}
