@@ -270,9 +270,12 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 	var trace *httptrace.ClientTrace
 	traced := false
 	for {
-		resp, err := http.ReadResponse(c.br, req)
-		if err != nil {
-			return nil, err
+		resp, ok := parseResponseHead(c.br, req)
+		if !ok {
+			var err error
+			if resp, err = http.ReadResponse(c.br, req); err != nil {
+				return nil, err
+			}
 		}
 		code := resp.StatusCode
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
