@@ -73,6 +73,7 @@ func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		if req.Body != nil && req.Body != http.NoBody {
+			closeRequestBody(req)
 			body, err := req.GetBody()
 			if err != nil {
 				return nil, err
