@@ -762,6 +762,12 @@ func TestH1RequestHead(t *testing.T) {
 			r.Header["Content-Length"] = []string{"12"} // left out, as Write does
 			return r
 		}},
+		{"POST with body", func() *http.Request {
+			r, _ := http.NewRequest("POST", "http://h/p", strings.NewReader("hello"))
+			r.Header["User-Agent"] = []string{""}
+			r.Header["Content-Type"] = []string{"text/plain"}
+			return r
+		}},
 		{"invalid Host", func() *http.Request {
 			r, _ := http.NewRequest("GET", "http://h/", nil)
 			r.Host = "a b"
@@ -798,7 +804,7 @@ func TestH1RequestHead(t *testing.T) {
 			if g, w := fmt.Sprint(got.Header), fmt.Sprint(exp.Header); g != w {
 				t.Errorf("buildHead() header = %s, want %s", g, w)
 			}
-			if len(c.wbuf) != wantLen {
+			if len(c.wbuf)+int(max(req.ContentLength, 0)) != wantLen {
 				// Same fields, same values: same length whatever their order.
 				t.Errorf("buildHead() wrote %d bytes %q, Write %d", len(c.wbuf), c.wbuf, wantLen)
 			}
@@ -876,5 +882,42 @@ func TestH1UnsolicitedResponseWhileIdle(t *testing.T) {
 	}
 	if got := ln.n.Load(); got != 2 {
 		t.Errorf("connections = %d, want 2", got)
+	}
+}
+
+// TestH1BodyLengthMismatch: a body shorter or longer than its Content-Length fails the
+// round trip at once with http.Request.Write's error, instead of leaving the upstream (and
+// the round trip) waiting for bytes that will not come.
+func TestH1BodyLengthMismatch(t *testing.T) {
+	addr, _ := startCounted(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		time.Sleep(100 * time.Millisecond) // "long": the error comes before the answer
+	}), nil)
+	tr := newTestTransport(t, TransportOptions{})
+	for _, tc := range []struct {
+		name   string
+		length int64
+		host   string
+		want   string
+	}{
+		{"short", 10, "", "http: ContentLength=10 with Body length 3"},
+		{"long", 2, "", "http: ContentLength=2 with Body length 3"},
+		{"short, written by Request.Write", 10, "h\u00e9", "http: ContentLength=10 with Body length 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest("POST", "http://"+addr+"/", io.NopCloser(strings.NewReader("abc")))
+			req.ContentLength = tc.length
+			if tc.host != "" {
+				req.Host = tc.host
+			}
+			start := time.Now()
+			_, err := tr.RoundTrip(req)
+			if err == nil || err.Error() != tc.want {
+				t.Errorf("RoundTrip() error = %v, want %q", err, tc.want)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("RoundTrip() took %v", d)
+			}
+		})
 	}
 }

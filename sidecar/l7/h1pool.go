@@ -197,6 +197,9 @@ type h1Conn struct {
 	readLimit int64
 	// written counts the bytes written to conn (by the caller or the body writer).
 	written atomic.Int64
+	// writeFailed: a write to conn failed during this round trip. Written by whoever
+	// writes (the caller, or the body writer before it reports).
+	writeFailed bool
 
 	reused    bool      // taken from the idle list: the upstream may have closed it since
 	idleSince time.Time // when it was put in the idle list
@@ -252,6 +255,9 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 func (c *h1Conn) Write(p []byte) (int, error) {
 	n, err := c.conn.Write(p)
 	c.written.Add(int64(n))
+	if err != nil {
+		c.writeFailed = true
+	}
 	return n, err
 }
 

@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"net/textproto"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -169,15 +170,19 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 	// connection is reused only if this is undone before it fires (stop() is true).
 	stop := context.AfterFunc(ctx, c.abortFn)
 	start := c.written.Load()
+	c.writeFailed = false
 	var w *h1BodyWriter
-	if fast {
+	switch {
+	case fast && req.ContentLength > 0:
+		w = c.writeWithBody(req.Body, req.ContentLength)
+	case fast:
 		if n, err := c.Write(c.wbuf); err != nil {
 			if n == 0 {
 				err = &h1NothingWritten{err}
 			}
 			return nil, c.fail(ctx, stop, err)
 		}
-	} else {
+	default:
 		var err error
 		if w, err = c.writeGeneral(req); err != nil {
 			if c.written.Load() == start {
@@ -195,6 +200,9 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 				case w.body.err != nil:
 					// The request body could not be read (http.Transport reports this too).
 					err = w.body.err
+				case !w.connFailed:
+					// The body did not match its length, say.
+					err = werr
 				case c.written.Load() == start:
 					// Report why the connection failed, not the write that failed
 					// because of it.
@@ -299,11 +307,12 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 	}
 }
 
-// h1Fast reports whether req is written by buildHead: no body, no framing or trailers of
-// its own, an ordinary request target and an ASCII Host without a zone. Anything else is
-// written by http.Request.Write.
+// h1Fast reports whether req is written by buildHead (and writeWithBody): no body or one of
+// a known length, no framing or trailers of its own, an ordinary request target and an
+// ASCII Host without a zone. Anything else is written by http.Request.Write.
 func h1Fast(req *http.Request) bool {
-	if req.Body != nil && req.Body != http.NoBody || req.ContentLength != 0 ||
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	if hasBody != (req.ContentLength > 0) || req.ContentLength < 0 ||
 		len(req.TransferEncoding) > 0 || len(req.Trailer) > 0 || req.URL.Opaque != "" ||
 		req.Method == http.MethodConnect {
 		return false
@@ -320,7 +329,7 @@ func h1Fast(req *http.Request) bool {
 	return true
 }
 
-// buildHead writes the head of a request without body into c.wbuf, byte for byte what
+// buildHead writes the head of a request into c.wbuf, byte for byte what
 // http.Transport would send except that header fields are in map order, and validates the
 // header fields as http.Transport does. A User-Agent is sent only if the request has one
 // (net/http adds its own when the header is absent; a proxy should not).
@@ -381,8 +390,12 @@ func (c *h1Conn) buildHead(req *http.Request) error {
 	if req.Close && !hasToken(req.Header["Connection"], "close") {
 		b = append(b, "Connection: close\r\n"...)
 	}
-	switch req.Method {
-	case http.MethodPost, http.MethodPut, http.MethodPatch:
+	switch {
+	case req.ContentLength > 0:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, req.ContentLength, 10)
+		b = append(b, "\r\n"...)
+	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
 		// As http.Transport: many servers expect a length for these methods.
 		b = append(b, "Content-Length: 0\r\n"...)
 	}
@@ -456,14 +469,69 @@ func (c *h1Conn) writeGeneral(req *http.Request) (*h1BodyWriter, error) {
 		if err == nil {
 			err = c.bw.Flush()
 		}
-		if w.body.err != nil {
-			// The upstream waits for the rest of a body that will not come: stop
-			// waiting for its answer.
-			c.abort()
-		}
-		w.ch <- err
+		w.finish(c, err)
 	}()
 	return w, nil
+}
+
+// writeWithBody writes the head in c.wbuf and a body of n bytes on a goroutine, so that
+// the response is read while it is sent. The head and the first bytes of the body (all of
+// a small one) go out in one write. A body shorter or longer than n is an error, as with
+// http.Request.Write; the body is closed at the end.
+func (c *h1Conn) writeWithBody(body io.ReadCloser, n int64) *h1BodyWriter {
+	w := &h1BodyWriter{ch: make(chan error, 1), body: &h1RequestBody{rc: body}}
+	go func() {
+		err := c.copyBody(w.body, n)
+		if cerr := body.Close(); err == nil {
+			err = cerr
+		}
+		w.finish(c, err)
+	}()
+	return w
+}
+
+func (c *h1Conn) copyBody(body io.Reader, n int64) error {
+	const bufSize = 16 << 10
+	buf := c.wbuf
+	if cap(buf) < bufSize {
+		buf = make([]byte, len(c.wbuf), bufSize)
+		copy(buf, c.wbuf)
+		c.wbuf = buf[:0]
+	}
+	left := n
+	for {
+		var rerr error
+		for left > 0 && len(buf) < cap(buf) && rerr == nil {
+			var k int
+			k, rerr = body.Read(buf[len(buf):min(int64(cap(buf)), int64(len(buf))+left)])
+			buf, left = buf[:len(buf)+k], left-int64(k)
+		}
+		if rerr != nil && rerr != io.EOF {
+			return rerr
+		}
+		if left > 0 && rerr == io.EOF {
+			return fmt.Errorf("http: ContentLength=%d with Body length %d", n, n-left)
+		}
+		if len(buf) > 0 {
+			if _, err := c.Write(buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
+		if left == 0 {
+			break
+		}
+	}
+	// What follows the declared length is not sent; it is an error, as with
+	// http.Request.Write, which reads the body to its end to know.
+	extra, err := io.Copy(io.Discard, body)
+	if err != nil {
+		return err
+	}
+	if extra > 0 {
+		return fmt.Errorf("http: ContentLength=%d with Body length %d", n, n+extra)
+	}
+	return nil
 }
 
 // h1RequestBody records an error reading the request body, to tell it from an error
@@ -486,10 +554,23 @@ func (b *h1RequestBody) Close() error { return b.rc.Close() }
 // h1BodyWriter is the goroutine writing a request body. Its result is read by one
 // goroutine at a time (the round trip, then whoever ends the response body).
 type h1BodyWriter struct {
-	ch   chan error
-	body *h1RequestBody
-	got  bool
-	err  error
+	ch         chan error
+	body       *h1RequestBody
+	connFailed bool // the error was writing to the connection; set before ch is sent on
+	got        bool
+	err        error
+}
+
+// finish reports the writer's end. When it failed for another reason than the connection
+// (the request body could not be read, or did not match its length), the upstream waits
+// for the rest of a request that will not come: c is aborted, so that the round trip
+// stops waiting for its answer.
+func (w *h1BodyWriter) finish(c *h1Conn, err error) {
+	w.connFailed = c.writeFailed
+	if err != nil && !w.connFailed {
+		c.abort()
+	}
+	w.ch <- err
 }
 
 // result returns the writer's error and true once it has finished, waiting at most wait
