@@ -174,3 +174,49 @@ func benchRoutes(b *testing.B, t Target) *Routing {
 	return &Routing{Table: table, Target: func(*route.Entry, string) Target { return t },
 		Metrics: func(up, name string) *telemetry.HTTPMetrics { return m.HTTPRoute(telemetry.Outbound, up, name) }}
 }
+
+// BenchmarkH1Pool measures one upstream HTTP/1.1 round trip (request written, response
+// read to its end, connection back in the pool) through Ferry's Transport, against
+// net/http's Transport configured as Ferry used it before, over loopback to a net/http
+// backend. The backend's work is in the numbers too: compare the two, not the absolutes.
+func BenchmarkH1Pool(b *testing.B) {
+	backend := startBenchBackend(b)
+	ferry := NewTransport(TransportOptions{Protocol: ProtocolHTTP1, ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 256})
+	defer ferry.CloseIdleConnections()
+	var p http.Protocols
+	p.SetHTTP1(true)
+	std := &http.Transport{Protocols: &p, MaxIdleConnsPerHost: 256, IdleConnTimeout: time.Minute, DisableCompression: true}
+	defer std.CloseIdleConnections()
+	for _, tc := range []struct {
+		name string
+		rt   http.RoundTripper
+		body string
+	}{
+		{"GET/ferry", ferry, ""},
+		{"GET/net-http", std, ""},
+		{"POST/ferry", ferry, strings.Repeat("p", 512)},
+		{"POST/net-http", std, strings.Repeat("p", 512)},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					var body io.Reader
+					method := http.MethodGet
+					if tc.body != "" {
+						body, method = strings.NewReader(tc.body), http.MethodPost
+					}
+					req, _ := http.NewRequest(method, "http://"+backend+"/", body)
+					req.Header["User-Agent"] = []string{""}
+					resp, err := tc.rt.RoundTrip(req)
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					_, _ = io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		})
+	}
+}

@@ -39,11 +39,12 @@ type TransportOptions struct {
 }
 
 // Transport holds an upstream's pooled connections: HTTP/1.1 connections kept alive per
-// endpoint, and multiplexed HTTP/2 cleartext connections. It is safe for concurrent use and
+// endpoint (Ferry's own pool: each round trip runs on the caller's goroutine), and
+// multiplexed HTTP/2 cleartext connections (net/http's). It is safe for concurrent use and
 // is kept across config reloads while its options do not change, so pools survive.
 type Transport struct {
 	opts TransportOptions
-	h1   *http.Transport
+	h1   *h1Pool
 	h2   *http.Transport
 }
 
@@ -106,9 +107,10 @@ func NewTransport(o TransportOptions) *Transport {
 		}
 	}
 	if o.Protocol != ProtocolHTTP2 {
-		var p http.Protocols
-		p.SetHTTP1(true)
-		t.h1 = base(&p, "http/1.1")
+		dial := mkDial([]string{"http/1.1"})
+		t.h1 = newH1Pool(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dial(ctx, "tcp", addr)
+		}, o.IdleTimeout, o.MaxIdleConnsPerHost)
 	}
 	if o.Protocol != ProtocolHTTP1 {
 		var p http.Protocols
@@ -129,26 +131,28 @@ func (t *Transport) Options() TransportOptions { return t.opts }
 // RoundTrip sends req on a pooled connection to req.URL.Host, choosing HTTP/1.1 or HTTP/2
 // per the upstream's protocol. Upgrade requests (WebSocket) always use HTTP/1.1.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
-	return t.pick(req).RoundTrip(req)
+	if t.http1(req) {
+		return t.h1.roundTrip(req)
+	}
+	return t.h2.RoundTrip(req)
 }
 
-func (t *Transport) pick(req *http.Request) *http.Transport {
+// http1 reports whether req goes over HTTP/1.1 rather than HTTP/2.
+func (t *Transport) http1(req *http.Request) bool {
 	switch {
 	case t.h1 == nil:
-		return t.h2
+		return false
 	case t.h2 == nil:
-		return t.h1
-	case req.ProtoMajor == 2 && req.Header.Get("Upgrade") == "":
-		return t.h2
+		return true
 	default:
-		return t.h1
+		return req.ProtoMajor != 2 || req.Header.Get("Upgrade") != ""
 	}
 }
 
 // CloseIdleConnections closes every idle pooled connection.
 func (t *Transport) CloseIdleConnections() {
 	if t.h1 != nil {
-		t.h1.CloseIdleConnections()
+		t.h1.closeIdle()
 	}
 	if t.h2 != nil {
 		t.h2.CloseIdleConnections()

@@ -1,0 +1,182 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"net/http"
+	"net/textproto"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// parseResponseHead parses the most common response head, already buffered in br in full:
+// "HTTP/1.1 <200-599 but 204 and 304> <reason>", then header fields each on one line, one
+// Content-Length and no Transfer-Encoding, Trailer, Pragma or "Connection: close", for a
+// request other than HEAD. It returns what http.ReadResponse would return for it (the
+// fuzz test compares them), with one string for the whole head that the status, keys and
+// values are cut from, and ok. For anything else it consumes nothing and returns ok ==
+// false: http.ReadResponse reads it.
+func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, ok bool) {
+	if req.Method == http.MethodHead {
+		return nil, false
+	}
+	buf, _ := br.Peek(br.Buffered())
+	end := bytes.Index(buf, []byte("\r\n\r\n"))
+	if end < 0 {
+		return nil, false
+	}
+	head := buf[:end+2] // every line with its CRLF
+	// Status line: "HTTP/1.1 " 3DIGIT [ " " reason ] CRLF.
+	eol := bytes.IndexByte(head, '\n')
+	line := head[:eol]
+	if len(line) < len("HTTP/1.1 200\r") || string(line[:9]) != "HTTP/1.1 " || line[len(line)-1] != '\r' {
+		return nil, false
+	}
+	line = line[:len(line)-1]
+	code := 0
+	for _, c := range line[9:12] {
+		if c < '0' || c > '9' {
+			return nil, false
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || code > 599 || code == http.StatusNoContent || code == http.StatusNotModified ||
+		len(line) > 12 && line[12] != ' ' {
+		return nil, false
+	}
+	for _, c := range line[12:] {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return nil, false
+		}
+	}
+	// Header fields: count them first, to size the map and the values at once.
+	fields := head[eol+1:]
+	n := bytes.Count(fields, []byte("\n"))
+	s := string(head) // the one allocation all strings below are cut from
+	resp := &http.Response{
+		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: make(http.Header, n), Request: req, ContentLength: -1,
+	}
+	values := make([]string, n)
+	off := eol + 1
+	for off < len(head) {
+		i := bytes.IndexByte(head[off:], '\n')
+		if i < 1 || head[off+i-1] != '\r' {
+			return nil, false
+		}
+		line := head[off : off+i-1]
+		lineStart := off
+		off += i + 1
+		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
+			return nil, false // continuation lines and the like
+		}
+		colon := bytes.IndexByte(line, ':')
+		if colon <= 0 {
+			return nil, false
+		}
+		for _, c := range line[:colon] {
+			if !httpguts.IsTokenRune(rune(c)) {
+				return nil, false
+			}
+		}
+		vs, ve := colon+1, len(line)
+		for _, c := range line[vs:] {
+			if !validFieldValueByte(c) {
+				return nil, false
+			}
+		}
+		for vs < ve && (line[vs] == ' ' || line[vs] == '\t') {
+			vs++
+		}
+		for ve > vs && (line[ve-1] == ' ' || line[ve-1] == '\t') {
+			ve--
+		}
+		key := s[lineStart : lineStart+colon]
+		if !isCanonicalKey(key) {
+			key = textproto.CanonicalMIMEHeaderKey(key)
+		}
+		switch key {
+		case "Transfer-Encoding", "Trailer", "Pragma":
+			return nil, false
+		}
+		value := s[lineStart+vs : lineStart+ve]
+		if vv, dup := resp.Header[key]; dup {
+			if key == "Content-Length" {
+				return nil, false
+			}
+			resp.Header[key] = append(vv, value)
+			continue
+		}
+		values[0] = value
+		resp.Header[key], values = values[:1:1], values[1:]
+	}
+	if httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "close") {
+		return nil, false
+	}
+	cl := resp.Header["Content-Length"]
+	if len(cl) != 1 || len(cl[0]) == 0 || len(cl[0]) > 18 {
+		return nil, false
+	}
+	var length int64
+	for _, c := range []byte(cl[0]) {
+		if c < '0' || c > '9' {
+			return nil, false
+		}
+		length = length*10 + int64(c-'0')
+	}
+	_, _ = br.Discard(end + 4)
+	resp.ContentLength = length
+	if length == 0 {
+		resp.Body = http.NoBody
+	} else {
+		resp.Body = &lengthBody{br: br, left: length}
+	}
+	return resp, true
+}
+
+// validFieldValueByte is textproto's: HTAB, SP, VCHAR and obs-text.
+func validFieldValueByte(c byte) bool {
+	return c == '\t' || c >= ' ' && c != 0x7f
+}
+
+// isCanonicalKey reports whether textproto.CanonicalMIMEHeaderKey(k) == k for a key of
+// token bytes: upper case first and after each dash, lower case elsewhere.
+func isCanonicalKey(k string) bool {
+	upper := true
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
+}
+
+// lengthBody is a response body of a known length read from br: io.ErrUnexpectedEOF if
+// the connection ends before, io.EOF with its last bytes.
+type lengthBody struct {
+	br   *bufio.Reader
+	left int64
+}
+
+func (b *lengthBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.br.Read(p)
+	b.left -= int64(n)
+	switch {
+	case b.left == 0:
+		return n, io.EOF
+	case err == io.EOF:
+		return n, io.ErrUnexpectedEOF
+	}
+	return n, err
+}
+
+func (b *lengthBody) Close() error { return nil }

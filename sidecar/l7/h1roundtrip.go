@@ -1,0 +1,679 @@
+package l7
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// h1NothingWritten is the failure of a round trip that could not write any byte of the
+// request: it may be sent again on another connection.
+type h1NothingWritten struct{ err error }
+
+func (e *h1NothingWritten) Error() string { return e.err.Error() }
+func (e *h1NothingWritten) Unwrap() error { return e.err }
+
+// h1NoResponse is the failure of a round trip whose connection failed before any byte of
+// the response arrived: on a reused connection, most likely closed by the upstream's
+// keep-alive timeout as the request went out.
+type h1NoResponse struct{ err error }
+
+func (e *h1NoResponse) Error() string { return e.err.Error() }
+func (e *h1NoResponse) Unwrap() error { return e.err }
+
+// maxWriteWait is how long a finished response waits for its request body to be written
+// before giving up on reusing the connection (http.Transport's maxWriteWaitBeforeConnReuse).
+const maxWriteWait = 50 * time.Millisecond
+
+// roundTrip sends req to the endpoint req.URL.Host over HTTP/1.1 on a pooled connection and
+// returns the response once its headers are read; its body streams from the connection,
+// which returns to the pool when the body was read to its end. It is safe for concurrent
+// use. A request on a reused connection that failed before anything of the response
+// arrived is sent again on another connection when that is safe, as http.Transport does.
+func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
+	if err := checkH1Request(req); err != nil {
+		closeRequestBody(req)
+		return nil, err
+	}
+	ctx := req.Context()
+	addr := canonicalAddr(req.URL)
+	for {
+		c, err := p.get(ctx, addr)
+		if err != nil {
+			closeRequestBody(req)
+			return nil, err
+		}
+		resp, err := c.roundTrip(ctx, req)
+		if err == nil {
+			return resp, nil
+		}
+		if !c.reused || ctx.Err() != nil || !h1CanRetry(req, err) {
+			closeRequestBody(req)
+			var nw *h1NothingWritten
+			var nr *h1NoResponse
+			switch {
+			case errors.As(err, &nw):
+				err = nw.err
+			case errors.As(err, &nr):
+				err = nr.err
+			}
+			return nil, err
+		}
+		if req.Body != nil && req.Body != http.NoBody {
+			closeRequestBody(req)
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, err
+			}
+			req = shallowCopy(req)
+			req.Body = body
+		}
+	}
+}
+
+// checkH1Request refuses what http.Transport refuses before sending anything.
+func checkH1Request(req *http.Request) error {
+	switch {
+	case req.URL == nil:
+		return errors.New("http: nil Request.URL")
+	case req.Header == nil:
+		return errors.New("http: nil Request.Header")
+	case req.URL.Host == "":
+		return errors.New("http: no Host in request URL")
+	case req.Method != "" && !httpguts.ValidHeaderFieldName(req.Method):
+		return fmt.Errorf("net/http: invalid method %q", req.Method)
+	}
+	return nil
+}
+
+// h1CanRetry reports whether a request that failed with err on a reused connection may be
+// sent again on another one (net/http's shouldRetryRequest).
+func h1CanRetry(req *http.Request, err error) bool {
+	var nw *h1NothingWritten
+	var nr *h1NoResponse
+	switch {
+	case errors.As(err, &nw):
+		return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+	case errors.As(err, &nr):
+		return replayable(req)
+	}
+	return false
+}
+
+// replayable is net/http's Request.isReplayable: the request has no body (or can make it
+// again) and its method is idempotent, or it carries an idempotency key.
+func replayable(req *http.Request) bool {
+	if req.Body != nil && req.Body != http.NoBody && req.GetBody == nil {
+		return false
+	}
+	switch req.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	_, k1 := req.Header["Idempotency-Key"]
+	_, k2 := req.Header["X-Idempotency-Key"]
+	return k1 || k2
+}
+
+func closeRequestBody(req *http.Request) {
+	if req.Body != nil {
+		_ = req.Body.Close()
+	}
+}
+
+func shallowCopy(req *http.Request) *http.Request {
+	r := new(http.Request)
+	*r = *req
+	return r
+}
+
+// canonicalAddr is the host:port to dial for u, with the scheme's port when u has none.
+func canonicalAddr(u *url.URL) string {
+	if u.Port() != "" {
+		return u.Host
+	}
+	port := "80"
+	if u.Scheme == "https" {
+		port = "443"
+	}
+	return net.JoinHostPort(u.Hostname(), port)
+}
+
+// roundTrip sends req on c and reads the response headers. On failure c is closed.
+func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
+	fast := h1Fast(req)
+	if fast {
+		if err := c.buildHead(req); err != nil {
+			// Nothing was sent: the connection is as good as before.
+			c.h.put(c)
+			return nil, err
+		}
+	} else if err := checkHeaders(req); err != nil {
+		c.h.put(c)
+		return nil, err
+	}
+	// Cancellation fails the connection's blocked and future I/O; from here the
+	// connection is reused only if this is undone before it fires (stop() is true).
+	stop := context.AfterFunc(ctx, c.abortFn)
+	start := c.written.Load()
+	c.writeFailed = false
+	var w *h1BodyWriter
+	switch {
+	case fast && req.ContentLength > 0:
+		w = c.writeWithBody(req.Body, req.ContentLength)
+	case fast:
+		if n, err := c.Write(c.wbuf); err != nil {
+			if n == 0 {
+				err = &h1NothingWritten{err}
+			}
+			return nil, c.fail(ctx, stop, err)
+		}
+	default:
+		var err error
+		if w, err = c.writeGeneral(req); err != nil {
+			if c.written.Load() == start {
+				err = &h1NothingWritten{err}
+			}
+			return nil, c.fail(ctx, stop, err)
+		}
+	}
+	resp, err := c.readResponse(ctx, req)
+	if err != nil {
+		c.close() // a body writer still running fails at once
+		if w != nil {
+			if werr, done := w.result(maxWriteWait); done && werr != nil {
+				switch {
+				case w.body.err != nil:
+					// The request body could not be read (http.Transport reports this too).
+					err = w.body.err
+				case !w.connFailed:
+					// The body did not match its length, say.
+					err = werr
+				case c.written.Load() == start:
+					// Report why the connection failed, not the write that failed
+					// because of it.
+					var nr *h1NoResponse
+					if errors.As(err, &nr) {
+						err = nr.err
+					}
+					err = &h1NothingWritten{err}
+				}
+			}
+		}
+		return nil, c.fail(ctx, stop, err)
+	}
+	resp.TLS = c.tls
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The connection now belongs to the caller, whatever it switched to; the request
+		// (and its body, if any) was sent in full before.
+		if w != nil {
+			if werr, _ := w.result(-1); werr != nil {
+				return nil, c.fail(ctx, stop, werr)
+			}
+		}
+		if !stop() {
+			c.close()
+			return nil, context.Cause(ctx)
+		}
+		resp.Body = &h1Upgraded{c: c}
+		return resp, nil
+	}
+	if resp.Body == http.NoBody {
+		c.release(req, resp, w, stop, true)
+		return resp, nil
+	}
+	resp.Body = &h1Body{c: c, rc: resp.Body, req: req, resp: resp, w: w, stop: stop, ctx: ctx}
+	return resp, nil
+}
+
+// fail closes c after a failed round trip and returns the error to report: the cause of
+// the cancellation, when the request was cancelled (as http.Transport reports it).
+func (c *h1Conn) fail(ctx context.Context, stop func() bool, err error) error {
+	stop()
+	c.close()
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return err
+}
+
+// release is the end of a round trip on c: c goes back to the pool when the response was
+// read to its end, neither side asked to close, the request was written in full and the
+// request was not cancelled meanwhile; otherwise it is closed.
+func (c *h1Conn) release(req *http.Request, resp *http.Response, w *h1BodyWriter, stop func() bool, eof bool) {
+	reuse := stop() && eof && !resp.Close && !req.Close && c.br.Buffered() == 0 &&
+		!hasToken(req.Header["Connection"], "close")
+	if reuse && w != nil {
+		werr, done := w.result(maxWriteWait)
+		reuse = done && werr == nil
+	}
+	if reuse {
+		c.h.put(c)
+	} else {
+		c.close()
+	}
+}
+
+// readResponse reads the response head, passing 1xx informational responses to the
+// request's httptrace.ClientTrace (the reverse proxy forwards 100 and 103 through it).
+func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Response, error) {
+	limit := c.h.p.maxHeaderBytes
+	c.readLimit = limit
+	if _, err := c.br.Peek(1); err != nil {
+		return nil, &h1NoResponse{err}
+	}
+	var trace *httptrace.ClientTrace
+	traced := false
+	for {
+		resp, ok := parseResponseHead(c.br, req)
+		if !ok {
+			var err error
+			if resp, err = http.ReadResponse(c.br, req); err != nil {
+				return nil, err
+			}
+		}
+		code := resp.StatusCode
+		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
+			c.readLimit = math.MaxInt64
+			return resp, nil
+		}
+		if !traced {
+			trace, traced = httptrace.ContextClientTrace(ctx), true
+		}
+		if trace != nil && code == http.StatusContinue && trace.Got100Continue != nil {
+			trace.Got100Continue()
+		}
+		if trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				return nil, err
+			}
+			// Whoever took the 1xx response limits how many it accepts.
+			c.readLimit = limit
+		}
+	}
+}
+
+// h1Fast reports whether req is written by buildHead (and writeWithBody): no body or one of
+// a known length, no framing or trailers of its own, an ordinary request target and an
+// ASCII Host without a zone. Anything else is written by http.Request.Write.
+func h1Fast(req *http.Request) bool {
+	hasBody := req.Body != nil && req.Body != http.NoBody
+	if hasBody != (req.ContentLength > 0) || req.ContentLength < 0 ||
+		len(req.TransferEncoding) > 0 || len(req.Trailer) > 0 || req.URL.Opaque != "" ||
+		req.Method == http.MethodConnect {
+		return false
+	}
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	for i := 0; i < len(host); i++ {
+		if host[i] >= 0x80 || host[i] == '%' {
+			return false
+		}
+	}
+	return true
+}
+
+// buildHead writes the head of a request into c.wbuf, byte for byte what
+// http.Transport would send except that header fields are in map order, and validates the
+// header fields as http.Transport does. A User-Agent is sent only if the request has one
+// (net/http adds its own when the header is absent; a proxy should not).
+func (c *h1Conn) buildHead(req *http.Request) error {
+	b := c.wbuf[:0]
+	if req.Method == "" {
+		b = append(b, "GET"...)
+	} else {
+		b = append(b, req.Method...)
+	}
+	b = append(b, ' ')
+	mark := len(b)
+	if p := req.URL.EscapedPath(); p != "" {
+		b = append(b, p...)
+	} else {
+		b = append(b, '/')
+	}
+	if req.URL.ForceQuery || req.URL.RawQuery != "" {
+		b = append(b, '?')
+		b = append(b, req.URL.RawQuery...)
+	}
+	for _, ch := range b[mark:] {
+		if ch < ' ' || ch == 0x7f {
+			return errors.New("net/http: can't write control character in Request.URL")
+		}
+	}
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	host := req.Host
+	if host == "" {
+		host = req.URL.Host
+	}
+	if httpguts.ValidHostHeader(host) {
+		b = append(b, host...)
+	}
+	b = append(b, "\r\n"...)
+	for k, vv := range req.Header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("net/http: invalid header field name %q", k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("net/http: invalid header field value for %q", k)
+			}
+		}
+		switch k {
+		case "Host", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue // http.Request.Write leaves them out too
+		case "User-Agent":
+			if len(vv) > 0 && vv[0] != "" {
+				b = appendField(b, k, vv[0])
+			}
+			continue
+		}
+		for _, v := range vv {
+			b = appendField(b, k, v)
+		}
+	}
+	if req.Close && !hasToken(req.Header["Connection"], "close") {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	switch {
+	case req.ContentLength > 0:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, req.ContentLength, 10)
+		b = append(b, "\r\n"...)
+	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
+		// As http.Transport: many servers expect a length for these methods.
+		b = append(b, "Content-Length: 0\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	c.wbuf = b
+	return nil
+}
+
+func appendField(b []byte, k, v string) []byte {
+	b = append(b, k...)
+	b = append(b, ": "...)
+	b = append(b, textproto.TrimString(v)...)
+	return append(b, "\r\n"...)
+}
+
+// hasToken reports whether a comma-separated header value of vv holds token, ignoring
+// case.
+func hasToken(vv []string, token string) bool {
+	for _, v := range vv {
+		for part := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(part), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// checkHeaders validates the header and trailer fields of a request written by
+// http.Request.Write, which does not (http.Transport does it before).
+func checkHeaders(req *http.Request) error {
+	for _, h := range []http.Header{req.Header, req.Trailer} {
+		for k, vv := range h {
+			if !httpguts.ValidHeaderFieldName(k) {
+				return fmt.Errorf("net/http: invalid header field name %q", k)
+			}
+			for _, v := range vv {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					return fmt.Errorf("net/http: invalid header field value for %q", k)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// writeGeneral writes req with http.Request.Write: at once when it has no body, else on a
+// goroutine, so that the response is read while the body is sent (an upstream may answer
+// before reading it all, 413 or 401 say, and stop reading).
+func (c *h1Conn) writeGeneral(req *http.Request) (*h1BodyWriter, error) {
+	if c.bw == nil {
+		c.bw = bufio.NewWriterSize(c, 16<<10)
+	}
+	r := shallowCopy(req)
+	if _, ok := req.Header["User-Agent"]; !ok {
+		// An empty User-Agent keeps http.Request.Write from adding Go's.
+		r.Header = req.Header.Clone()
+		r.Header["User-Agent"] = []string{""}
+	}
+	if req.Body == nil || req.Body == http.NoBody {
+		err := r.Write(c.bw)
+		if err == nil {
+			err = c.bw.Flush()
+		}
+		return nil, err
+	}
+	w := &h1BodyWriter{ch: make(chan error, 1), body: &h1RequestBody{rc: req.Body}}
+	r.Body = w.body
+	go func() {
+		err := r.Write(c.bw)
+		if err == nil {
+			err = c.bw.Flush()
+		}
+		w.finish(c, err)
+	}()
+	return w, nil
+}
+
+// writeWithBody writes the head in c.wbuf and a body of n bytes on a goroutine, so that
+// the response is read while it is sent. The head and the first bytes of the body (all of
+// a small one) go out in one write. A body shorter or longer than n is an error, as with
+// http.Request.Write; the body is closed at the end.
+func (c *h1Conn) writeWithBody(body io.ReadCloser, n int64) *h1BodyWriter {
+	w := &h1BodyWriter{ch: make(chan error, 1), body: &h1RequestBody{rc: body}}
+	go func() {
+		err := c.copyBody(w.body, n)
+		if cerr := body.Close(); err == nil {
+			err = cerr
+		}
+		w.finish(c, err)
+	}()
+	return w
+}
+
+func (c *h1Conn) copyBody(body io.Reader, n int64) error {
+	const bufSize = 16 << 10
+	buf := c.wbuf
+	if cap(buf) < bufSize {
+		buf = make([]byte, len(c.wbuf), bufSize)
+		copy(buf, c.wbuf)
+		c.wbuf = buf[:0]
+	}
+	left := n
+	for {
+		var rerr error
+		for left > 0 && len(buf) < cap(buf) && rerr == nil {
+			var k int
+			k, rerr = body.Read(buf[len(buf):min(int64(cap(buf)), int64(len(buf))+left)])
+			buf, left = buf[:len(buf)+k], left-int64(k)
+		}
+		if rerr != nil && rerr != io.EOF {
+			return rerr
+		}
+		if left > 0 && rerr == io.EOF {
+			return fmt.Errorf("http: ContentLength=%d with Body length %d", n, n-left)
+		}
+		if len(buf) > 0 {
+			if _, err := c.Write(buf); err != nil {
+				return err
+			}
+			buf = buf[:0]
+		}
+		if left == 0 {
+			break
+		}
+	}
+	// What follows the declared length is not sent; it is an error, as with
+	// http.Request.Write, which reads the body to its end to know.
+	extra, err := io.Copy(io.Discard, body)
+	if err != nil {
+		return err
+	}
+	if extra > 0 {
+		return fmt.Errorf("http: ContentLength=%d with Body length %d", n, n+extra)
+	}
+	return nil
+}
+
+// h1RequestBody records an error reading the request body, to tell it from an error
+// writing to the upstream.
+type h1RequestBody struct {
+	rc  io.ReadCloser
+	err error // written by the body writer goroutine only
+}
+
+func (b *h1RequestBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+func (b *h1RequestBody) Close() error { return b.rc.Close() }
+
+// h1BodyWriter is the goroutine writing a request body. Its result is read by one
+// goroutine at a time (the round trip, then whoever ends the response body).
+type h1BodyWriter struct {
+	ch         chan error
+	body       *h1RequestBody
+	connFailed bool // the error was writing to the connection; set before ch is sent on
+	got        bool
+	err        error
+}
+
+// finish reports the writer's end. When it failed for another reason than the connection
+// (the request body could not be read, or did not match its length), the upstream waits
+// for the rest of a request that will not come: c is aborted, so that the round trip
+// stops waiting for its answer.
+func (w *h1BodyWriter) finish(c *h1Conn, err error) {
+	w.connFailed = c.writeFailed
+	if err != nil && !w.connFailed {
+		c.abort()
+	}
+	w.ch <- err
+}
+
+// result returns the writer's error and true once it has finished, waiting at most wait
+// (forever if wait < 0); false if it is still writing.
+func (w *h1BodyWriter) result(wait time.Duration) (error, bool) {
+	if w.got {
+		return w.err, true
+	}
+	select {
+	case w.err = <-w.ch:
+		w.got = true
+		return w.err, true
+	default:
+	}
+	if wait == 0 {
+		return nil, false
+	}
+	var timeout <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case w.err = <-w.ch:
+		w.got = true
+		return w.err, true
+	case <-timeout:
+		return nil, false
+	}
+}
+
+// errBodyClosed is what reading a response body returns after Close.
+var errBodyClosed = errors.New("http: read on closed response body")
+
+// h1Body is the body of a response read from an h1Conn. At its end the connection goes
+// back to the pool (or is closed if it cannot be reused); Close before the end closes the
+// connection. Cancelling the request's context aborts a blocked Read. Close may be called
+// concurrently with Read.
+type h1Body struct {
+	c    *h1Conn
+	rc   io.ReadCloser // http.ReadResponse's body, never closed: its Close would drain it
+	req  *http.Request
+	resp *http.Response
+	w    *h1BodyWriter
+	stop func() bool
+	ctx  context.Context
+
+	mu   sync.Mutex
+	done bool  // the connection was released
+	err  error // what Read returns once done
+}
+
+func (b *h1Body) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.done {
+		err := b.err
+		b.mu.Unlock()
+		return 0, err
+	}
+	b.mu.Unlock()
+	n, err := b.rc.Read(p)
+	if err == nil {
+		return n, nil
+	}
+	b.mu.Lock()
+	if b.done {
+		// Closed while reading.
+		err = b.err
+		b.mu.Unlock()
+		return n, err
+	}
+	b.done = true
+	if err != io.EOF && b.ctx.Err() != nil {
+		err = context.Cause(b.ctx)
+	}
+	b.err = err
+	b.mu.Unlock()
+	b.c.release(b.req, b.resp, b.w, b.stop, err == io.EOF)
+	return n, err
+}
+
+func (b *h1Body) Close() error {
+	b.mu.Lock()
+	if b.done {
+		b.mu.Unlock()
+		return nil
+	}
+	b.done, b.err = true, errBodyClosed
+	b.mu.Unlock()
+	b.c.release(b.req, b.resp, b.w, b.stop, false)
+	return nil
+}
+
+// h1Upgraded is the body of a 101 Switching Protocols response: the connection itself,
+// owned by the caller from then on (the reverse proxy copies both ways over it).
+type h1Upgraded struct{ c *h1Conn }
+
+var _ io.ReadWriteCloser = (*h1Upgraded)(nil)
+
+func (u *h1Upgraded) Read(p []byte) (int, error)  { return u.c.br.Read(p) }
+func (u *h1Upgraded) Write(p []byte) (int, error) { return u.c.conn.Write(p) }
+func (u *h1Upgraded) Close() error {
+	u.c.close()
+	return nil
+}
