@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"sync/atomic"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -130,8 +131,26 @@ func classifyTLS(err error) *LocalReply {
 	return nil
 }
 
-// connTLSKey carries a connection's TLS state from ConnContext to its requests.
+// connTLSKey carries a connection's TLS state (a *connTLS) from ConnContext to its
+// requests.
 type connTLSKey struct{}
+
+// connTLS is the TLS state of a connection whose handshake the listener completed, with
+// what the inbound handler derives from the peer's certificate, computed on the
+// connection's first request and reused by the next ones (HTTP/2 streams included: hence
+// the atomic): the certificate cannot change within a connection.
+type connTLS struct {
+	state tls.ConnectionState
+	peer  atomic.Pointer[peerInfo]
+}
+
+// peerInfo is the caller's SPIFFE ID and the X-Forwarded-Client-Cert value made for it
+// by this proxy while its own identity was local.
+type peerInfo struct {
+	local spiffeid.ID
+	id    string
+	xfcc  string // "" if it could not be made
+}
 
 // connContext is the http.Server ConnContext of Ferry's listeners: the framing guard
 // (GuardContext) and, for a connection whose mTLS handshake the listener completed before
@@ -143,9 +162,9 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 		inner = g.Conn
 	}
 	if tc, ok := inner.(*tls.Conn); ok {
-		cs := tc.ConnectionState()
-		if cs.HandshakeComplete {
-			ctx = context.WithValue(ctx, connTLSKey{}, &cs)
+		ct := &connTLS{state: tc.ConnectionState()}
+		if ct.state.HandshakeComplete {
+			ctx = context.WithValue(ctx, connTLSKey{}, ct)
 		}
 	}
 	return ctx
@@ -156,26 +175,44 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 // and, when the caller presented a certificate, records its SPIFFE ID and sets Ferry's own
 // X-Forwarded-Client-Cert (Envoy's format) for the application.
 func (h *Handler) acceptPeer(st *state, r *http.Request) {
+	var ct *connTLS
 	if r.TLS == nil {
-		r.TLS, _ = r.Context().Value(connTLSKey{}).(*tls.ConnectionState)
+		if ct, _ = r.Context().Value(connTLSKey{}).(*connTLS); ct != nil {
+			r.TLS = &ct.state
+		}
 	}
-	r.Header.Del(mtls.XFCCHeader)
+	delete(r.Header, mtls.XFCCHeader) // canonical: net/http canonicalizes what it parses
 	if r.TLS == nil {
 		return
 	}
-	id, err := mtls.PeerID(r.TLS)
-	if err != nil {
-		return
-	}
-	st.peer = id.String()
 	var local spiffeid.ID
 	if h.o.MTLS != nil {
 		if m, err := h.o.MTLS.Current(); err == nil {
 			local = m.ID()
 		}
 	}
-	if x, err := mtls.NewXFCC(local, r.TLS); err == nil {
-		r.Header.Set(mtls.XFCCHeader, x.String())
+	var pi *peerInfo
+	if ct != nil {
+		if pi = ct.peer.Load(); pi != nil && pi.local != local {
+			pi = nil // this proxy's identity changed: the XFCC's By with it
+		}
+	}
+	if pi == nil {
+		id, err := mtls.PeerID(r.TLS)
+		if err != nil {
+			return
+		}
+		pi = &peerInfo{local: local, id: id.String()}
+		if x, err := mtls.NewXFCC(local, r.TLS); err == nil {
+			pi.xfcc = x.String()
+		}
+		if ct != nil {
+			ct.peer.Store(pi)
+		}
+	}
+	st.peer = pi.id
+	if pi.xfcc != "" {
+		r.Header[mtls.XFCCHeader] = []string{pi.xfcc}
 	}
 }
 
