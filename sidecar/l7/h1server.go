@@ -84,7 +84,7 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // read so far replayed); h2 returning false closes the connection. c may be a *tls.Conn
 // whose handshake is complete: its state is then the requests' TLS state.
 func (s *H1Server) ServeConn(c net.Conn, h2 func(net.Conn) bool) bool {
-	hc := &h1conn{s: s, rwc: c}
+	hc := &h1conn{s: s, rwc: c, start: time.Now()}
 	s.mu.Lock()
 	if s.closing.Load() {
 		s.mu.Unlock()
@@ -132,7 +132,9 @@ func (s *H1Server) closeIdle() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c := range s.conns {
-		if c.state.CompareAndSwap(h1Idle, h1Closed) {
+		// As net/http: a new connection that has sent nothing for a while counts as idle.
+		if c.state.CompareAndSwap(h1Idle, h1Closed) ||
+			time.Since(c.start) > h1NewGrace && c.state.CompareAndSwap(h1New, h1Closed) {
 			_ = c.rwc.Close()
 		}
 	}
@@ -147,16 +149,21 @@ func (s *H1Server) forget(c *h1conn) {
 
 // Connection states, for Shutdown.
 const (
-	h1Idle   int32 = iota // waiting for a request's first byte: Shutdown may close it
+	h1New    int32 = iota // accepted, nothing received yet
+	h1Idle                // waiting for a request's first byte: Shutdown may close it
 	h1Active              // reading or serving a request
 	h1Closed              // closed by Shutdown
 )
+
+// h1NewGrace is how long Shutdown lets a new connection send its first request.
+const h1NewGrace = 5 * time.Second
 
 // h1conn is one HTTP/1.x connection. Its fields are used by the connection's goroutine,
 // except where a comment says otherwise.
 type h1conn struct {
 	s     *H1Server
 	rwc   net.Conn
+	start time.Time
 	state atomic.Int32
 	ctx   context.Context // connection context: framing guard, TLS state, local address
 	guard *guardConn      // carries the framing-conflict signal to the Handler
@@ -169,6 +176,7 @@ type h1conn struct {
 	keys  []string // scratch for sorting header keys
 
 	hijacked bool
+	released bool // the connection's goroutine no longer counts for Shutdown (hijacked)
 
 	// The request being served and its cancellation (also read by cut, under s.mu).
 	reqMu  sync.Mutex
@@ -213,7 +221,11 @@ func (r *h1connReader) Read(p []byte) (int, error) {
 }
 
 func (c *h1conn) serve(h2 func(net.Conn) bool) {
-	defer c.s.wg.Done()
+	defer func() {
+		if !c.released {
+			c.s.wg.Done()
+		}
+	}()
 	c.cr.c = c
 	c.br = c.s.pool.Get().(*bufio.Reader)
 	c.br.Reset(&c.cr)
@@ -245,10 +257,6 @@ func (c *h1conn) serve(h2 func(net.Conn) bool) {
 		if !h2(c.rwc) {
 			_ = c.rwc.Close()
 		}
-		return
-	}
-	c.state.Store(h1Idle)
-	if c.s.closing.Load() {
 		return
 	}
 	if isH2, err := c.sniffPreface(); err != nil {
@@ -292,7 +300,7 @@ func (c *h1conn) sniffPreface() (bool, error) {
 		if _, err := c.br.Peek(len(b) + 1); err != nil {
 			return false, err
 		}
-		if c.state.Load() != h1Active && !c.state.CompareAndSwap(h1Idle, h1Active) {
+		if c.state.Load() != h1Active && !c.state.CompareAndSwap(h1New, h1Active) {
 			return false, net.ErrClosed // Shutdown closed it
 		}
 	}

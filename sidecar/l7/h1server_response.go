@@ -269,6 +269,9 @@ func (w *h1response) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	_ = c.rwc.SetDeadline(time.Time{})
 	c.hijacked = true
 	c.s.forget(c)
+	// Like net/http's, Shutdown neither waits for nor closes hijacked connections.
+	c.released = true
+	c.s.wg.Done()
 	bw := bufio.NewWriter(c.rwc)
 	return c.rwc, bufio.NewReadWriter(c.br, bw), nil
 }

@@ -713,3 +713,28 @@ func FuzzH1ServerRequest(f *testing.F) {
 type eofConn struct{ net.Conn }
 
 func (eofConn) Read([]byte) (int, error) { return 0, io.EOF }
+
+// TestH1ServerShutdownHijacked checks that, as with net/http, Shutdown does not wait for a
+// hijacked connection (a WebSocket runs as long as its peers want).
+func TestH1ServerShutdownHijacked(t *testing.T) {
+	hijacked := make(chan net.Conn, 1)
+	s := NewH1Server(ServerOptions{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Errorf("Hijack() = %v, want nil", err)
+			return
+		}
+		hijacked <- c
+	}), nil)
+	a, b := net.Pipe()
+	defer b.Close()
+	s.ServeConn(a, nil)
+	go func() { _, _ = io.WriteString(b, "GET / HTTP/1.1\r\nHost: x\r\n\r\n") }()
+	c := <-hijacked
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Errorf("Shutdown() = %v, want nil (the hijacked connection is not the server's)", err)
+	}
+}
