@@ -176,6 +176,9 @@ type h1conn struct {
 	keys  []string // scratch for sorting header keys
 
 	hijacked bool
+	// deadline: a read deadline is set on rwc; headerDeadline: the header timeout has
+	// been applied to the request being read.
+	deadline, headerDeadline bool
 	released bool // the connection's goroutine no longer counts for Shutdown (hijacked)
 
 	// The request being served and its cancellation (also read by cut, under s.mu).
@@ -186,6 +189,8 @@ type h1conn struct {
 	wmu      sync.Mutex
 	wstate   int
 	bodyDone bool
+	reqStart time.Time
+	armed    bool // the timer will fire
 	timer    *time.Timer
 	bgDone   chan struct{}
 	aborting atomic.Bool
@@ -264,6 +269,7 @@ func (c *h1conn) serve(h2 func(net.Conn) bool) {
 	} else if isH2 {
 		b, _ := c.br.Peek(c.br.Buffered())
 		pc := &prefixConn{Conn: c.rwc, pre: append([]byte(nil), b...)}
+		_ = c.rwc.SetReadDeadline(time.Time{}) // the sniffing's; the HTTP/2 server keeps its own
 		closeConn = false
 		c.s.forget(c)
 		c.hijacked = true
@@ -287,6 +293,7 @@ func (c *h1conn) serve(h2 func(net.Conn) bool) {
 func (c *h1conn) sniffPreface() (bool, error) {
 	if d := c.s.o.ReadHeaderTimeout; d > 0 {
 		_ = c.rwc.SetReadDeadline(time.Now().Add(d))
+		c.deadline = true
 	}
 	for {
 		b, _ := c.br.Peek(c.br.Buffered())
@@ -338,8 +345,10 @@ func (c *h1conn) serveOne() bool {
 		}
 		if d := c.s.o.IdleTimeout; d > 0 {
 			_ = c.rwc.SetReadDeadline(time.Now().Add(d))
-		} else {
+			c.deadline = true
+		} else if c.deadline {
 			_ = c.rwc.SetReadDeadline(time.Time{})
+			c.deadline = false
 		}
 		if _, err := c.br.Peek(1); err != nil {
 			return false
@@ -348,11 +357,9 @@ func (c *h1conn) serveOne() bool {
 			return false // Shutdown closed it
 		}
 	}
-	if d := c.s.o.ReadHeaderTimeout; d > 0 {
-		_ = c.rwc.SetReadDeadline(time.Now().Add(d))
-	} else {
-		_ = c.rwc.SetReadDeadline(time.Time{})
-	}
+	// The header timeout is set when the header section is not all here yet (see
+	// headerEnd): a request that came in one piece costs no deadline change.
+	c.headerDeadline = false
 	req, conflict, err := c.readRequest()
 	if err != nil {
 		var he *h1Error
@@ -361,7 +368,11 @@ func (c *h1conn) serveOne() bool {
 		}
 		return false
 	}
-	_ = c.rwc.SetReadDeadline(time.Time{})
+	if c.deadline {
+		// The handler reads the body with no deadline, as with net/http without ReadTimeout.
+		_ = c.rwc.SetReadDeadline(time.Time{})
+		c.deadline = false
+	}
 	return c.serveRequest(req, conflict)
 }
 
@@ -403,6 +414,16 @@ func (c *h1conn) headerEnd(limit int) (int, error) {
 		}
 		if len(buf) == c.br.Size() {
 			c.growReader(limit)
+		}
+		if !c.headerDeadline {
+			c.headerDeadline = true
+			if d := c.s.o.ReadHeaderTimeout; d > 0 {
+				_ = c.rwc.SetReadDeadline(time.Now().Add(d))
+				c.deadline = true
+			} else if c.deadline {
+				_ = c.rwc.SetReadDeadline(time.Time{})
+				c.deadline = false
+			}
 		}
 		if _, err := c.br.Peek(len(buf) + 1); err != nil {
 			if len(buf) > 0 && !errors.Is(err, io.EOF) && !isTimeout(err) {
@@ -533,7 +554,7 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 		req.Body = body
 	}
 
-	c.watch(cancel, noBody)
+	c.watch(noBody)
 	if req.RequestURI == "*" && req.Method == http.MethodOptions {
 		w.header.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
@@ -571,15 +592,23 @@ func (c *h1conn) runHandler(w *h1response, req *http.Request) (ok bool) {
 // body reads see the client go away), gets a background read of the connection, and its
 // context is cancelled when that read sees the connection end. A byte it reads (the next,
 // pipelined request) is kept for the next request.
-func (c *h1conn) watch(cancel context.CancelFunc, bodyDone bool) {
+//
+// The connection's timer is not stopped and reset per request (that costs more than the
+// request's parsing on a busy connection): once armed it fires every h1WatchDelay while
+// requests keep coming, looks at the one running then, and goes quiet when it finds none.
+func (c *h1conn) watch(bodyDone bool) {
+	start := time.Now()
 	c.wmu.Lock()
-	c.wstate, c.bodyDone = h1Watching, bodyDone
-	c.wmu.Unlock()
-	if c.timer == nil {
-		c.timer = time.AfterFunc(h1WatchDelay, c.watchFired)
-	} else {
-		c.timer.Reset(h1WatchDelay)
+	c.wstate, c.bodyDone, c.reqStart = h1Watching, bodyDone, start
+	if !c.armed {
+		c.armed = true
+		if c.timer == nil {
+			c.timer = time.AfterFunc(h1WatchDelay, c.watchFired)
+		} else {
+			c.timer.Reset(h1WatchDelay)
+		}
 	}
+	c.wmu.Unlock()
 }
 
 const (
@@ -594,8 +623,14 @@ func (c *h1conn) watchFired() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.wstate != h1Watching {
+		c.armed = false // no request, or one already watched
 		return
 	}
+	if d := time.Since(c.reqStart); d < h1WatchDelay {
+		c.timer.Reset(h1WatchDelay - d) // a request that started since the last look
+		return
+	}
+	c.armed = false
 	if c.bodyDone {
 		c.startBackgroundRead()
 	} else {
@@ -635,9 +670,6 @@ func (c *h1conn) startBackgroundRead() {
 
 // unwatch stops the watch when the handler is done (or hijacks the connection).
 func (c *h1conn) unwatch() {
-	if c.timer != nil {
-		c.timer.Stop()
-	}
 	c.wmu.Lock()
 	st := c.wstate
 	c.wstate = h1Unwatched

@@ -497,11 +497,15 @@ func TestH1ServerPanics(t *testing.T) {
 
 func TestH1ServerHTTP2Dispatch(t *testing.T) {
 	got := make(chan string, 1)
-	addr, _ := startH1(t, ServerOptions{}, http.HandlerFunc(echoHandler), func(c net.Conn) bool {
+	addr, _ := startH1(t, ServerOptions{ReadHeaderTimeout: 100 * time.Millisecond}, http.HandlerFunc(echoHandler), func(c net.Conn) bool {
 		go func() {
 			defer c.Close()
 			b := make([]byte, len(h2Preface)+4)
-			_, err := io.ReadFull(c, b)
+			_, err := io.ReadFull(c, b[:len(h2Preface)])
+			if err == nil {
+				time.Sleep(300 * time.Millisecond)
+				_, err = io.ReadFull(c, b[len(h2Preface):])
+			}
 			if err != nil {
 				got <- err.Error()
 				return
@@ -511,10 +515,13 @@ func TestH1ServerHTTP2Dispatch(t *testing.T) {
 		return true
 	})
 	c := dial(t, addr)
-	// Sent in two parts: the server must wait for the whole preface.
+	// Sent in two parts: the server must wait for the whole preface. The read deadline used
+	// while sniffing (100ms here) must not follow the connection to the HTTP/2 server.
 	_, _ = io.WriteString(c, h2Preface[:10])
 	time.Sleep(20 * time.Millisecond)
-	_, _ = io.WriteString(c, h2Preface[10:]+"more")
+	_, _ = io.WriteString(c, h2Preface[10:])
+	time.Sleep(200 * time.Millisecond)
+	_, _ = io.WriteString(c, "more")
 	if s := <-got; s != h2Preface+"more" {
 		t.Errorf("HTTP/2 server read %q, want the preface and what followed", s)
 	}
