@@ -179,7 +179,7 @@ type h1conn struct {
 	// deadline: a read deadline is set on rwc; headerDeadline: the header timeout has
 	// been applied to the request being read.
 	deadline, headerDeadline bool
-	released bool // the connection's goroutine no longer counts for Shutdown (hijacked)
+	released                 bool // the connection's goroutine no longer counts for Shutdown (hijacked)
 
 	// The request being served and its cancellation (also read by cut, under s.mu).
 	reqMu  sync.Mutex
