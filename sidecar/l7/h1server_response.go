@@ -60,7 +60,7 @@ func (w *h1response) reset(c *h1conn, req *http.Request) {
 	}
 	*w = h1response{c: c, req: req, header: h, buf: buf, declared: -1, isHEAD: req.Method == http.MethodHead,
 		trailers: w.trailers[:0]}
-	w.closeAfter = req.Close || !req.ProtoAtLeast(1, 1) && !hasToken(req.Header.Get("Connection"), "keep-alive")
+	w.closeAfter = req.Close || !req.ProtoAtLeast(1, 1) && !hasToken(hget(req.Header, "Connection"), "keep-alive")
 }
 
 // Header returns the response header map.
@@ -89,7 +89,7 @@ func (w *h1response) WriteHeader(code int) {
 		return
 	}
 	w.wroteHeader, w.status = true, code
-	if cl := w.header.Get("Content-Length"); cl != "" {
+	if cl := hget(w.header, "Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
 			w.declared = n
 		} else {
@@ -307,17 +307,17 @@ func (w *h1response) sendHeader(done bool) {
 			hasTrailers = true
 		}
 	}
-	te := h.Get("Transfer-Encoding")
+	te := hget(h, "Transfer-Encoding")
 	hasTE := te != ""
-	if done && !hasTrailers && !hasTE && bodyAllowedForStatus(code) && h.Get("Content-Length") == "" &&
+	if done && !hasTrailers && !hasTE && bodyAllowedForStatus(code) && hget(h, "Content-Length") == "" &&
 		(!w.isHEAD || len(w.buf) > 0) {
 		h["Content-Length"] = []string{strconv.Itoa(len(w.buf))}
 	}
 	if _, haveType := h["Content-Type"]; !haveType && !hasTE && bodyAllowedForStatus(code) && len(w.buf) > 0 {
 		h["Content-Type"] = []string{http.DetectContentType(w.buf)}
 	}
-	hasCL := h.Get("Content-Length") != ""
-	if w.req.ProtoMajor == 1 && w.req.ProtoMinor == 0 && !w.req.Close && hasToken(w.req.Header.Get("Connection"), "keep-alive") {
+	hasCL := hget(h, "Content-Length") != ""
+	if w.req.ProtoMajor == 1 && w.req.ProtoMinor == 0 && !w.req.Close && hasToken(hget(w.req.Header, "Connection"), "keep-alive") {
 		if hasCL || w.isHEAD {
 			if _, set := h["Connection"]; !set {
 				h["Connection"] = []string{"keep-alive"}
@@ -327,7 +327,7 @@ func (w *h1response) sendHeader(done bool) {
 			w.closeAfter = true
 		}
 	}
-	if hasToken(h.Get("Connection"), "close") || w.c.s.closing.Load() {
+	if hasToken(hget(h, "Connection"), "close") || w.c.s.closing.Load() {
 		w.closeAfter = true // asked for, or the server is shutting down
 	}
 	if done && !w.closeAfter && !w.body.finish() {
@@ -350,7 +350,7 @@ func (w *h1response) sendHeader(done bool) {
 		w.closeAfter = true
 		delete(h, "Transfer-Encoding")
 	}
-	if w.closeAfter && w.req.ProtoAtLeast(1, 1) && !hasToken(h.Get("Connection"), "close") {
+	if w.closeAfter && w.req.ProtoAtLeast(1, 1) && !hasToken(hget(h, "Connection"), "close") {
 		h["Connection"] = []string{"close"}
 	}
 	b := appendStatusLine(w.c.bw.AvailableBuffer(), w.req.ProtoAtLeast(1, 1), code)
@@ -392,6 +392,10 @@ func appendField(b []byte, k, v string) []byte {
 	b = append(b, k...)
 	b = append(b, ": "...)
 	v = strings.TrimSpace(v)
+	if strings.IndexByte(v, '\r') < 0 && strings.IndexByte(v, '\n') < 0 {
+		b = append(b, v...)
+		return append(b, "\r\n"...)
+	}
 	for i := 0; i < len(v); i++ {
 		c := v[i]
 		if c == '\r' || c == '\n' {
@@ -489,4 +493,12 @@ func (d *h1date) append(b []byte) []byte {
 		d.b = now.UTC().AppendFormat(d.b[:0], http.TimeFormat)
 	}
 	return append(b, d.b...)
+}
+
+// hget is h.Get for a key already in canonical form (no canonicalization on the way).
+func hget(h http.Header, key string) string {
+	if v := h[key]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
 }
