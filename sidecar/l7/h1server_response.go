@@ -122,16 +122,14 @@ func (w *h1response) writeContinue() {
 
 // stopContinue prevents a 100 Continue once the response has started.
 func (w *h1response) stopContinue() {
+	// Lock order: body.mu before contMu (a body read sends 100 Continue), so this takes
+	// contMu alone.
 	w.contMu.Lock()
 	if w.canContinue {
+		// 100 Continue was never sent, so the body was never read: the client may still
+		// send it, or not. The connection cannot be reused.
 		w.canContinue = false
-		w.body.mu.Lock()
-		expect := w.body.expect
-		w.body.expect = false
-		w.body.mu.Unlock()
-		if expect {
-			w.closeAfter = true // the client may still send the body, or not: no reuse
-		}
+		w.closeAfter = true
 	}
 	w.contMu.Unlock()
 }
