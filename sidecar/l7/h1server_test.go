@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
 )
 
@@ -705,6 +707,16 @@ func FuzzH1ServerRequest(f *testing.F) {
 		}
 		if werr != nil {
 			t.Fatalf("readRequest() accepted what http.ReadRequest refuses (%v): %q", werr, data)
+		}
+		for k, vv := range got.Header { // what net/http's server checks on top of ReadRequest
+			if !httpguts.ValidHeaderFieldName(k) {
+				t.Fatalf("readRequest() accepted header name %q", k)
+			}
+			for _, v := range vv {
+				if !httpguts.ValidHeaderFieldValue(v) {
+					t.Fatalf("readRequest() accepted header value %q", v)
+				}
+			}
 		}
 		if got.Method != want.Method || got.RequestURI != want.RequestURI || got.Proto != want.Proto ||
 			got.Host != want.Host || got.ContentLength != want.ContentLength || got.Close != want.Close ||
