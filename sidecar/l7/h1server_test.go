@@ -757,3 +757,62 @@ func TestH1ServerShutdownHijacked(t *testing.T) {
 		t.Errorf("Shutdown() = %v, want nil (the hijacked connection is not the server's)", err)
 	}
 }
+
+// TestH1ServerBodyLeftUnread checks that a body too long to drain closes the connection
+// (announced in the response) rather than being read to its end.
+func TestH1ServerBodyLeftUnread(t *testing.T) {
+	addr, _ := startH1(t, ServerOptions{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "not reading that")
+	}), nil)
+	c := dial(t, addr)
+	const size = 4 * h1MaxDrain
+	go func() {
+		_, _ = io.WriteString(c, fmt.Sprintf("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n", size))
+		_, _ = c.Write(make([]byte, size)) // may fail once the server closes
+	}()
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if string(b) != "not reading that" || !resp.Close {
+		t.Errorf("response = %q Close %v, want \"not reading that\" and Connection: close", b, resp.Close)
+	}
+}
+
+// TestH1ServerContinueConcurrent reads an Expect: 100-continue body on another goroutine
+// while the handler writes its header: both orders must finish (no lock-order deadlock).
+func TestH1ServerContinueConcurrent(t *testing.T) {
+	addr, _ := startH1(t, ServerOptions{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			_, _ = io.ReadAll(r.Body)
+		}()
+		w.WriteHeader(http.StatusAccepted)
+		_ = http.NewResponseController(w).Flush()
+		<-done
+	}), nil)
+	for i := range 20 {
+		c := dial(t, addr)
+		_, _ = io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("exchange %d: %v", i, err)
+		}
+		if resp.StatusCode == http.StatusContinue {
+			_, _ = io.WriteString(c, "ok")
+			if resp, err = http.ReadResponse(br, nil); err != nil {
+				t.Fatalf("exchange %d: %v", i, err)
+			}
+		} else {
+			_, _ = io.WriteString(c, "ok") // the handler's reader is still waiting for it
+		}
+		if resp.StatusCode != http.StatusAccepted {
+			t.Errorf("exchange %d: status = %d, want 202", i, resp.StatusCode)
+		}
+		_, _ = io.ReadAll(resp.Body)
+		_ = c.Close()
+	}
+}
