@@ -81,9 +81,12 @@ const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // ServeConn serves c on a new goroutine and returns true, or returns false (taking nothing)
 // once Shutdown has been called. A TLS connection whose ALPN chose h2, and a plaintext
 // connection that starts with the HTTP/2 preface, are given to h2 instead (with the bytes
-// read so far replayed); h2 returning false closes the connection. c may be a *tls.Conn
-// whose handshake is complete: its state is then the requests' TLS state.
+// read so far replayed); h2 returning false (or h2 nil) closes the connection. c may be
+// a *tls.Conn whose handshake is complete: its state is then the requests' TLS state.
 func (s *H1Server) ServeConn(c net.Conn, h2 func(net.Conn) bool) bool {
+	if h2 == nil {
+		h2 = func(net.Conn) bool { return false } // no HTTP/2 here: close such connections
+	}
 	hc := &h1conn{s: s, rwc: c, start: time.Now()}
 	s.mu.Lock()
 	if s.closing.Load() {
