@@ -41,6 +41,7 @@ type front struct {
 	tlsIn *tlsLayer // terminates (m)TLS before HTTP or TCP; nil for plaintext (see tls.go)
 
 	// HTTP
+	h1      *l7.H1Server // HTTP/1.x connections; HTTP/2 ones go on to srv
 	srv     *http.Server
 	conns   *chanListener
 	handler atomic.Pointer[http.Handler]
@@ -127,11 +128,18 @@ func newHTTPFront(key string, o l7.ServerOptions, h http.Handler, m telemetry.Li
 			m.Active.Dec()
 		}
 	}
+	f.h1 = l7.NewH1Server(o, f.srv.Handler, func(d int) { m.Active.Add(float64(d)) })
 	go func() {
 		defer close(f.served)
 		_ = f.srv.Serve(f.conns)
 	}()
 	return f
+}
+
+// serveH2 hands an HTTP/2 connection to the front's http.Server; false if it is shutting
+// down.
+func (f *front) serveH2(c net.Conn) bool {
+	return f.conns.push(l7.GuardConn(c))
 }
 
 func newTCPFront(key string, p *l4.Proxy) *front {
@@ -145,7 +153,9 @@ func newTCPFront(key string, p *l4.Proxy) *front {
 // means the front is shutting down and took nothing.
 func (f *front) serveDecrypted(c net.Conn, m telemetry.ListenerMetrics) bool {
 	if f.srv != nil {
-		return f.conns.push(l7.GuardConn(c))
+		// HTTP/1.x stays on Ferry's own server; HTTP/2 (by ALPN or by its preface) goes to
+		// the http.Server.
+		return f.h1.ServeConn(c, f.serveH2)
 	}
 	f.mu.Lock()
 	if f.closing {
@@ -171,10 +181,13 @@ func (f *front) shutdown(ctx context.Context) {
 		f.tlsIn.close()
 	}
 	if f.srv != nil {
+		h1 := make(chan struct{})
+		go func() { defer close(h1); _ = f.h1.Shutdown(ctx) }()
 		if err := f.srv.Shutdown(ctx); err != nil {
 			_ = f.srv.Close()
 		}
 		<-f.served
+		<-h1
 		return
 	}
 	f.mu.Lock()

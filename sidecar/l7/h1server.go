@@ -1,0 +1,693 @@
+package l7
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// H1Server serves HTTP/1.0 and HTTP/1.1 connections with one goroutine per connection: it
+// reads a request, runs the handler on the same goroutine, finishes the response and loops
+// while the connection may be kept alive. It gives handlers what net/http's server gives
+// them (request context cancelled when the client goes away, Flush, Hijack, trailers,
+// 1xx responses, Expect: 100-continue) without net/http's per-request background-read
+// goroutine: the client is watched only for requests still running after a short delay.
+//
+// Connections that speak HTTP/2 (ALPN h2, or the cleartext prior-knowledge preface) are
+// handed to another server; see ServeConn.
+//
+// ServeConn and Shutdown are safe to call concurrently.
+type H1Server struct {
+	o       ServerOptions
+	handler http.Handler
+	log     *slog.Logger
+	track   func(delta int)
+	pool    sync.Pool // *bufio.Reader of h1ReadBufferSize
+	wpool   sync.Pool // *bufio.Writer of h1WriteBufferSize
+
+	mu      sync.Mutex
+	conns   map[*h1conn]struct{}
+	closing atomic.Bool
+	wg      sync.WaitGroup // connection goroutines
+}
+
+const (
+	h1ReadBufferSize  = 4 << 10
+	h1WriteBufferSize = 4 << 10
+	// h1BodyBuffer is how much of a response body is held back so that a small response
+	// goes out with a Content-Length, in one write with its header.
+	h1BodyBuffer = 2 << 10
+	// h1MaxDrain is how much of a request body the handler left unread is discarded so
+	// that the connection can be reused; a longer remainder closes the connection.
+	h1MaxDrain = 256 << 10
+	// h1WatchDelay is how long a request runs before the connection is watched for the
+	// client going away.
+	h1WatchDelay = 10 * time.Millisecond
+	// h1LingerTime bounds how long a connection that is being closed after an answer
+	// discards what the client still sends, so that the client reads the answer rather
+	// than a reset.
+	h1LingerTime = 500 * time.Millisecond
+)
+
+// NewH1Server returns a server that runs handler for every HTTP/1.x request. track, if not
+// nil, is called with +1 when the server starts serving a connection and -1 when the
+// connection is closed or hijacked (listener metrics).
+func NewH1Server(o ServerOptions, handler http.Handler, track func(delta int)) *H1Server {
+	lg := o.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	if track == nil {
+		track = func(int) {}
+	}
+	s := &H1Server{o: o, handler: handler, log: lg, track: track, conns: make(map[*h1conn]struct{})}
+	s.pool.New = func() any { return bufio.NewReaderSize(nil, h1ReadBufferSize) }
+	s.wpool.New = func() any { return bufio.NewWriterSize(nil, h1WriteBufferSize) }
+	return s
+}
+
+// h2Preface is the client connection preface of HTTP/2 (RFC 9113 §3.4).
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// ServeConn serves c on a new goroutine and returns true, or returns false (taking nothing)
+// once Shutdown has been called. A TLS connection whose ALPN chose h2, and a plaintext
+// connection that starts with the HTTP/2 preface, are given to h2 instead (with the bytes
+// read so far replayed); h2 returning false (or h2 nil) closes the connection. c may be
+// a *tls.Conn whose handshake is complete: its state is then the requests' TLS state.
+func (s *H1Server) ServeConn(c net.Conn, h2 func(net.Conn) bool) bool {
+	if h2 == nil {
+		h2 = func(net.Conn) bool { return false } // no HTTP/2 here: close such connections
+	}
+	hc := &h1conn{s: s, rwc: c, start: time.Now()}
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		return false
+	}
+	s.conns[hc] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	s.track(1)
+	go hc.serve(h2)
+	return true
+}
+
+// Shutdown stops taking connections, closes idle ones, waits for the others to finish
+// their request and close, and, when ctx ends first, closes them all (cancelling the
+// requests still running) and returns ctx's error. It returns once every connection
+// goroutine has ended.
+func (s *H1Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		s.closeIdle()
+		select {
+		case <-done:
+			return nil
+		case <-ctx.Done():
+			s.mu.Lock()
+			for c := range s.conns {
+				c.cut()
+			}
+			s.mu.Unlock()
+			<-done
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+}
+
+func (s *H1Server) closeIdle() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.conns {
+		// As net/http: a new connection that has sent nothing for a while counts as idle.
+		if c.state.CompareAndSwap(h1Idle, h1Closed) ||
+			time.Since(c.start) > h1NewGrace && c.state.CompareAndSwap(h1New, h1Closed) {
+			_ = c.rwc.Close()
+		}
+	}
+}
+
+func (s *H1Server) forget(c *h1conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	s.track(-1)
+}
+
+// Connection states, for Shutdown.
+const (
+	h1New    int32 = iota // accepted, nothing received yet
+	h1Idle                // waiting for a request's first byte: Shutdown may close it
+	h1Active              // reading or serving a request
+	h1Closed              // closed by Shutdown
+)
+
+// h1NewGrace is how long Shutdown lets a new connection send its first request.
+const h1NewGrace = 5 * time.Second
+
+// h1conn is one HTTP/1.x connection. Its fields are used by the connection's goroutine,
+// except where a comment says otherwise.
+type h1conn struct {
+	s     *H1Server
+	rwc   net.Conn
+	start time.Time
+	state atomic.Int32
+	ctx   context.Context // connection context: framing guard, TLS state, local address
+	guard *guardConn      // carries the framing-conflict signal to the Handler
+	cr    h1connReader
+	br    *bufio.Reader
+	big   bool // br is a larger reader than the pool's (long header section)
+	bw    *bufio.Writer
+	res   h1response
+	date  h1date
+	keys  []string // scratch for sorting header keys
+
+	hijacked bool
+	// deadline: a read deadline is set on rwc; headerDeadline: the header timeout has
+	// been applied to the request being read.
+	deadline, headerDeadline bool
+	released                 bool // the connection's goroutine no longer counts for Shutdown (hijacked)
+
+	// The request being served and its cancellation (also read by cut, under s.mu).
+	reqMu  sync.Mutex
+	cancel context.CancelFunc
+
+	// Client-gone watch; see watch.
+	wmu      sync.Mutex
+	wstate   int
+	bodyDone bool
+	reqStart time.Time
+	armed    bool // the timer will fire
+	timer    *time.Timer
+	bgDone   chan struct{}
+	aborting atomic.Bool
+}
+
+// cut closes the connection and cancels its request; called by Shutdown under s.mu.
+func (c *h1conn) cut() {
+	c.state.Store(h1Closed)
+	c.reqMu.Lock()
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.reqMu.Unlock()
+	_ = c.rwc.Close()
+}
+
+// h1connReader is what the connection's buffered reader reads from: the connection, after
+// any bytes set aside (a byte the client-gone watch read, or bytes carried over from a
+// smaller buffer).
+type h1connReader struct {
+	c       *h1conn
+	pending []byte
+	oneByte [1]byte
+}
+
+func (r *h1connReader) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.c.rwc.Read(p)
+}
+
+func (c *h1conn) serve(h2 func(net.Conn) bool) {
+	defer func() {
+		if !c.released {
+			c.s.wg.Done()
+		}
+	}()
+	c.cr.c = c
+	c.br = c.s.pool.Get().(*bufio.Reader)
+	c.br.Reset(&c.cr)
+	closeConn := true
+	defer func() {
+		if !c.hijacked {
+			c.s.forget(c)
+		}
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+		if !c.hijacked && !c.big {
+			c.br.Reset(nil)
+			c.s.pool.Put(c.br)
+		}
+		if c.bw != nil && !c.hijacked {
+			c.bw.Reset(nil)
+			c.s.wpool.Put(c.bw)
+		}
+		if closeConn && !c.hijacked {
+			_ = c.rwc.Close()
+		}
+	}()
+	tc, _ := c.rwc.(*tls.Conn)
+	if tc != nil && tc.ConnectionState().NegotiatedProtocol == "h2" {
+		closeConn = false
+		c.s.forget(c)
+		c.hijacked = true // not ours any more
+		if !h2(c.rwc) {
+			_ = c.rwc.Close()
+		}
+		return
+	}
+	if isH2, err := c.sniffPreface(); err != nil {
+		return
+	} else if isH2 {
+		b, _ := c.br.Peek(c.br.Buffered())
+		pc := &prefixConn{Conn: c.rwc, pre: append([]byte(nil), b...)}
+		_ = c.rwc.SetReadDeadline(time.Time{}) // the sniffing's; the HTTP/2 server keeps its own
+		closeConn = false
+		c.s.forget(c)
+		c.hijacked = true
+		c.s.pool.Put(c.br)
+		if !h2(pc) {
+			_ = c.rwc.Close()
+		}
+		return
+	}
+	c.guard = &guardConn{Conn: c.rwc, off: true}
+	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, c.rwc.LocalAddr())
+	c.ctx = connContext(ctx, c.guard)
+	c.bw = c.s.wpool.Get().(*bufio.Writer)
+	c.bw.Reset(c.rwc)
+	for c.serveOne() {
+	}
+}
+
+// sniffPreface reads until the bytes received either differ from the HTTP/2 preface or
+// are all of it, within the header timeout.
+func (c *h1conn) sniffPreface() (bool, error) {
+	if d := c.s.o.ReadHeaderTimeout; d > 0 {
+		_ = c.rwc.SetReadDeadline(time.Now().Add(d))
+		c.deadline = true
+	}
+	for {
+		b, _ := c.br.Peek(c.br.Buffered())
+		m := min(len(b), len(h2Preface))
+		if string(b[:m]) != h2Preface[:m] {
+			return false, nil
+		}
+		if m == len(h2Preface) {
+			return true, nil
+		}
+		if _, err := c.br.Peek(len(b) + 1); err != nil {
+			return false, err
+		}
+		if c.state.Load() != h1Active && !c.state.CompareAndSwap(h1New, h1Active) {
+			return false, net.ErrClosed // Shutdown closed it
+		}
+	}
+}
+
+// prefixConn replays bytes already read from its connection.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (p *prefixConn) Read(b []byte) (int, error) {
+	if len(p.pre) > 0 {
+		n := copy(b, p.pre)
+		p.pre = p.pre[n:]
+		return n, nil
+	}
+	return p.Conn.Read(b)
+}
+
+// CloseWrite half-closes the underlying connection when it can.
+func (p *prefixConn) CloseWrite() error {
+	if cw, ok := p.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return p.Conn.Close()
+}
+
+// serveOne reads and serves one request; false means the connection must be closed.
+func (c *h1conn) serveOne() bool {
+	// Idle until the request's first byte.
+	if c.br.Buffered() == 0 {
+		if !c.state.CompareAndSwap(h1Active, h1Idle) || c.s.closing.Load() {
+			return false
+		}
+		if d := c.s.o.IdleTimeout; d > 0 {
+			_ = c.rwc.SetReadDeadline(time.Now().Add(d))
+			c.deadline = true
+		} else if c.deadline {
+			_ = c.rwc.SetReadDeadline(time.Time{})
+			c.deadline = false
+		}
+		if _, err := c.br.Peek(1); err != nil {
+			return false
+		}
+		if !c.state.CompareAndSwap(h1Idle, h1Active) {
+			return false // Shutdown closed it
+		}
+	}
+	// The header timeout is set when the header section is not all here yet (see
+	// headerEnd): a request that came in one piece costs no deadline change.
+	c.headerDeadline = false
+	req, conflict, err := c.readRequest()
+	if err != nil {
+		var he *h1Error
+		if errors.As(err, &he) {
+			c.writeError(he)
+		}
+		return false
+	}
+	if c.deadline {
+		// The handler reads the body with no deadline, as with net/http without ReadTimeout.
+		_ = c.rwc.SetReadDeadline(time.Time{})
+		c.deadline = false
+	}
+	return c.serveRequest(req, conflict)
+}
+
+// readRequest reads the next request's header section and parses it.
+func (c *h1conn) readRequest() (*http.Request, bool, error) {
+	limit := c.s.o.MaxHeaderBytes
+	if limit <= 0 {
+		limit = http.DefaultMaxHeaderBytes
+	}
+	limit += 4096 // as net/http: room for the request line
+	end, err := c.headerEnd(limit)
+	if err != nil {
+		return nil, false, err
+	}
+	hdr, _ := c.br.Peek(end)
+	return parseRequest(c.br, hdr)
+}
+
+// headerEnd waits until br holds a complete header section (ending with an empty line) and
+// returns its length, growing br if the section is longer than br's buffer.
+func (c *h1conn) headerEnd(limit int) (int, error) {
+	pos, lineStart := 0, 0
+	for {
+		buf, _ := c.br.Peek(c.br.Buffered())
+		for pos < len(buf) {
+			i := indexByte(buf[pos:], '\n')
+			if i < 0 {
+				pos = len(buf)
+				break
+			}
+			nl := pos + i
+			if line := buf[lineStart:nl]; len(line) == 0 || (len(line) == 1 && line[0] == '\r') {
+				return nl + 1, nil
+			}
+			pos, lineStart = nl+1, nl+1
+		}
+		if len(buf) >= limit {
+			return 0, &h1Error{status: http.StatusRequestHeaderFieldsTooLarge, msg: "request header fields too large"}
+		}
+		if len(buf) == c.br.Size() {
+			c.growReader(limit)
+		}
+		if !c.headerDeadline {
+			c.headerDeadline = true
+			if d := c.s.o.ReadHeaderTimeout; d > 0 {
+				_ = c.rwc.SetReadDeadline(time.Now().Add(d))
+				c.deadline = true
+			} else if c.deadline {
+				_ = c.rwc.SetReadDeadline(time.Time{})
+				c.deadline = false
+			}
+		}
+		if _, err := c.br.Peek(len(buf) + 1); err != nil {
+			if len(buf) > 0 && !errors.Is(err, io.EOF) && !isTimeout(err) {
+				return 0, &h1Error{status: http.StatusBadRequest, msg: "malformed request"}
+			}
+			return 0, err
+		}
+	}
+}
+
+func indexByte(b []byte, c byte) int {
+	for i, x := range b {
+		if x == c {
+			return i
+		}
+	}
+	return -1
+}
+
+// growReader replaces the connection's reader with one that can hold limit bytes,
+// carrying over what the old one buffered. Long header sections are rare: the larger
+// reader stays with the connection and is not pooled.
+func (c *h1conn) growReader(limit int) {
+	b, _ := c.br.Peek(c.br.Buffered())
+	c.cr.pending = append(append([]byte(nil), b...), c.cr.pending...)
+	old := c.br
+	c.br = bufio.NewReaderSize(&c.cr, limit)
+	if !c.big {
+		old.Reset(nil)
+		c.s.pool.Put(old)
+	}
+	c.big = true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// h1Error is a request the server answers itself, closing the connection.
+type h1Error struct {
+	status int
+	msg    string
+}
+
+func (e *h1Error) Error() string { return e.msg }
+
+// writeError answers a request the server refuses before any handler runs, then closes
+// the connection (lingering so that the client sees the answer, not a reset).
+func (c *h1conn) writeError(e *h1Error) {
+	body := http.StatusText(e.status) + ": " + e.msg + "\n"
+	b := make([]byte, 0, 256)
+	b = appendStatusLine(b, true, e.status)
+	b = append(b, "Content-Type: text/plain; charset=utf-8\r\nProxy-Status: "...)
+	b = append(b, (&LocalReply{Type: ErrHTTPRequestError, Details: e.msg}).ProxyStatus()...)
+	b = append(b, "\r\nConnection: close\r\nContent-Length: "...)
+	b = appendInt(b, int64(len(body)))
+	b = append(b, "\r\n\r\n"...)
+	b = append(b, body...)
+	_ = c.rwc.SetWriteDeadline(time.Now().Add(h1LingerTime))
+	if _, err := c.rwc.Write(b); err == nil {
+		c.linger()
+	}
+}
+
+// linger half-closes the connection and discards what the client still sends, briefly,
+// before the connection is closed.
+func (c *h1conn) linger() {
+	if cw, ok := c.rwc.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() == nil {
+			_ = c.rwc.SetReadDeadline(time.Now().Add(h1LingerTime))
+			_, _ = io.Copy(io.Discard, io.LimitReader(c.rwc, h1MaxDrain))
+		}
+	}
+}
+
+// serveRequest runs the handler for req and finishes its response; false means the
+// connection must be closed.
+func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
+	ctx, cancel := context.WithCancel(c.ctx)
+	c.reqMu.Lock()
+	c.cancel = cancel
+	c.reqMu.Unlock()
+	if c.state.Load() == h1Closed {
+		cancel() // cut by Shutdown while the request was read
+	}
+	defer func() {
+		c.res.body.shut()
+		c.reqMu.Lock()
+		c.cancel = nil
+		c.reqMu.Unlock()
+		cancel()
+	}()
+	req = req.WithContext(ctx)
+	req.RemoteAddr = c.rwc.RemoteAddr().String()
+	if conflict {
+		c.guard.conflict.Store(true)
+	} else {
+		c.guard.conflict.Store(false)
+	}
+	w := &c.res
+	w.reset(c, req)
+	body := &w.body
+	body.c, body.rc, body.w = c, req.Body, w
+	noBody := req.Body == nil || req.Body == http.NoBody
+	if noBody {
+		body.eof = true
+	}
+	if expectsContinue(req) {
+		if req.ProtoAtLeast(1, 1) && req.ContentLength != 0 {
+			body.expect = true
+			w.canContinue = true
+		} else {
+			w.closeAfter = true
+			w.header.Set("Connection", "close")
+			w.WriteHeader(http.StatusExpectationFailed)
+			w.finish()
+			return false
+		}
+	} else if req.Header.Get("Expect") != "" {
+		w.closeAfter = true
+		w.header.Set("Connection", "close")
+		w.WriteHeader(http.StatusExpectationFailed)
+		w.finish()
+		return false
+	}
+	if !noBody {
+		req.Body = body
+	}
+
+	c.watch(noBody)
+	if req.RequestURI == "*" && req.Method == http.MethodOptions {
+		w.header.Set("Content-Length", "0")
+		w.WriteHeader(http.StatusOK)
+	} else if !c.runHandler(w, req) {
+		c.unwatch()
+		return false
+	}
+	c.unwatch()
+	if c.hijacked {
+		return false
+	}
+	w.finish()
+	return !w.closeAfter && !w.werr
+}
+
+// runHandler calls the handler; false means it panicked (the connection is closed).
+func (c *h1conn) runHandler(w *h1response, req *http.Request) (ok bool) {
+	defer func() {
+		if err := recover(); err != nil {
+			ok = false
+			if err != http.ErrAbortHandler {
+				const size = 64 << 10
+				buf := make([]byte, size)
+				buf = buf[:runtime.Stack(buf, false)]
+				c.s.log.Error("panic serving HTTP request", "downstream", req.RemoteAddr, "panic", err, "stack", string(buf))
+			}
+		}
+	}()
+	c.s.handler.ServeHTTP(w, req)
+	return true
+}
+
+// watch arms the client-gone watch for the request starting now: a request still running
+// after h1WatchDelay, once its body has been read to its end (before that, the handler's
+// body reads see the client go away), gets a background read of the connection, and its
+// context is cancelled when that read sees the connection end. A byte it reads (the next,
+// pipelined request) is kept for the next request.
+//
+// The connection's timer is not stopped and reset per request (that costs more than the
+// request's parsing on a busy connection): once armed it fires every h1WatchDelay while
+// requests keep coming, looks at the one running then, and goes quiet when it finds none.
+func (c *h1conn) watch(bodyDone bool) {
+	start := time.Now()
+	c.wmu.Lock()
+	c.wstate, c.bodyDone, c.reqStart = h1Watching, bodyDone, start
+	if !c.armed {
+		c.armed = true
+		if c.timer == nil {
+			c.timer = time.AfterFunc(h1WatchDelay, c.watchFired)
+		} else {
+			c.timer.Reset(h1WatchDelay)
+		}
+	}
+	c.wmu.Unlock()
+}
+
+const (
+	h1Unwatched = iota
+	h1Watching  // timer armed
+	h1Waiting   // timer fired; waiting for the request body's end
+	h1Reading   // background read running
+)
+
+// watchFired runs on the timer's goroutine.
+func (c *h1conn) watchFired() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.wstate != h1Watching {
+		c.armed = false // no request, or one already watched
+		return
+	}
+	if d := time.Since(c.reqStart); d < h1WatchDelay {
+		c.timer.Reset(h1WatchDelay - d) // a request that started since the last look
+		return
+	}
+	c.armed = false
+	if c.bodyDone {
+		c.startBackgroundRead()
+	} else {
+		c.wstate = h1Waiting
+	}
+}
+
+// bodyEOF is called (on any goroutine) when the request body has been read to its end.
+func (c *h1conn) bodyEOF() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.bodyDone = true
+	if c.wstate == h1Waiting {
+		c.startBackgroundRead()
+	}
+}
+
+// startBackgroundRead runs with c.wmu held.
+func (c *h1conn) startBackgroundRead() {
+	c.wstate = h1Reading
+	c.bgDone = make(chan struct{})
+	c.reqMu.Lock()
+	cancel := c.cancel
+	c.reqMu.Unlock()
+	go func() {
+		defer close(c.bgDone)
+		n, err := c.rwc.Read(c.cr.oneByte[:])
+		if n > 0 {
+			c.cr.pending = c.cr.oneByte[:n]
+			return
+		}
+		if err != nil && !c.aborting.Load() && cancel != nil {
+			cancel() // the client went away (or the connection failed)
+		}
+	}()
+}
+
+// unwatch stops the watch when the handler is done (or hijacks the connection).
+func (c *h1conn) unwatch() {
+	c.wmu.Lock()
+	st := c.wstate
+	c.wstate = h1Unwatched
+	c.wmu.Unlock()
+	if st == h1Reading {
+		c.aborting.Store(true)
+		_ = c.rwc.SetReadDeadline(aLongTimeAgo)
+		<-c.bgDone
+		c.aborting.Store(false)
+		_ = c.rwc.SetReadDeadline(time.Time{})
+	}
+}
+
+// expectsContinue reports whether r carries Expect: 100-continue.
+func expectsContinue(r *http.Request) bool {
+	v, ok := r.Header["Expect"]
+	return ok && len(v) > 0 && valueHasToken(v[0], "100-continue")
+}
