@@ -204,21 +204,28 @@ func injectBaggage(bag baggage.Baggage, h http.Header) {
 
 const hexDigits = "0123456789abcdef"
 
+// hexPairs[b] is b's two lower-case hex digits. It is built once and never changed.
+var hexPairs = func() (t [256][2]byte) {
+	for i := range t {
+		t[i] = [2]byte{hexDigits[i>>4], hexDigits[i&0xf]}
+	}
+	return t
+}()
+
 // traceparent is sc's traceparent header value, 00-<trace id>-<span id>-<flags>, with the
 // sampled and random flags only.
 func traceparent(sc *trace.SpanContext) string {
 	var b [55]byte
 	tid, sid := sc.TraceID(), sc.SpanID()
 	b[0], b[1], b[2], b[35], b[52] = '0', '0', '-', '-', '-'
-	t := b[3:35]
+	t := (*[32]byte)(b[3:35])
 	for i, c := range tid {
-		t[2*i], t[2*i+1] = hexDigits[c>>4], hexDigits[c&0xf]
+		*(*[2]byte)(t[2*i:]) = hexPairs[c]
 	}
-	s := b[36:52]
+	s := (*[16]byte)(b[36:52])
 	for i, c := range sid {
-		s[2*i], s[2*i+1] = hexDigits[c>>4], hexDigits[c&0xf]
+		*(*[2]byte)(s[2*i:]) = hexPairs[c]
 	}
-	f := byte(sc.TraceFlags() & (trace.FlagsSampled | trace.FlagsRandom))
-	b[53], b[54] = hexDigits[f>>4], hexDigits[f&0xf]
+	*(*[2]byte)(b[53:]) = hexPairs[sc.TraceFlags()&(trace.FlagsSampled|trace.FlagsRandom)]
 	return string(b[:])
 }
