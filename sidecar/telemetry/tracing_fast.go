@@ -104,10 +104,14 @@ func (t *Tracing) startServerSpan(psc trace.SpanContext, bag baggage.Baggage, na
 	sid := newSpanID()
 	if t.sampler.requestDecision(psc, tid) == sdktrace.Drop {
 		// What the SDK's tracer builds for a dropped span (see its newSpan).
-		return &unsampledSpan{tp: t.tp, bag: bag, sc: trace.NewSpanContext(trace.SpanContextConfig{
+		us := &unsampledSpan{tp: t.tp, bag: bag, sc: trace.NewSpanContext(trace.SpanContextConfig{
 			TraceID: tid, SpanID: sid, TraceState: psc.TraceState(),
 			TraceFlags: psc.TraceFlags() &^ trace.FlagsSampled,
 		})}
+		if t.tracecontext {
+			us.traceparent[0] = traceparent(&us.sc)
+		}
+		return us
 	}
 	parent := context.Background()
 	if psc.IsValid() {
@@ -125,6 +129,9 @@ type unsampledSpan struct {
 	sc  trace.SpanContext
 	tp  trace.TracerProvider
 	bag baggage.Baggage // the request's, also in the context StartServer returns
+	// traceparent is sc's traceparent header value when tracecontext is propagated,
+	// shared (never changed) by the header maps it is injected into.
+	traceparent [1]string
 }
 
 var _ trace.Span = (*unsampledSpan)(nil)
@@ -192,6 +199,15 @@ func injectTraceContext(sc *trace.SpanContext, h http.Header) {
 		h["Tracestate"] = []string{ts}
 	}
 	h["Traceparent"] = []string{traceparent(sc)}
+}
+
+// injectTraceContext writes s's context into h as injectTraceContext does, with the
+// traceparent value made when s was.
+func (s *unsampledSpan) injectTraceContext(h http.Header) {
+	if ts := s.sc.TraceState().String(); ts != "" {
+		h["Tracestate"] = []string{ts}
+	}
+	h["Traceparent"] = s.traceparent[:]
 }
 
 // injectBaggage writes bag into h as the W3C baggage propagator does (nothing when it is

@@ -158,15 +158,21 @@ func (t *Tracing) InjectHeaders(ctx context.Context, h http.Header) {
 		return
 	}
 	span := trace.SpanFromContext(ctx)
-	if t.tracecontext {
-		sc := span.SpanContext()
-		injectTraceContext(&sc, h)
-	}
-	if t.baggage {
-		// A request's unsampled server span holds the baggage ctx has: no lookup.
-		if us, ok := span.(*unsampledSpan); ok {
+	if us, ok := span.(*unsampledSpan); ok {
+		// A request's unsampled server span holds its traceparent and the baggage ctx
+		// has: nothing to format or look up.
+		if t.tracecontext {
+			us.injectTraceContext(h)
+		}
+		if t.baggage {
 			injectBaggage(us.bag, h)
-		} else {
+		}
+	} else {
+		if t.tracecontext {
+			sc := span.SpanContext()
+			injectTraceContext(&sc, h)
+		}
+		if t.baggage {
 			injectBaggage(baggage.FromContext(ctx), h)
 		}
 	}
