@@ -91,10 +91,10 @@ func (t *Tracing) carriesContext(h http.Header) bool {
 }
 
 // startServerSpan starts a server span named name under psc, the remote span context the
-// request's headers carried (invalid if none); bag is their baggage. The SDK, when it
-// starts the span, looks its parent up in a short context of its own rather than in the
-// request's long context chain.
-func (t *Tracing) startServerSpan(psc trace.SpanContext, bag baggage.Baggage, name string) trace.Span {
+// request's headers carried (invalid if none), and returns it with ctx carrying it; bag
+// is the headers' baggage. The SDK, when it starts the span, looks its parent up in a
+// short context of its own rather than in the request's long context chain.
+func (t *Tracing) startServerSpan(ctx context.Context, psc trace.SpanContext, bag baggage.Baggage, name string) (context.Context, trace.Span) {
 	var tid trace.TraceID
 	if psc.TraceID().IsValid() {
 		tid = psc.TraceID()
@@ -103,22 +103,93 @@ func (t *Tracing) startServerSpan(psc trace.SpanContext, bag baggage.Baggage, na
 	}
 	sid := newSpanID()
 	if t.sampler.requestDecision(psc, tid) == sdktrace.Drop {
-		// What the SDK's tracer builds for a dropped span (see its newSpan).
-		us := &unsampledSpan{tp: t.tp, bag: bag, sc: trace.NewSpanContext(trace.SpanContextConfig{
+		// What the SDK's tracer builds for a dropped span (see its newSpan), in one
+		// allocation with the context that carries it.
+		c := &unsampledCtx{Context: ctx}
+		c.span = unsampledSpan{tp: t.tp, bag: bag, sc: trace.NewSpanContext(trace.SpanContextConfig{
 			TraceID: tid, SpanID: sid, TraceState: psc.TraceState(),
 			TraceFlags: psc.TraceFlags() &^ trace.FlagsSampled,
 		})}
 		if t.tracecontext {
-			us.traceparent[0] = traceparent(&us.sc)
+			c.span.traceparent[0] = traceparent(&c.span.sc)
 		}
-		return us
+		if spanKey == nil {
+			return trace.ContextWithSpan(ctx, &c.span), &c.span
+		}
+		return c, &c.span
 	}
 	parent := context.Background()
 	if psc.IsValid() {
 		parent = trace.ContextWithRemoteSpanContext(parent, psc)
 	}
 	_, span := t.tracer.Start(&presetIDs{Context: parent, tid: tid, sid: sid}, name, serverKind...)
-	return span
+	return trace.ContextWithSpan(ctx, span), span
+}
+
+// unsampledCtx is a request's context carrying its unsampled server span, as
+// trace.ContextWithSpan(Context, &span) would, without allocating a second object.
+type unsampledCtx struct {
+	context.Context
+	span unsampledSpan
+}
+
+var _ context.Context = (*unsampledCtx)(nil)
+
+// Value returns the span for OpenTelemetry's span key, else the parent's value.
+func (c *unsampledCtx) Value(key any) any {
+	if key == spanKey {
+		return &c.span
+	}
+	return c.Context.Value(key)
+}
+
+// spanKey is the key under which trace.ContextWithSpan stores a span, nil if it could not
+// be found (then unsampledCtx is not used). It is found once, at start-up, and never
+// changed.
+var spanKey = findSpanKey()
+
+// keyProbe is a context that records the keys it is asked for.
+type keyProbe struct {
+	context.Context
+	keys []any
+}
+
+func (p *keyProbe) Value(key any) any {
+	p.keys = append(p.keys, key)
+	return nil
+}
+
+// findSpanKey asks trace.SpanFromContext for the span of a context that records the keys
+// asked for, and checks that the one key it asked for is where trace.ContextWithSpan
+// puts a span and where trace.SpanFromContext finds it.
+func findSpanKey() any {
+	p := &keyProbe{Context: context.Background()}
+	trace.SpanFromContext(p)
+	if len(p.keys) != 1 {
+		return nil
+	}
+	key := p.keys[0]
+	probe := &unsampledSpan{}
+	if trace.ContextWithSpan(context.Background(), probe).Value(key) != probe {
+		return nil
+	}
+	if trace.SpanFromContext(&oneValue{Context: context.Background(), key: key, val: probe}) != probe {
+		return nil
+	}
+	return key
+}
+
+// oneValue is a context with one value of its own.
+type oneValue struct {
+	context.Context
+	key, val any
+}
+
+func (c *oneValue) Value(key any) any {
+	if key == c.key {
+		return c.val
+	}
+	return c.Context.Value(key)
 }
 
 // unsampledSpan is a span that is neither recorded nor exported (the SDK's

@@ -3,12 +3,14 @@ package telemetry
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"maps"
 	"math/rand/v2"
 	"net/http"
 	"net/textproto"
 	"slices"
 	"testing"
+	"time"
 
 	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/propagation"
@@ -344,5 +346,68 @@ func TestUnsampledBaggage(t *testing.T) {
 				t.Errorf("injected baggage = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestUnsampledContext: the context StartServer returns for an unsampled request carries
+// the span as trace.ContextWithSpan would (in the same allocation), and the caller's
+// values, deadline and cancellation.
+func TestUnsampledContext(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	if spanKey == nil {
+		t.Fatal("spanKey = nil: OpenTelemetry's span key was not found")
+	}
+	tr := newFakeTracing(t, &fakeExporter{}, nil, func(c *TracingConfig) { c.SampleRatio = 0 })
+	defer stopTracing(t, tr)
+	type key struct{}
+	parent, cancel := context.WithCancel(context.WithValue(context.Background(), key{}, "v"))
+	ctx, span := tr.StartServer(parent, newTestRequest("GET", "/"), Outbound, "api")
+	if _, ok := ctx.(*unsampledCtx); !ok {
+		t.Fatalf("StartServer() context is a %T, want *unsampledCtx", ctx)
+	}
+	if got := trace.SpanFromContext(ctx); got != span {
+		t.Errorf("SpanFromContext() = %v, want the server span %v", got, span)
+	}
+	if got := trace.SpanContextFromContext(ctx); !got.Equal(span.SpanContext()) {
+		t.Errorf("SpanContextFromContext() = %v, want %v", got, span.SpanContext())
+	}
+	if got := ctx.Value(key{}); got != "v" {
+		t.Errorf("Value(key) = %v, want the parent's v", got)
+	}
+	// A child span (and a timeout) under it, as a retry's attempt would have.
+	tctx, tcancel := context.WithTimeout(ctx, time.Minute)
+	defer tcancel()
+	_, child := tr.StartClient(tctx, newTestRequest("GET", "/"), "api", "10.0.0.1:80", 1)
+	if child.SpanContext().TraceID() != span.SpanContext().TraceID() || child.IsRecording() {
+		t.Errorf("client span %v (recording %t), want an unsampled child of %v", child.SpanContext(), child.IsRecording(), span.SpanContext())
+	}
+	child.End()
+	cancel()
+	select {
+	case <-tctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("cancelling the parent did not reach a context derived from StartServer's")
+	}
+	if !errors.Is(ctx.Err(), context.Canceled) {
+		t.Errorf("Err() = %v, want context.Canceled", ctx.Err())
+	}
+}
+
+// TestUnsampledRequestAllocations bounds what the proxy's tracing allocates for a request
+// that is not sampled (a server span, its context injected, no client span): the span
+// with its context, and the traceparent value.
+func TestUnsampledRequestAllocations(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	tr := newFakeTracing(t, &fakeExporter{}, nil, func(c *TracingConfig) { c.SampleRatio = 0 })
+	defer stopTracing(t, tr)
+	r := newTestRequest("GET", "/x")
+	out := http.Header{}
+	n := testing.AllocsPerRun(200, func() {
+		ctx, s := tr.StartServer(r.Context(), r, Outbound, "api")
+		tr.InjectHeaders(ctx, out)
+		tr.EndHTTP(s, HTTPResult{Status: 200})
+	})
+	if n > 2 {
+		t.Errorf("%v allocations per unsampled request, want at most 2", n)
 	}
 }

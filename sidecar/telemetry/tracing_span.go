@@ -76,8 +76,7 @@ func (t *Tracing) StartServer(ctx context.Context, r *http.Request, direction, u
 			bag = baggage.FromContext(ctx)
 		}
 	}
-	span := t.startServerSpan(psc, bag, spanName(direction, r.Method))
-	ctx = trace.ContextWithSpan(ctx, span)
+	ctx, span := t.startServerSpan(ctx, psc, bag, spanName(direction, r.Method))
 	if !span.IsRecording() {
 		return ctx, span
 	}
