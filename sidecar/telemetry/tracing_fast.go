@@ -143,6 +143,18 @@ func (c *unsampledCtx) Value(key any) any {
 	return c.Context.Value(key)
 }
 
+// unsampledFrom returns ctx's span if it is a request's unsampled server span, else nil.
+// With spanKey known it looks the span up without the interface conversion that
+// trace.SpanFromContext makes.
+func unsampledFrom(ctx context.Context) *unsampledSpan {
+	if spanKey != nil {
+		s, _ := ctx.Value(spanKey).(*unsampledSpan)
+		return s
+	}
+	s, _ := trace.SpanFromContext(ctx).(*unsampledSpan)
+	return s
+}
+
 // spanKey is the key under which trace.ContextWithSpan stores a span, nil if it could not
 // be found (then unsampledCtx is not used). It is found once, at start-up, and never
 // changed.

@@ -156,8 +156,7 @@ func (t *Tracing) InjectHeaders(ctx context.Context, h http.Header) {
 	if t == nil || t.tracer == nil {
 		return
 	}
-	span := trace.SpanFromContext(ctx)
-	if us, ok := span.(*unsampledSpan); ok {
+	if us := unsampledFrom(ctx); us != nil {
 		// A request's unsampled server span holds its traceparent and the baggage ctx
 		// has: nothing to format or look up.
 		if t.tracecontext {
@@ -168,7 +167,7 @@ func (t *Tracing) InjectHeaders(ctx context.Context, h http.Header) {
 		}
 	} else {
 		if t.tracecontext {
-			sc := span.SpanContext()
+			sc := trace.SpanContextFromContext(ctx)
 			injectTraceContext(&sc, h)
 		}
 		if t.baggage {
