@@ -47,6 +47,13 @@ type Tracing struct {
 	cfg    TracingConfig
 	client *http.Client // OTLP/HTTP only: closed at Shutdown so no idle connection lingers
 	attrs  sync.Pool    // of *attrBuf
+
+	// The request path's fast lane (tracing_fast.go), set by start.
+	sampler      errorSampler                  // the provider's sampler
+	extractKeys  []string                      // headers the formats read, canonical
+	tracecontext bool                          // tracecontext is configured: InjectHeaders writes it
+	baggage      bool                          // baggage is configured: InjectHeaders writes it
+	b3           propagation.TextMapPropagator // the b3 formats; nil if none
 }
 
 // TraceExportStats counts the spans the export pipeline handled since start. Spans that
@@ -110,8 +117,14 @@ func NewTracing(ctx context.Context, cfg TracingConfig, service string, instance
 // start builds the provider around exp; t.cfg is complete and valid.
 func (t *Tracing) start(exp sdktrace.SpanExporter, service string, instance map[string]string, logger *slog.Logger) {
 	t.proc = newExportProcessor(exp, t.cfg, logger)
+	t.sampler = newErrorSampler(t.cfg.SampleRatio, t.cfg.SampleErrors)
+	t.extractKeys = extractKeys(t.cfg.Propagation)
+	t.tracecontext = slices.Contains(t.cfg.Propagation, PropagationTraceContext)
+	t.baggage = slices.Contains(t.cfg.Propagation, PropagationBaggage)
+	t.b3 = b3Propagator(t.cfg.Propagation)
 	t.tp = sdktrace.NewTracerProvider(
-		sdktrace.WithSampler(newErrorSampler(t.cfg.SampleRatio, t.cfg.SampleErrors)),
+		sdktrace.WithSampler(t.sampler),
+		sdktrace.WithIDGenerator(idGenerator{}),
 		sdktrace.WithSpanProcessor(t.proc),
 		sdktrace.WithResource(newResource(service, instance)),
 	)

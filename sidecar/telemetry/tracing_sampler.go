@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -24,16 +25,43 @@ type errorSampler struct {
 	ratio        sdktrace.Sampler
 	sampleErrors bool
 	desc         string
+	// all and bound are ratio's decision on a trace ID, for requestDecision: sample
+	// every trace, or those whose trace ID's last 63 bits are below bound.
+	all   bool
+	bound uint64
 }
 
 var _ sdktrace.Sampler = errorSampler{}
 
 func newErrorSampler(ratio float64, sampleErrors bool) errorSampler {
-	return errorSampler{
+	s := errorSampler{
 		ratio:        sdktrace.TraceIDRatioBased(ratio),
 		sampleErrors: sampleErrors,
 		desc:         fmt.Sprintf("FerryParentBased{ratio=%g,sample_errors=%t}", ratio, sampleErrors),
 	}
+	// As sdktrace.TraceIDRatioBased computes it (TestRequestDecision compares them).
+	switch {
+	case ratio >= 1:
+		s.all = true
+	case ratio > 0:
+		s.bound = uint64(ratio * (1 << 63))
+	}
+	return s
+}
+
+// requestDecision is ShouldSample's decision for a span whose parent is psc, a remote
+// span context or none (a request's server span), and whose trace ID is tid; the
+// sampling result's tracestate is then psc's. It looks nothing up in a context.
+func (s errorSampler) requestDecision(psc trace.SpanContext, tid trace.TraceID) sdktrace.SamplingDecision {
+	switch {
+	case psc.IsValid() && psc.IsSampled():
+		return sdktrace.RecordAndSample
+	case !psc.IsValid() && (s.all || binary.BigEndian.Uint64(tid[8:16])>>1 < s.bound):
+		return sdktrace.RecordAndSample
+	case s.sampleErrors:
+		return sdktrace.RecordOnly
+	}
+	return sdktrace.Drop
 }
 
 func (s errorSampler) ShouldSample(p sdktrace.SamplingParameters) sdktrace.SamplingResult {

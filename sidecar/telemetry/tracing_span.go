@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/baggage"
 	"go.opentelemetry.io/otel/codes"
 	semconv "go.opentelemetry.io/otel/semconv/v1.26.0"
 	"go.opentelemetry.io/otel/trace"
@@ -49,7 +50,8 @@ var (
 // StartServer starts the server span for request r, which Ferry received from the
 // application (direction Outbound, upstream the upstream it is for) or from a peer
 // sidecar (direction Inbound, upstream ""). The trace context in r's headers, in the
-// configured formats, is continued; without one a new trace starts. The returned context
+// configured formats, is continued; without one a new trace starts (a span already in ctx
+// is not taken as the parent: a request's trace comes from its headers). The returned context
 // carries the span: pass it to StartClient, or to InjectHeaders for the request to the
 // local application. End the span with EndHTTP.
 //
@@ -61,8 +63,20 @@ func (t *Tracing) StartServer(ctx context.Context, r *http.Request, direction, u
 	if t == nil || t.tracer == nil {
 		return ctx, noopSpan
 	}
-	ctx = t.prop.Extract(ctx, headerCarrier(r.Header))
-	ctx, span := t.tracer.Start(ctx, spanName(direction, r.Method), serverKind...)
+	// Extracting (into ctx, where the injecting propagators find what they need, such as
+	// baggage or B3's debug flag) is skipped when no header of the formats is there.
+	var psc trace.SpanContext
+	var bag baggage.Baggage
+	if t.carriesContext(r.Header) {
+		ctx = t.prop.Extract(ctx, headerCarrier(r.Header))
+		if psc = trace.SpanContextFromContext(ctx); !psc.IsRemote() {
+			psc = trace.SpanContext{} // none in the headers
+		}
+		if t.baggage {
+			bag = baggage.FromContext(ctx)
+		}
+	}
+	ctx, span := t.startServerSpan(ctx, psc, bag, spanName(direction, r.Method))
 	if !span.IsRecording() {
 		return ctx, span
 	}
@@ -142,7 +156,27 @@ func (t *Tracing) InjectHeaders(ctx context.Context, h http.Header) {
 	if t == nil || t.tracer == nil {
 		return
 	}
-	t.prop.Inject(ctx, headerCarrier(h))
+	if us := unsampledFrom(ctx); us != nil {
+		// A request's unsampled server span holds its traceparent and the baggage ctx
+		// has: nothing to format or look up.
+		if t.tracecontext {
+			us.injectTraceContext(h)
+		}
+		if t.baggage {
+			injectBaggage(us.bag, h)
+		}
+	} else {
+		if t.tracecontext {
+			sc := trace.SpanContextFromContext(ctx)
+			injectTraceContext(&sc, h)
+		}
+		if t.baggage {
+			injectBaggage(baggage.FromContext(ctx), h)
+		}
+	}
+	if t.b3 != nil {
+		t.b3.Inject(ctx, headerCarrier(h))
+	}
 }
 
 // HTTPResult is how an HTTP request or attempt ended, for Tracing.EndHTTP. Zero fields are not
