@@ -20,24 +20,22 @@ import (
 func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	p := h.o.Policy
 	esc := r.URL.EscapedPath()
-	fwd, match, nd := p.NormalizePath(esc)
-	if !nd.Allowed {
-		h.refuse(st, r, pn, &nd)
+	fwd, match, nd := p.NormalizeRequestPath(esc)
+	if nd != nil {
+		h.refuse(st, r, pn, nd)
 		return false
 	}
 	req := policy.Request{Method: r.Method, Path: match, RawQuery: r.URL.RawQuery, URI: r.RequestURI,
 		Host: r.Host, Header: r.Header, ContentLength: r.ContentLength, SourceID: st.peer,
 		SourceIP: remoteIP(r.RemoteAddr), DestPort: h.o.Port}
-	c := p.Check(&req)
-	if d := c.Refusal(); d != nil {
-		h.refuse(st, r, pn, d)
+	var buf policy.Decision
+	refusal, allowed := p.Decide(&req, &buf)
+	if refusal != nil {
+		h.refuse(st, r, pn, refusal)
 		return false
 	}
-	switch {
-	case c.Access.Kind != policy.KindNone:
-		pn.keep(&c.Access)
-	case c.RateLimit.Kind != policy.KindNone:
-		pn.keep(&c.RateLimit)
+	if allowed != nil {
+		pn.keep(allowed)
 	}
 	if p.HasGlobalRateLimits() && !h.globalRateLimit(st, r, &req, pn) {
 		return false
