@@ -296,6 +296,17 @@ type ruleList struct {
 	// restBy[i] is the rules of rest that can match a request whose method has bit 1<<i,
 	// so that HTTP requests skip the others without looking at them.
 	restBy [numMethodBits][]int32
+	// restPre[i] is restBy[i] with each rule's cheapest path tests next to its index, so
+	// that the rules a request's path rules out are skipped without a call.
+	restPre [numMethodBits][]preRule
+}
+
+// preRule is a rule's index in its list with the first path tests of matchHTTP: the byte
+// after the leading '/' and the literal prefix.
+type preRule struct {
+	b1  [4]uint64
+	pre string
+	k   int32
 }
 
 // lastSegment is what follows the last '/' of a SPIFFE ID or pattern.
@@ -336,8 +347,9 @@ func (l *ruleList) index() {
 	}
 	for b := range l.restBy {
 		for _, k := range l.rest {
-			if l.rules[k].mbits&(1<<b) != 0 {
+			if ru := &l.rules[k]; ru.mbits&(1<<b) != 0 {
 				l.restBy[b] = append(l.restBy[b], k)
+				l.restPre[b] = append(l.restPre[b], preRule{b1: ru.pathB1, pre: ru.pathPre, k: k})
 			}
 		}
 	}
@@ -373,15 +385,25 @@ func (l *ruleList) firstHTTP(q *httpQuery) *rule {
 	if id != "" && l.byLast != nil {
 		named = l.byLast[lastSegment(id)]
 	}
-	rest := l.restBy[bits.TrailingZeros16(uint16(q.mb))]
+	mi := bits.TrailingZeros16(uint16(q.mb))
 	if len(named) == 0 {
-		for _, k := range rest {
-			if ru := &l.rules[k]; ru.matchHTTP(q) {
+		path, b1, rules := q.r.Path, q.b1, l.rules
+		bw, bb := b1>>6, uint64(1)<<(b1&63)
+		pres := l.restPre[mi]
+		for i := range pres {
+			f := &pres[i]
+			if f.b1[bw]&bb == 0 || len(path) < len(f.pre) || path[:len(f.pre)] != f.pre {
+				continue // matchHTTP would say so too
+			}
+			// f's rule matches q's method (restPre is by method), and its path tests
+			// just passed.
+			if ru := &rules[f.k]; ru.matchRest(q) {
 				return ru
 			}
 		}
 		return nil
 	}
+	rest := l.restBy[mi]
 	for len(named) > 0 || len(rest) > 0 {
 		var k int32
 		if len(rest) == 0 || len(named) > 0 && named[0] < rest[0] {
@@ -437,11 +459,17 @@ type httpQuery struct {
 // effects, so they are tested cheapest first: method bits, port, the path's literal prefix,
 // the caller, the path patterns, the headers.
 func (ru *rule) matchHTTP(q *httpQuery) bool {
-	r := q.r
-	return ru.mbits&q.mb != 0 && (q.mb != bitOther || ru.methods.Match(r.Method)) &&
+	return ru.mbits&q.mb != 0 &&
 		ru.pathB1[q.b1>>6]&(1<<(q.b1&63)) != 0 &&
+		strings.HasPrefix(q.r.Path, ru.pathPre) &&
+		ru.matchRest(q)
+}
+
+// matchRest is matchHTTP after its tests of the method's bit and the path's prefix.
+func (ru *rule) matchRest(q *httpQuery) bool {
+	r := q.r
+	return (q.mb != bitOther || ru.methods.Match(r.Method)) &&
 		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
-		strings.HasPrefix(r.Path, ru.pathPre) &&
 		(ru.from.any || ru.from.matchNorm(r.SourceID, q.src, q.src4)) &&
 		ru.matchPath(r.Path) &&
 		matchAllHeaders(ru.headers, r)
