@@ -302,11 +302,44 @@ type ruleList struct {
 }
 
 // preRule is a rule's index in its list with the first path tests of matchHTTP: the byte
-// after the leading '/' and the literal prefix.
+// after the leading '/' and the literal prefix, whose first 8 bytes are also kept as a
+// number (see head8) to compare without a call.
 type preRule struct {
-	b1  [4]uint64
-	pre string
-	k   int32
+	b1         [4]uint64
+	pre8, mask uint64 // head8(pre), and the bits of it that pre fills
+	pre        string
+	k          int32
+}
+
+// newPreRule returns ru's preRule, for index k.
+func newPreRule(ru *rule, k int32) preRule {
+	n := min(len(ru.pathPre), 8)
+	mask := uint64(1)<<(8*n) - 1
+	if n == 8 {
+		mask = ^uint64(0)
+	}
+	return preRule{b1: ru.pathB1, pre8: head8(ru.pathPre), mask: mask, pre: ru.pathPre, k: k}
+}
+
+// prefixOf reports whether f's prefix is a prefix of path, whose head8 is p8: it is
+// strings.HasPrefix(path, f.pre) for a path with no NUL byte.
+func (f *preRule) prefixOf(path string, p8 uint64) bool {
+	return p8&f.mask == f.pre8 && (len(f.pre) <= 8 || len(path) >= len(f.pre) && path[8:len(f.pre)] == f.pre[8:])
+}
+
+// head8 returns the first 8 bytes of s (fewer when s is shorter, the rest zero) as a
+// little-endian number. A path prefix holds no NUL (normalization refuses it), so a path
+// shorter than a prefix never agrees with it on the bytes the prefix fills.
+func head8(s string) uint64 {
+	if len(s) >= 8 {
+		return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+			uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+	}
+	var v uint64
+	for i := len(s) - 1; i >= 0; i-- {
+		v = v<<8 | uint64(s[i])
+	}
+	return v
 }
 
 // lastSegment is what follows the last '/' of a SPIFFE ID or pattern.
@@ -349,7 +382,7 @@ func (l *ruleList) index() {
 		for _, k := range l.rest {
 			if ru := &l.rules[k]; ru.mbits&(1<<b) != 0 {
 				l.restBy[b] = append(l.restBy[b], k)
-				l.restPre[b] = append(l.restPre[b], preRule{b1: ru.pathB1, pre: ru.pathPre, k: k})
+				l.restPre[b] = append(l.restPre[b], newPreRule(ru, k))
 			}
 		}
 	}
@@ -389,10 +422,11 @@ func (l *ruleList) firstHTTP(q *httpQuery) *rule {
 	if len(named) == 0 {
 		path, b1, rules := q.r.Path, q.b1, l.rules
 		bw, bb := b1>>6, uint64(1)<<(b1&63)
+		p8 := head8(path)
 		pres := l.restPre[mi]
 		for i := range pres {
 			f := &pres[i]
-			if f.b1[bw]&bb == 0 || len(path) < len(f.pre) || path[:len(f.pre)] != f.pre {
+			if f.b1[bw]&bb == 0 || !f.prefixOf(path, p8) {
 				continue // matchHTTP would say so too
 			}
 			// f's rule matches q's method (restPre is by method), and its path tests

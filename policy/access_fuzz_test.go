@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/ferrymesh/ferry/policy/normalize"
@@ -126,6 +127,25 @@ func FuzzAccess(f *testing.F) {
 		d := p.Access(r)
 		if d.Rule != want || d.Allowed != wantAllowed {
 			t.Fatalf("Access(%+v) = %s allowed %v, want %s allowed %v; rules %+v", *r, d.Rule, d.Allowed, want, wantAllowed, rules)
+		}
+	})
+}
+
+// FuzzPrefixOf compares preRule.prefixOf, the rule loop's prefix test, with
+// strings.HasPrefix on paths without NUL (normalization refuses NUL).
+func FuzzPrefixOf(f *testing.F) {
+	for _, s := range [][2]string{{"/api/v1/orders/", "/api/v1/orders/42"}, {"/api/v1/", "/api/v1"},
+		{"/api/v1/users", "/api/v1/orders/42"}, {"", "/x"}, {"/", "/"}, {"/admin", "/adm"},
+		{"/12345678", "/1234567"}, {"/1234567", "/12345678"}, {"/a", ""}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pre, path string) {
+		if strings.IndexByte(pre, 0) >= 0 || strings.IndexByte(path, 0) >= 0 {
+			return
+		}
+		pr := newPreRule(&rule{pathPre: pre}, 0)
+		if got, want := pr.prefixOf(path, head8(path)), strings.HasPrefix(path, pre); got != want {
+			t.Fatalf("prefixOf(%q) with prefix %q = %v, want %v", path, pre, got, want)
 		}
 	})
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"strings"
 
 	"github.com/ferrymesh/ferry/policy"
 )
@@ -63,43 +62,37 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 
 // remoteIP returns the address of http.Request.RemoteAddr, unmapped; the zero Addr when
 // it is not an IP:port. It is netip.ParseAddrPort(s).Addr().Unmap(), with the usual case,
-// a dotted-decimal IPv4 address and a port, parsed without its generality.
+// a dotted-decimal IPv4 address and a port, parsed in one pass without its generality;
+// anything else, or anything unusual in it, goes to netip.
 func remoteIP(s string) netip.Addr {
-	if i := strings.LastIndexByte(s, ':'); i > 0 && validPort(s[i+1:]) {
-		if a, ok := parseIPv4(s[:i]); ok {
-			return a
+	var b [4]byte
+	f, n, digits := 0, 0, 0 // field, its value, its digits
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if d := c - '0'; d <= 9 {
+			if digits > 0 && n == 0 { // leading zero
+				break
+			}
+			if n, digits = n*10+int(d), digits+1; n > 255 {
+				break
+			}
+			continue
 		}
+		if digits == 0 {
+			break
+		}
+		if c == '.' && f < 3 {
+			b[f], f, n, digits = byte(n), f+1, 0, 0
+			continue
+		}
+		if c == ':' && f == 3 && validPort(s[i+1:]) {
+			b[3] = byte(n)
+			return netip.AddrFrom4(b)
+		}
+		break
 	}
 	ap, _ := netip.ParseAddrPort(s)
 	return ap.Addr().Unmap()
-}
-
-// parseIPv4 parses a dotted-decimal IPv4 address as netip.ParseAddr accepts it (four
-// fields of 0 to 255, no leading zero); false when s is not one.
-func parseIPv4(s string) (netip.Addr, bool) {
-	var b [4]byte
-	f, n, digits := 0, 0, 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == '.' {
-			if digits == 0 || f == 3 && i != len(s) {
-				return netip.Addr{}, false
-			}
-			b[f] = byte(n)
-			f, n, digits = f+1, 0, 0
-			continue
-		}
-		c := s[i]
-		if c < '0' || c > '9' || digits > 0 && n == 0 {
-			return netip.Addr{}, false
-		}
-		if n, digits = n*10+int(c-'0'), digits+1; n > 255 {
-			return netip.Addr{}, false
-		}
-	}
-	if f != 4 {
-		return netip.Addr{}, false
-	}
-	return netip.AddrFrom4(b), true
 }
 
 // validPort reports whether s is a port as strconv.ParseUint(s, 10, 16) accepts it.
