@@ -302,29 +302,40 @@ type ruleList struct {
 }
 
 // preRule is a rule's index in its list with the first path tests of matchHTTP: the byte
-// after the leading '/' and the literal prefix, whose first 8 bytes are also kept as a
-// number (see head8) to compare without a call.
+// after the leading '/' and the literal prefix, whose first 16 bytes are also kept as two
+// numbers (see head8) to compare without a call.
 type preRule struct {
-	b1         [4]uint64
-	pre8, mask uint64 // head8(pre), and the bits of it that pre fills
-	pre        string
-	k          int32
+	b1            [4]uint64
+	pre8, mask8   uint64 // head8(pre), and the bits of it that pre fills
+	pre16, mask16 uint64 // the same for pre's bytes 8 to 15
+	pre           string
+	k             int32
 }
 
 // newPreRule returns ru's preRule, for index k.
 func newPreRule(ru *rule, k int32) preRule {
-	n := min(len(ru.pathPre), 8)
-	mask := uint64(1)<<(8*n) - 1
-	if n == 8 {
-		mask = ^uint64(0)
+	pre := ru.pathPre
+	f := preRule{b1: ru.pathB1, pre: pre, k: k}
+	f.pre8, f.mask8 = head8(pre), mask8(len(pre))
+	if len(pre) > 8 {
+		f.pre16, f.mask16 = head8(pre[8:]), mask8(len(pre)-8)
 	}
-	return preRule{b1: ru.pathB1, pre8: head8(ru.pathPre), mask: mask, pre: ru.pathPre, k: k}
+	return f
 }
 
-// prefixOf reports whether f's prefix is a prefix of path, whose head8 is p8: it is
-// strings.HasPrefix(path, f.pre) for a path with no NUL byte.
-func (f *preRule) prefixOf(path string, p8 uint64) bool {
-	return p8&f.mask == f.pre8 && (len(f.pre) <= 8 || len(path) >= len(f.pre) && path[8:len(f.pre)] == f.pre[8:])
+// mask8 returns the bits of a head8 number that a string of n bytes fills.
+func mask8(n int) uint64 {
+	if n >= 8 {
+		return ^uint64(0)
+	}
+	return uint64(1)<<(8*n) - 1
+}
+
+// prefixOf reports whether f's prefix is a prefix of path, whose first two head8 numbers
+// are p8 and p16: it is strings.HasPrefix(path, f.pre) for a path with no NUL byte.
+func (f *preRule) prefixOf(path string, p8, p16 uint64) bool {
+	return p8&f.mask8 == f.pre8 && p16&f.mask16 == f.pre16 &&
+		(len(f.pre) <= 16 || len(path) >= len(f.pre) && path[16:len(f.pre)] == f.pre[16:])
 }
 
 // head8 returns the first 8 bytes of s (fewer when s is shorter, the rest zero) as a
@@ -422,11 +433,14 @@ func (l *ruleList) firstHTTP(q *httpQuery) *rule {
 	if len(named) == 0 {
 		path, b1, rules := q.r.Path, q.b1, l.rules
 		bw, bb := b1>>6, uint64(1)<<(b1&63)
-		p8 := head8(path)
+		p8, p16 := head8(path), uint64(0)
+		if len(path) > 8 {
+			p16 = head8(path[8:])
+		}
 		pres := l.restPre[mi]
 		for i := range pres {
 			f := &pres[i]
-			if f.b1[bw]&bb == 0 || !f.prefixOf(path, p8) {
+			if f.b1[bw]&bb == 0 || !f.prefixOf(path, p8, p16) {
 				continue // matchHTTP would say so too
 			}
 			// f's rule matches q's method (restPre is by method), and its path tests
