@@ -242,7 +242,7 @@ func (a *access) evaluate(r *Request) *Decision {
 		q.b1 = r.Path[1]
 	}
 	if q.src.Is4() {
-		q.src4 = v4(q.src)
+		q.src4, q.is4 = v4(q.src), true
 	}
 	if a.firstMatch {
 		if ru := a.all.firstHTTP(&q); ru != nil {
@@ -500,6 +500,7 @@ type httpQuery struct {
 	mb   methodBits
 	src  netip.Addr
 	src4 uint32
+	is4  bool // src is IPv4 (src4 is then its value)
 	b1   byte // the path's byte at index 1, 0 when it is shorter (no pattern's prefix has 0 there)
 }
 
@@ -518,7 +519,7 @@ func (ru *rule) matchRest(q *httpQuery) bool {
 	r := q.r
 	return (q.mb != bitOther || ru.methods.Match(r.Method)) &&
 		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
-		(ru.from.any || ru.from.matchNorm(r.SourceID, q.src, q.src4)) &&
+		ru.fromOK(q) &&
 		ru.matchPath(r.Path) &&
 		matchAllHeaders(ru.headers, r)
 }
@@ -532,6 +533,26 @@ func commonPrefix(a, b string) string {
 		}
 	}
 	return a[:n]
+}
+
+// fromOK reports whether q's caller is one of ru's sources. Sources that are only IPv4
+// prefixes, a short list, are scanned here without a call.
+func (ru *rule) fromOK(q *httpQuery) bool {
+	f := &ru.from
+	switch {
+	case f.any:
+		return true
+	case f.v4only:
+		if q.is4 {
+			for _, p := range f.ips.v4 {
+				if q.src4&p.mask == p.addr {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return f.matchNorm(q.r.SourceID, q.src, q.src4)
 }
 
 // matchPath reports whether path matches one of ru's patterns or regular expressions, or
