@@ -38,6 +38,7 @@ type rule struct {
 	headers []HeaderMatcher
 	ports   []uint16
 	l7      bool // has request conditions (paths, methods, headers)
+	anyPath bool // has neither paths nor path_regex: matchPath is true
 	// pathPre is a prefix every path the rule's path patterns match starts with (the
 	// longest common prefix of their literal parts; "" when the rule has path_regex or no
 	// paths): a cheap first test of the path.
@@ -182,6 +183,7 @@ func (a *access) compile(c *Access, norm normalize.Options, cs *counters, ext *R
 				r.pathB1[lit[1]>>6] |= 1 << (lit[1] & 63)
 			}
 		}
+		r.anyPath = len(r.paths) == 0 && len(r.regexes) == 0
 		r.l7 = len(rc.Paths) > 0 || len(rc.PathRegex) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
 
 		r.counts = cs.get(KindAccess, r.name)
@@ -519,8 +521,8 @@ func (ru *rule) matchRest(q *httpQuery) bool {
 	r := q.r
 	return (q.mb != bitOther || ru.methods.Match(r.Method)) &&
 		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
-		ru.fromOK(q) &&
-		ru.matchPath(r.Path) &&
+		(ru.from.any || ru.fromOK(q)) &&
+		(ru.anyPath || ru.matchPath(r.Path)) &&
 		matchAllHeaders(ru.headers, r)
 }
 
