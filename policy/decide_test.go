@@ -3,6 +3,7 @@ package policy
 import (
 	"net/http"
 	"net/netip"
+	"net/url"
 	"reflect"
 	"testing"
 	"time"
@@ -90,4 +91,30 @@ func BenchmarkDecideBenchFile(b *testing.B) {
 	for b.Loop() {
 		p.Decide(r, &buf)
 	}
+}
+
+// FuzzNormalizeURLPath compares NormalizeURLPath with EscapedPath and NormalizeRequestPath,
+// on URLs as url.ParseRequestURI makes them and with only Path set.
+func FuzzNormalizeURLPath(f *testing.F) {
+	for _, s := range []string{"/api/v1/orders/42", "/a b", "/a%2Fb", "/a?b", "*", "", "/é", "/a;b=c,d", "/(x)!*'",
+		"/~a@b:c$&+", "/A/b", "//a/../b", "/a%41"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, s string, ci bool) {
+		p := mustCompile(t, &Config{Normalize: Normalize{CaseInsensitive: ci}})
+		us := []*url.URL{{Path: s}}
+		if u, err := url.ParseRequestURI(s); err == nil {
+			us = append(us, u)
+		}
+		for _, u := range us {
+			esc, fwd, m, ref := p.NormalizeURLPath(u)
+			wantEsc := u.EscapedPath()
+			wantFwd, wantM, wantRef := p.NormalizeRequestPath(wantEsc)
+			if esc != wantEsc || fwd != wantFwd || m != wantM || (ref == nil) != (wantRef == nil) ||
+				ref != nil && !reflect.DeepEqual(*ref, *wantRef) {
+				t.Fatalf("NormalizeURLPath(%#v) = %q, %q, %q, %v; want %q, %q, %q, %v", u, esc, fwd, m, ref, wantEsc, wantFwd, wantM, wantRef)
+			}
+		}
+	})
 }

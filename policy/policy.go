@@ -184,6 +184,22 @@ func (p *Policy) NormalizeRequestPath(escaped string) (forward, match string, re
 	return "", "", &d
 }
 
+// NormalizeURLPath is NormalizeRequestPath(u.EscapedPath()), which it also returns as
+// escaped, with the usual path (no RawPath, already canonical, nothing to escape) taken
+// as it is in one pass over it.
+func (p *Policy) NormalizeURLPath(u *url.URL) (escaped, forward, match string, refusal *Decision) {
+	var opts normalize.Options
+	if p != nil {
+		opts = p.norm
+	}
+	if u.RawPath == "" && opts.PlainCanonical(u.Path) {
+		return u.Path, u.Path, u.Path, nil
+	}
+	escaped = u.EscapedPath()
+	forward, match, refusal = p.NormalizeRequestPath(escaped)
+	return escaped, forward, match, refusal
+}
+
 // SetURLPath puts forward, a path NormalizePath returned, into u (the outgoing request's
 // URL) as its Path (decoded) and RawPath (forward itself), so that u.EscapedPath() is
 // forward. It allocates only when forward holds percent-encodings.

@@ -167,6 +167,11 @@ func (o Options) canonical(p string) bool {
 	if o.CaseInsensitive {
 		tab = &quietLower
 	}
+	return o.canonicalWith(p, tab)
+}
+
+// canonicalWith is canonical with the table of quiet bytes tab, quiet or a subset of it.
+func (o Options) canonicalWith(p string, tab *[256]bool) bool {
 	prevSlash := false
 	for i := 0; i < len(p); i++ {
 		c := p[i]
@@ -198,6 +203,32 @@ func (o Options) canonical(p string) bool {
 	}
 	return true
 }
+
+// PlainCanonical reports whether p is already canonical (Path returns it as both forward
+// and match, without error) and made only of letters, digits, '/' and - . _ ~ $ & + , : = @,
+// the bytes url.URL.EscapedPath writes as they are: a url.URL whose Path is p and whose
+// RawPath is empty has p as its escaped path. It is a quick test for the usual request
+// path, before EscapedPath and Path.
+func (o Options) PlainCanonical(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	tab := &quietURL
+	if o.CaseInsensitive {
+		tab = &quietURLLower
+	}
+	return o.canonicalWith(p, tab)
+}
+
+// quietURL and quietURLLower are quiet and quietLower without the bytes EscapedPath
+// escapes (! ' ( ) *).
+var quietURL, quietURLLower = func() (q, ql [256]bool) {
+	for c := 0; c < 256; c++ {
+		esc := c == '!' || c == '\'' || c == '(' || c == ')' || c == '*'
+		q[c], ql[c] = quiet[c] && !esc, quietLower[c] && !esc
+	}
+	return q, ql
+}()
 
 // quiet marks the bytes canonical passes over without a second look: those that may
 // appear raw in a canonical path except '/', '.' and ';'. quietLower is quiet without

@@ -262,3 +262,32 @@ func FuzzCanonical(f *testing.F) {
 		}
 	})
 }
+
+// FuzzPlainCanonical checks that a path PlainCanonical accepts is its own escaped form in a
+// url.URL and normalizes to itself, and that it accepts the usual canonical paths.
+func FuzzPlainCanonical(f *testing.F) {
+	for _, s := range []string{"/api/v1/orders/42", "/a(b)", "/a!b", "/a*b", "/a'b", "/a;b", "/a b", "/A", "/a/./b",
+		"//a", "/a%41", "/~a@b:c$&+,=", "/", "", "a"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, p string, ci bool) {
+		o := Options{CaseInsensitive: ci}
+		if !o.PlainCanonical(p) {
+			if strings.ContainsAny(p, "!'()*") {
+				return
+			}
+			u := &url.URL{Path: p}
+			if fwd, m, err := o.Path(p); err == nil && fwd == p && m == p && p != "" && p != "*" && u.EscapedPath() == p {
+				t.Fatalf("PlainCanonical(%q) (case-insensitive %v) = false for a canonical path EscapedPath keeps", p, ci)
+			}
+			return
+		}
+		if got := (&url.URL{Path: p}).EscapedPath(); got != p {
+			t.Fatalf("PlainCanonical(%q) = true, but EscapedPath() = %q", p, got)
+		}
+		if fwd, m, err := o.Path(p); err != nil || fwd != p || m != p {
+			t.Fatalf("PlainCanonical(%q) = true, but Path() = %q, %q, %v", p, fwd, m, err)
+		}
+	})
+}

@@ -6,8 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"net/url"
-	"strings"
 
 	"github.com/ferrymesh/ferry/policy"
 )
@@ -20,8 +18,7 @@ import (
 // span, and the normalized path when it differs from r's.
 func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	p := h.o.Policy
-	esc := escapedPath(r.URL)
-	fwd, match, nd := p.NormalizeRequestPath(esc)
+	esc, fwd, match, nd := p.NormalizeURLPath(r.URL)
 	if nd != nil {
 		h.refuse(st, r, pn, nd)
 		return false
@@ -61,32 +58,6 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	pn.match, pn.normalized = match, true
 	return true
 }
-
-// escapedPath returns u.EscapedPath() without its escaping pass in the usual case: with
-// no RawPath, a Path made only of bytes EscapedPath leaves alone is its own escaped form.
-func escapedPath(u *url.URL) string {
-	if u.RawPath == "" {
-		p := u.Path
-		i := 0
-		for i < len(p) && pathSafe[p[i]] {
-			i++
-		}
-		if i == len(p) && p != "" {
-			return p
-		}
-	}
-	return u.EscapedPath()
-}
-
-// pathSafe marks the bytes url.URL.EscapedPath writes as they are: letters, digits and
-// - _ . ~ $ & + , / : ; = @.
-var pathSafe = func() (t [256]bool) {
-	for c := 0; c < 256; c++ {
-		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
-			strings.IndexByte("-_.~$&+,/:;=@", byte(c)) >= 0
-	}
-	return t
-}()
 
 // remoteIP returns the address of http.Request.RemoteAddr, unmapped; the zero Addr when
 // it is not an IP:port. It is netip.ParseAddrPort(s).Addr().Unmap(), with the usual case,

@@ -2,7 +2,6 @@ package l7
 
 import (
 	"net/netip"
-	"net/url"
 	"testing"
 )
 
@@ -44,23 +43,4 @@ func TestRemoteIPv4Fields(t *testing.T) {
 			}
 		}
 	}
-}
-
-// FuzzEscapedPath checks escapedPath against url.URL.EscapedPath, on URLs as
-// url.ParseRequestURI makes them and with only Path set.
-func FuzzEscapedPath(f *testing.F) {
-	for _, s := range []string{"/api/v1/orders/42", "/a b", "/a%2Fb", "/a?b", "*", "", "/é", "/a;b=c,d", "/(x)!*'", "/~a@b:c$&+"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if u, err := url.ParseRequestURI(s); err == nil {
-			if got, want := escapedPath(u), u.EscapedPath(); got != want {
-				t.Fatalf("escapedPath(ParseRequestURI(%q)) = %q, want %q", s, got, want)
-			}
-		}
-		u := &url.URL{Path: s}
-		if got, want := escapedPath(u), u.EscapedPath(); got != want {
-			t.Fatalf("escapedPath(&URL{Path: %q}) = %q, want %q", s, got, want)
-		}
-	})
 }
