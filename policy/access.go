@@ -298,16 +298,16 @@ type ruleList struct {
 	// restBy[i] is the rules of rest that can match a request whose method has bit 1<<i,
 	// so that HTTP requests skip the others without looking at them.
 	restBy [numMethodBits][]int32
-	// restPre[i] is restBy[i] with each rule's cheapest path tests next to its index, so
-	// that the rules a request's path rules out are skipped without a call.
-	restPre [numMethodBits][]preRule
+	// restPre[i][b1Class[c]] is the rules of restBy[i] whose paths may have byte c after
+	// their leading '/' (see rule.pathB1), each with its literal prefix next to its index,
+	// so that the rules a request's path rules out are skipped without a call.
+	restPre [numMethodBits][][]preRule
+	b1Class [256]uint8
 }
 
-// preRule is a rule's index in its list with the first path tests of matchHTTP: the byte
-// after the leading '/' and the literal prefix, whose first 16 bytes are also kept as two
-// numbers (see head8) to compare without a call.
+// preRule is a rule's index in its list with its literal path prefix, whose first 16
+// bytes are also kept as two numbers (see head8) to compare without a call.
 type preRule struct {
-	b1            [4]uint64
 	pre8, mask8   uint64 // head8(pre), and the bits of it that pre fills
 	pre16, mask16 uint64 // the same for pre's bytes 8 to 15
 	pre           string
@@ -317,7 +317,7 @@ type preRule struct {
 // newPreRule returns ru's preRule, for index k.
 func newPreRule(ru *rule, k int32) preRule {
 	pre := ru.pathPre
-	f := preRule{b1: ru.pathB1, pre: pre, k: k}
+	f := preRule{pre: pre, k: k}
 	f.pre8, f.mask8 = head8(pre), mask8(len(pre))
 	if len(pre) > 8 {
 		f.pre16, f.mask16 = head8(pre[8:]), mask8(len(pre)-8)
@@ -393,9 +393,39 @@ func (l *ruleList) index() {
 	}
 	for b := range l.restBy {
 		for _, k := range l.rest {
-			if ru := &l.rules[k]; ru.mbits&(1<<b) != 0 {
+			if l.rules[k].mbits&(1<<b) != 0 {
 				l.restBy[b] = append(l.restBy[b], k)
-				l.restPre[b] = append(l.restPre[b], newPreRule(ru, k))
+			}
+		}
+	}
+	// Bytes after the leading '/' that the same rules of rest allow share a class (at most
+	// 256 classes, one per byte).
+	var classes [][]int32
+	seen := make(map[string]uint8)
+	for c := 0; c < 256; c++ {
+		var ks []int32
+		key := make([]byte, 0, 4*len(l.rest))
+		for _, k := range l.rest {
+			if l.rules[k].pathB1[c>>6]&(1<<(c&63)) != 0 {
+				ks = append(ks, k)
+				key = append(key, byte(k), byte(k>>8), byte(k>>16), byte(k>>24))
+			}
+		}
+		cl, ok := seen[string(key)]
+		if !ok {
+			cl = uint8(len(classes))
+			seen[string(key)] = cl
+			classes = append(classes, ks)
+		}
+		l.b1Class[c] = cl
+	}
+	for b := range l.restPre {
+		l.restPre[b] = make([][]preRule, len(classes))
+		for cl, ks := range classes {
+			for _, k := range ks {
+				if ru := &l.rules[k]; ru.mbits&(1<<b) != 0 {
+					l.restPre[b][cl] = append(l.restPre[b][cl], newPreRule(ru, k))
+				}
 			}
 		}
 	}
@@ -433,20 +463,19 @@ func (l *ruleList) firstHTTP(q *httpQuery) *rule {
 	}
 	mi := bits.TrailingZeros16(uint16(q.mb))
 	if len(named) == 0 {
-		path, b1, rules := q.r.Path, q.b1, l.rules
-		bw, bb := b1>>6, uint64(1)<<(b1&63)
+		path, rules := q.r.Path, l.rules
 		p8, p16 := head8(path), uint64(0)
 		if len(path) > 8 {
 			p16 = head8(path[8:])
 		}
-		pres := l.restPre[mi]
+		pres := l.restPre[mi][l.b1Class[q.b1]]
 		for i := range pres {
 			f := &pres[i]
-			if f.b1[bw]&bb == 0 || !f.prefixOf(path, p8, p16) {
+			if !f.prefixOf(path, p8, p16) {
 				continue // matchHTTP would say so too
 			}
-			// f's rule matches q's method (restPre is by method), and its path tests
-			// just passed.
+			// f's rule matches q's method and the path's byte after '/' (restPre is by
+			// both), and its literal prefix just did.
 			if ru := &rules[f.k]; ru.matchRest(q) {
 				return ru
 			}
