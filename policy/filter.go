@@ -18,6 +18,8 @@ type filter struct {
 	// one check per filter: its refusing decision and counters
 	headerCount, headerBytes, uri, body, method, allowList, denyList check
 	denyHeader                                                       []check
+	// none: no filter is configured, so every request passes.
+	none bool
 }
 
 // check is one filter's refusal and counters.
@@ -101,6 +103,8 @@ func (f *filter) compile(c *Filter, cs *counters) []*FieldError {
 	if f.maxBody > 0 {
 		f.body.counts = cs.get(KindFilter, "max_body_bytes")
 	}
+	f.none = f.maxHeaderCount <= 0 && f.maxHeaderBytes <= 0 && f.maxURI <= 0 && f.maxBody <= 0 &&
+		len(f.methods) == 0 && len(f.denyHeaders) == 0 && f.ipDeny.empty() && f.ipAllow.empty()
 	return errs
 }
 
@@ -144,6 +148,9 @@ func (f *filter) check(r *Request) Decision {
 // refusal applies every filter to r and returns the counted refusal (which nobody may
 // modify), nil when r passes them all.
 func (f *filter) refusal(r *Request) *Decision {
+	if f.none {
+		return nil
+	}
 	if d := f.refusalIP(r.SourceIP); d != nil {
 		return d
 	}
