@@ -65,31 +65,38 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 // anything else, or anything unusual in it, goes to netip.
 func remoteIP(s string) netip.Addr {
 	var b [4]byte
-	f, n, digits := 0, 0, 0 // field, its value, its digits
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if d := c - '0'; d <= 9 {
-			if digits > 0 && n == 0 { // leading zero
-				break
+	i := 0
+	for f := 0; f < 4; f++ {
+		// one to three digits, no leading zero, then '.' (':' after the last field)
+		if i >= len(s) || s[i]-'0' > 9 {
+			return slowRemoteIP(s)
+		}
+		n := uint(s[i] - '0')
+		i++
+		if n != 0 {
+			for k := 0; k < 2 && i < len(s) && s[i]-'0' <= 9; k++ {
+				n = n*10 + uint(s[i]-'0')
+				i++
 			}
-			if n, digits = n*10+int(d), digits+1; n > 255 {
-				break
-			}
-			continue
 		}
-		if digits == 0 {
-			break
+		sep := byte('.')
+		if f == 3 {
+			sep = ':'
 		}
-		if c == '.' && f < 3 {
-			b[f], f, n, digits = byte(n), f+1, 0, 0
-			continue
+		if n > 255 || i >= len(s) || s[i] != sep {
+			return slowRemoteIP(s)
 		}
-		if c == ':' && f == 3 && validPort(s[i+1:]) {
-			b[3] = byte(n)
-			return netip.AddrFrom4(b)
-		}
-		break
+		b[f] = byte(n)
+		i++
 	}
+	if !validPort(s[i:]) {
+		return slowRemoteIP(s)
+	}
+	return netip.AddrFrom4(b)
+}
+
+// slowRemoteIP is remoteIP for anything but a.b.c.d:port.
+func slowRemoteIP(s string) netip.Addr {
 	ap, _ := netip.ParseAddrPort(s)
 	return ap.Addr().Unmap()
 }
