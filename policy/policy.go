@@ -12,7 +12,8 @@
 // Options.Prev keeps counting in, as it keeps the previous rate-limit buckets of unchanged
 // limits.
 //
-// The checks on an HTTP request, in order (Policy.Check runs the last three):
+// The checks on an HTTP request, in order (Policy.Check runs the last three; Policy.Decide,
+// the proxy's call, runs the same without copying decisions):
 //
 //  1. NormalizePath: 400 for a path that cannot be normalized; gives the match key.
 //  2. Filter: IP deny/allow lists (403), URI length (414), header count and size (431),
