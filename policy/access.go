@@ -38,6 +38,7 @@ type rule struct {
 	headers []HeaderMatcher
 	ports   []uint16
 	l7      bool // has request conditions (paths, methods, headers)
+	anyPath bool // has neither paths nor path_regex: matchPath is true
 	// pathPre is a prefix every path the rule's path patterns match starts with (the
 	// longest common prefix of their literal parts; "" when the rule has path_regex or no
 	// paths): a cheap first test of the path.
@@ -182,6 +183,7 @@ func (a *access) compile(c *Access, norm normalize.Options, cs *counters, ext *R
 				r.pathB1[lit[1]>>6] |= 1 << (lit[1] & 63)
 			}
 		}
+		r.anyPath = len(r.paths) == 0 && len(r.regexes) == 0
 		r.l7 = len(rc.Paths) > 0 || len(rc.PathRegex) > 0 || len(rc.Methods) > 0 || len(rc.Headers) > 0
 
 		r.counts = cs.get(KindAccess, r.name)
@@ -242,7 +244,7 @@ func (a *access) evaluate(r *Request) *Decision {
 		q.b1 = r.Path[1]
 	}
 	if q.src.Is4() {
-		q.src4 = v4(q.src)
+		q.src4, q.is4 = v4(q.src), true
 	}
 	if a.firstMatch {
 		if ru := a.all.firstHTTP(&q); ru != nil {
@@ -296,6 +298,61 @@ type ruleList struct {
 	// restBy[i] is the rules of rest that can match a request whose method has bit 1<<i,
 	// so that HTTP requests skip the others without looking at them.
 	restBy [numMethodBits][]int32
+	// restPre[i][b1Class[c]] is the rules of restBy[i] whose paths may have byte c after
+	// their leading '/' (see rule.pathB1), each with its literal prefix next to its index,
+	// so that the rules a request's path rules out are skipped without a call.
+	restPre [numMethodBits][][]preRule
+	b1Class [256]uint8
+}
+
+// preRule is a rule's index in its list with its literal path prefix, whose first 16
+// bytes are also kept as two numbers (see head8) to compare without a call.
+type preRule struct {
+	pre8, mask8   uint64 // head8(pre), and the bits of it that pre fills
+	pre16, mask16 uint64 // the same for pre's bytes 8 to 15
+	pre           string
+	k             int32
+}
+
+// newPreRule returns ru's preRule, for index k.
+func newPreRule(ru *rule, k int32) preRule {
+	pre := ru.pathPre
+	f := preRule{pre: pre, k: k}
+	f.pre8, f.mask8 = head8(pre), mask8(len(pre))
+	if len(pre) > 8 {
+		f.pre16, f.mask16 = head8(pre[8:]), mask8(len(pre)-8)
+	}
+	return f
+}
+
+// mask8 returns the bits of a head8 number that a string of n bytes fills.
+func mask8(n int) uint64 {
+	if n >= 8 {
+		return ^uint64(0)
+	}
+	return uint64(1)<<(8*n) - 1
+}
+
+// prefixOf reports whether f's prefix is a prefix of path, whose first two head8 numbers
+// are p8 and p16: it is strings.HasPrefix(path, f.pre) for a path with no NUL byte.
+func (f *preRule) prefixOf(path string, p8, p16 uint64) bool {
+	return p8&f.mask8 == f.pre8 && p16&f.mask16 == f.pre16 &&
+		(len(f.pre) <= 16 || len(path) >= len(f.pre) && path[16:len(f.pre)] == f.pre[16:])
+}
+
+// head8 returns the first 8 bytes of s (fewer when s is shorter, the rest zero) as a
+// little-endian number. A path prefix holds no NUL (normalization refuses it), so a path
+// shorter than a prefix never agrees with it on the bytes the prefix fills.
+func head8(s string) uint64 {
+	if len(s) >= 8 {
+		return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+			uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
+	}
+	var v uint64
+	for i := len(s) - 1; i >= 0; i-- {
+		v = v<<8 | uint64(s[i])
+	}
+	return v
 }
 
 // lastSegment is what follows the last '/' of a SPIFFE ID or pattern.
@@ -341,6 +398,37 @@ func (l *ruleList) index() {
 			}
 		}
 	}
+	// Bytes after the leading '/' that the same rules of rest allow share a class (at most
+	// 256 classes, one per byte).
+	var classes [][]int32
+	seen := make(map[string]uint8)
+	for c := 0; c < 256; c++ {
+		var ks []int32
+		key := make([]byte, 0, 4*len(l.rest))
+		for _, k := range l.rest {
+			if l.rules[k].pathB1[c>>6]&(1<<(c&63)) != 0 {
+				ks = append(ks, k)
+				key = append(key, byte(k), byte(k>>8), byte(k>>16), byte(k>>24))
+			}
+		}
+		cl, ok := seen[string(key)]
+		if !ok {
+			cl = uint8(len(classes))
+			seen[string(key)] = cl
+			classes = append(classes, ks)
+		}
+		l.b1Class[c] = cl
+	}
+	for b := range l.restPre {
+		l.restPre[b] = make([][]preRule, len(classes))
+		for cl, ks := range classes {
+			for _, k := range ks {
+				if ru := &l.rules[k]; ru.mbits&(1<<b) != 0 {
+					l.restPre[b][cl] = append(l.restPre[b][cl], newPreRule(ru, k))
+				}
+			}
+		}
+	}
 }
 
 // first returns the first rule, in order, that may apply to caller id and for which match
@@ -373,15 +461,28 @@ func (l *ruleList) firstHTTP(q *httpQuery) *rule {
 	if id != "" && l.byLast != nil {
 		named = l.byLast[lastSegment(id)]
 	}
-	rest := l.restBy[bits.TrailingZeros16(uint16(q.mb))]
+	mi := bits.TrailingZeros16(uint16(q.mb))
 	if len(named) == 0 {
-		for _, k := range rest {
-			if ru := &l.rules[k]; ru.matchHTTP(q) {
+		path, rules := q.r.Path, l.rules
+		p8, p16 := head8(path), uint64(0)
+		if len(path) > 8 {
+			p16 = head8(path[8:])
+		}
+		pres := l.restPre[mi][l.b1Class[q.b1]]
+		for i := range pres {
+			f := &pres[i]
+			if !f.prefixOf(path, p8, p16) {
+				continue // matchHTTP would say so too
+			}
+			// f's rule matches q's method and the path's byte after '/' (restPre is by
+			// both), and its literal prefix just did.
+			if ru := &rules[f.k]; ru.matchRest(q) {
 				return ru
 			}
 		}
 		return nil
 	}
+	rest := l.restBy[mi]
 	for len(named) > 0 || len(rest) > 0 {
 		var k int32
 		if len(rest) == 0 || len(named) > 0 && named[0] < rest[0] {
@@ -430,6 +531,7 @@ type httpQuery struct {
 	mb   methodBits
 	src  netip.Addr
 	src4 uint32
+	is4  bool // src is IPv4 (src4 is then its value)
 	b1   byte // the path's byte at index 1, 0 when it is shorter (no pattern's prefix has 0 there)
 }
 
@@ -437,13 +539,19 @@ type httpQuery struct {
 // effects, so they are tested cheapest first: method bits, port, the path's literal prefix,
 // the caller, the path patterns, the headers.
 func (ru *rule) matchHTTP(q *httpQuery) bool {
-	r := q.r
-	return ru.mbits&q.mb != 0 && (q.mb != bitOther || ru.methods.Match(r.Method)) &&
+	return ru.mbits&q.mb != 0 &&
 		ru.pathB1[q.b1>>6]&(1<<(q.b1&63)) != 0 &&
+		strings.HasPrefix(q.r.Path, ru.pathPre) &&
+		ru.matchRest(q)
+}
+
+// matchRest is matchHTTP after its tests of the method's bit and the path's prefix.
+func (ru *rule) matchRest(q *httpQuery) bool {
+	r := q.r
+	return (q.mb != bitOther || ru.methods.Match(r.Method)) &&
 		(len(ru.ports) == 0 || slices.Contains(ru.ports, r.DestPort)) &&
-		strings.HasPrefix(r.Path, ru.pathPre) &&
-		(ru.from.any || ru.from.matchNorm(r.SourceID, q.src, q.src4)) &&
-		ru.matchPath(r.Path) &&
+		(ru.from.any || ru.fromOK(q)) &&
+		(ru.anyPath || ru.matchPath(r.Path)) &&
 		matchAllHeaders(ru.headers, r)
 }
 
@@ -456,6 +564,26 @@ func commonPrefix(a, b string) string {
 		}
 	}
 	return a[:n]
+}
+
+// fromOK reports whether q's caller is one of ru's sources. Sources that are only IPv4
+// prefixes, a short list, are scanned here without a call.
+func (ru *rule) fromOK(q *httpQuery) bool {
+	f := &ru.from
+	switch {
+	case f.any:
+		return true
+	case f.v4only:
+		if q.is4 {
+			for _, p := range f.ips.v4 {
+				if q.src4&p.mask == p.addr {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	return f.matchNorm(q.r.SourceID, q.src, q.src4)
 }
 
 // matchPath reports whether path matches one of ru's patterns or regular expressions, or

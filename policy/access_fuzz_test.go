@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/ferrymesh/ferry/policy/normalize"
@@ -126,6 +127,113 @@ func FuzzAccess(f *testing.F) {
 		d := p.Access(r)
 		if d.Rule != want || d.Allowed != wantAllowed {
 			t.Fatalf("Access(%+v) = %s allowed %v, want %s allowed %v; rules %+v", *r, d.Rule, d.Allowed, want, wantAllowed, rules)
+		}
+	})
+}
+
+// FuzzPrefixOf compares preRule.prefixOf, the rule loop's prefix test, with
+// strings.HasPrefix on paths without NUL (normalization refuses NUL).
+func FuzzPrefixOf(f *testing.F) {
+	for _, s := range [][2]string{{"/api/v1/orders/", "/api/v1/orders/42"}, {"/api/v1/", "/api/v1"},
+		{"/api/v1/users", "/api/v1/orders/42"}, {"", "/x"}, {"/", "/"}, {"/admin", "/adm"},
+		{"/12345678", "/1234567"}, {"/1234567", "/12345678"}, {"/a", ""},
+		{"/api/v1/reports/", "/api/v1/reports/x/pdf"}, {"/api/v1/reports/x", "/api/v1/reports/"},
+		{"/0123456789abcdefgh", "/0123456789abcdefgh/i"}, {"/0123456789abcdefgh", "/0123456789abcdefgx"}} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, pre, path string) {
+		if strings.IndexByte(pre, 0) >= 0 || strings.IndexByte(path, 0) >= 0 {
+			return
+		}
+		pr := newPreRule(&rule{pathPre: pre}, 0)
+		p16 := uint64(0)
+		if len(path) > 8 {
+			p16 = head8(path[8:])
+		}
+		if got, want := pr.prefixOf(path, head8(path), p16), strings.HasPrefix(path, pre); got != want {
+			t.Fatalf("prefixOf(%q) with prefix %q = %v, want %v", path, pre, got, want)
+		}
+	})
+}
+
+// FuzzAccessHeaders checks the access rules' header conditions, several per rule and
+// several rules on one header, against HeaderMatcher.Match on each condition.
+func FuzzAccessHeaders(f *testing.F) {
+	f.Add([]byte{4, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20})
+	f.Add([]byte{9, 1, 2, 0, 3, 1, 4, 2, 2, 0, 1, 1, 3, 0, 2, 2, 1, 1, 0, 3, 2, 1, 0, 2})
+	names := []string{"x-a", "x-b", "host", "x-c", "X-A"}
+	vals := []string{"", "v", "vw", "w"}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		next := func(n int) int {
+			if len(data) == 0 {
+				return 0
+			}
+			b := data[0]
+			data = data[1:]
+			return int(b) % n
+		}
+		var rules []Rule
+		for n := 1 + next(10); n > 0; n-- {
+			var rc Rule
+			for k := next(3); k > 0; k-- {
+				m := HeaderMatch{Name: names[next(len(names))], Invert: next(4) == 0}
+				switch v := vals[next(len(vals))]; next(4) {
+				case 0:
+					m.Exact = &v
+				case 1:
+					m.Prefix = "v"
+				case 2:
+					m.Present = true
+				default:
+					m.Absent = true
+				}
+				rc.Headers = append(rc.Headers, m)
+			}
+			rc.Action = []string{"allow", "deny"}[next(2)]
+			rules = append(rules, rc)
+		}
+		order := []string{OrderDenyFirst, OrderFirstMatch}[next(2)]
+		p, err := Compile(&Config{Access: Access{Default: "deny", Order: order, Rules: rules}}, Options{})
+		if err != nil {
+			t.Fatalf("Compile() error = %v", err)
+		}
+		r := &Request{Method: "GET", Path: "/", Header: http.Header{}, SourceIP: netip.MustParseAddr("10.1.2.3")}
+		for _, k := range []string{"X-A", "X-B", "X-C"} {
+			for n := next(3); n > 0; n-- {
+				r.Header[k] = append(r.Header[k], vals[next(len(vals))])
+			}
+		}
+		if next(2) == 0 {
+			r.Host = "v.example"
+		}
+		match := func(rc *Rule) bool {
+			for i := range rc.Headers {
+				h, errs := CompileHeaderMatch(&rc.Headers[i])
+				if len(errs) > 0 {
+					t.Fatalf("CompileHeaderMatch(%+v) = %v", rc.Headers[i], errs[0])
+				}
+				if !h.Match(r) {
+					return false
+				}
+			}
+			return true
+		}
+		want := DefaultRule
+		actions := []string{"deny", "allow"}
+		if order == OrderFirstMatch {
+			actions = []string{""}
+		}
+	search:
+		for _, action := range actions {
+			for i := range rules {
+				if (action == "" || rules[i].Action == action) && match(&rules[i]) {
+					want = "rules[" + strconv.Itoa(i) + "]"
+					break search
+				}
+			}
+		}
+		if d := p.Access(r); d.Rule != want {
+			t.Fatalf("Access(%+v) = %s, want %s; rules %+v", *r, d.Rule, want, rules)
 		}
 	})
 }

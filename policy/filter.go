@@ -18,6 +18,8 @@ type filter struct {
 	// one check per filter: its refusing decision and counters
 	headerCount, headerBytes, uri, body, method, allowList, denyList check
 	denyHeader                                                       []check
+	// none: no filter is configured, so every request passes.
+	none bool
 }
 
 // check is one filter's refusal and counters.
@@ -101,32 +103,59 @@ func (f *filter) compile(c *Filter, cs *counters) []*FieldError {
 	if f.maxBody > 0 {
 		f.body.counts = cs.get(KindFilter, "max_body_bytes")
 	}
+	f.none = f.maxHeaderCount <= 0 && f.maxHeaderBytes <= 0 && f.maxURI <= 0 && f.maxBody <= 0 &&
+		len(f.methods) == 0 && len(f.denyHeaders) == 0 && f.ipDeny.empty() && f.ipAllow.empty()
 	return errs
 }
 
 func (f *filter) refuse(c *check) Decision {
+	return *f.refusePtr(c)
+}
+
+// refusePtr counts a refusal by c and returns c's decision, which nobody may modify.
+func (f *filter) refusePtr(c *check) *Decision {
 	c.counts.denied.Add(1)
-	return c.refused
+	return &c.refused
 }
 
 // checkIP applies the IP lists to src.
 func (f *filter) checkIP(src netip.Addr) (Decision, bool) {
-	if f.denyList.counts != nil && f.ipDeny.contains(src) {
-		return f.refuse(&f.denyList), true
-	}
-	if f.allowList.counts != nil && !f.ipAllow.contains(src) {
-		return f.refuse(&f.allowList), true
+	if d := f.refusalIP(src); d != nil {
+		return *d, true
 	}
 	return Decision{}, false
 }
 
+// refusalIP applies the IP lists to src: the counted refusal, nil when src may go on.
+func (f *filter) refusalIP(src netip.Addr) *Decision {
+	if f.denyList.counts != nil && f.ipDeny.contains(src) {
+		return f.refusePtr(&f.denyList)
+	}
+	if f.allowList.counts != nil && !f.ipAllow.contains(src) {
+		return f.refusePtr(&f.allowList)
+	}
+	return nil
+}
+
 // check applies every filter to r.
 func (f *filter) check(r *Request) Decision {
-	if d, refused := f.checkIP(r.SourceIP); refused {
+	if d := f.refusal(r); d != nil {
+		return *d
+	}
+	return Decision{Allowed: true, Kind: KindFilter}
+}
+
+// refusal applies every filter to r and returns the counted refusal (which nobody may
+// modify), nil when r passes them all.
+func (f *filter) refusal(r *Request) *Decision {
+	if f.none {
+		return nil
+	}
+	if d := f.refusalIP(r.SourceIP); d != nil {
 		return d
 	}
 	if f.maxURI > 0 && len(r.URI) > f.maxURI {
-		return f.refuse(&f.uri)
+		return f.refusePtr(&f.uri)
 	}
 	if f.maxHeaderCount > 0 || f.maxHeaderBytes > 0 {
 		n, size := 0, 0
@@ -137,22 +166,22 @@ func (f *filter) check(r *Request) Decision {
 			}
 		}
 		if f.maxHeaderCount > 0 && n > f.maxHeaderCount {
-			return f.refuse(&f.headerCount)
+			return f.refusePtr(&f.headerCount)
 		}
 		if f.maxHeaderBytes > 0 && size+len(r.Host) > f.maxHeaderBytes {
-			return f.refuse(&f.headerBytes)
+			return f.refusePtr(&f.headerBytes)
 		}
 	}
 	if !f.methods.Match(r.Method) {
-		return f.refuse(&f.method)
+		return f.refusePtr(&f.method)
 	}
 	for i := range f.denyHeaders {
 		if f.denyHeaders[i].Match(r) {
-			return f.refuse(&f.denyHeader[i])
+			return f.refusePtr(&f.denyHeader[i])
 		}
 	}
 	if f.maxBody > 0 && r.ContentLength > f.maxBody {
-		return f.refuse(&f.body)
+		return f.refusePtr(&f.body)
 	}
-	return Decision{Allowed: true, Kind: KindFilter}
+	return nil
 }

@@ -543,8 +543,11 @@ func (s *ipSet) containsNorm(a netip.Addr, a4 uint32) bool {
 // sources is a compiled `from` list: SPIFFE ID patterns and CIDRs, any of which may match.
 type sources struct {
 	any bool
-	ids []idPattern
-	ips ipSet
+	// v4only: the sources are only IPv4 prefixes, few enough to scan (ips.v4); no SPIFFE
+	// ID matches them, nor any other address.
+	v4only bool
+	ids    []idPattern
+	ips    ipSet
 }
 
 // compileSources compiles a `from` list; empty or "any" matches every caller.
@@ -576,6 +579,7 @@ func compileSources(from []string, p path) (sources, []*FieldError) {
 		}
 	}
 	s.ips = newIPSet(ps)
+	s.v4only = !s.any && len(s.ids) == 0 && s.ips.m == nil && len(s.ips.v6) == 0 && len(s.ips.v4) > 0
 	return s, errs
 }
 

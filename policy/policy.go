@@ -12,7 +12,8 @@
 // Options.Prev keeps counting in, as it keeps the previous rate-limit buckets of unchanged
 // limits.
 //
-// The checks on an HTTP request, in order (Policy.Check runs the last three):
+// The checks on an HTTP request, in order (Policy.Check runs the last three; Policy.Decide,
+// the proxy's call, runs the same without copying decisions):
 //
 //  1. NormalizePath: 400 for a path that cannot be normalized; gives the match key.
 //  2. Filter: IP deny/allow lists (403), URI length (414), header count and size (431),
@@ -169,6 +170,37 @@ func (p *Policy) NormalizePath(escaped string) (forward, match string, d Decisio
 	return forward, match, Decision{Allowed: true}
 }
 
+// NormalizeRequestPath is NormalizePath returning its refusal by pointer: nil when the
+// path can be normalized, so that the common case copies no Decision. The refusal is
+// the caller's to keep.
+func (p *Policy) NormalizeRequestPath(escaped string) (forward, match string, refusal *Decision) {
+	var opts normalize.Options
+	if p != nil {
+		opts = p.norm
+	}
+	if forward, match, err := opts.Path(escaped); err == nil {
+		return forward, match, nil
+	}
+	_, _, d := p.NormalizePath(escaped)
+	return "", "", &d
+}
+
+// NormalizeURLPath is NormalizeRequestPath(u.EscapedPath()), which it also returns as
+// escaped, with the usual path (no RawPath, already canonical, nothing to escape) taken
+// as it is in one pass over it.
+func (p *Policy) NormalizeURLPath(u *url.URL) (escaped, forward, match string, refusal *Decision) {
+	var opts normalize.Options
+	if p != nil {
+		opts = p.norm
+	}
+	if u.RawPath == "" && opts.PlainCanonical(u.Path) {
+		return u.Path, u.Path, u.Path, nil
+	}
+	escaped = u.EscapedPath()
+	forward, match, refusal = p.NormalizeRequestPath(escaped)
+	return escaped, forward, match, refusal
+}
+
 // SetURLPath puts forward, a path NormalizePath returned, into u (the outgoing request's
 // URL) as its Path (decoded) and RawPath (forward itself), so that u.EscapedPath() is
 // forward. It allocates only when forward holds percent-encodings.
@@ -217,6 +249,43 @@ func (p *Policy) Check(r *Request) Checks {
 	}
 	c.RateLimit = p.RateLimit(r)
 	return c
+}
+
+// Decide runs the checks of Check on r, in the same order and counting the same, but
+// returns pointers where Check copies decisions: refusal is the decision that refuses r
+// (nil when r may go on), and allowed the decision to record for an allowed r, the access
+// rules' or, with no access rules, the rate limits' (nil when neither applied). They point
+// into p, which nobody may modify, or into *buf, which Decide overwrites.
+//
+// With access rules, an allowed request's rate limits take their tokens without working
+// out the tokens left (the access decision is the one recorded): one pass through each
+// bucket's lock instead of two. A rate-limit refusal always carries its bucket's state
+// (RateLimit) for the 429's headers. r.Path must be a match key from NormalizePath.
+func (p *Policy) Decide(r *Request, buf *Decision) (refusal, allowed *Decision) {
+	if p == nil {
+		return nil, nil
+	}
+	if d := p.filter.refusal(r); d != nil {
+		return d, nil
+	}
+	if !p.access.enabled {
+		*buf = p.RateLimit(r)
+		switch {
+		case !buf.Allowed:
+			return buf, nil
+		case buf.Kind == KindNone:
+			return nil, nil
+		}
+		return nil, buf
+	}
+	a := p.access.evaluate(r)
+	if !a.Allowed {
+		return a, nil
+	}
+	if d := p.takeTokens(r, buf); d != nil {
+		return d, nil
+	}
+	return nil, a
 }
 
 // Filter applies the request filters to r. It reads r.Header only when header limits or

@@ -281,6 +281,26 @@ func (p *Policy) RateLimit(r *Request) Decision {
 	return d
 }
 
+// takeTokens is RateLimit for a caller that needs no decision for an allowed request: it
+// returns the refusal, in buf, or nil when every limit that applies had a token.
+func (p *Policy) takeTokens(r *Request, buf *Decision) *Decision {
+	for i := range p.limits {
+		rr := &p.limits[i]
+		if !rr.match(r) {
+			continue
+		}
+		if !rr.lim.Take(rr.keyOf(r), &buf.RateLimit) {
+			rr.counts.limited.Add(1)
+			res := buf.RateLimit
+			*buf = rr.refused
+			buf.RateLimit = res
+			return buf
+		}
+		rr.counts.allowed.Add(1)
+	}
+	return nil
+}
+
 // AllowConn takes a token from the connection rate limit for a new connection from src.
 // When it refuses, close the connection at once (for HTTP, a 429 may be written first).
 // Allowed with Kind KindNone when no connection rate limit is configured.

@@ -160,35 +160,86 @@ func (o Options) Path(p string) (forward, match string, err error) {
 }
 
 // canonical reports whether p (starting with '/') is already both forward and match form.
+// It is canonicalRef (in the tests) with the bytes that need no thought skipped through
+// one table lookup each.
 func (o Options) canonical(p string) bool {
+	tab := &quiet
+	if o.CaseInsensitive {
+		tab = &quietLower
+	}
+	return o.canonicalWith(p, tab)
+}
+
+// canonicalWith is canonical with the table of quiet bytes tab, quiet or a subset of it.
+func (o Options) canonicalWith(p string, tab *[256]bool) bool {
 	prevSlash := false
 	for i := 0; i < len(p); i++ {
 		c := p[i]
-		cl := class[c]
-		if cl&clsPlain == 0 || c == ';' || o.CaseInsensitive && cl&clsUpper != 0 {
-			return false
+		if tab[c] {
+			prevSlash = false
+			continue
 		}
-		if c == '/' {
+		switch c {
+		case '/':
 			if prevSlash {
 				return false
 			}
 			prevSlash = true
-			continue
-		}
-		if prevSlash && c == '.' {
-			// "." or ".." segment?
-			j := i + 1
-			if j < len(p) && p[j] == '.' {
-				j++
+		case '.':
+			if prevSlash {
+				// "." or ".." segment?
+				j := i + 1
+				if j < len(p) && p[j] == '.' {
+					j++
+				}
+				if j == len(p) || p[j] == '/' {
+					return false
+				}
 			}
-			if j == len(p) || p[j] == '/' {
-				return false
-			}
+			prevSlash = false
+		default: // ';', '%', a byte to encode, a control byte, upper case when CaseInsensitive
+			return false
 		}
-		prevSlash = false
 	}
 	return true
 }
+
+// PlainCanonical reports whether p is already canonical (Path returns it as both forward
+// and match, without error) and made only of letters, digits, '/' and - . _ ~ $ & + , : = @,
+// the bytes url.URL.EscapedPath writes as they are: a url.URL whose Path is p and whose
+// RawPath is empty has p as its escaped path. It is a quick test for the usual request
+// path, before EscapedPath and Path.
+func (o Options) PlainCanonical(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	tab := &quietURL
+	if o.CaseInsensitive {
+		tab = &quietURLLower
+	}
+	return o.canonicalWith(p, tab)
+}
+
+// quietURL and quietURLLower are quiet and quietLower without the bytes EscapedPath
+// escapes (! ' ( ) *).
+var quietURL, quietURLLower = func() (q, ql [256]bool) {
+	for c := 0; c < 256; c++ {
+		esc := c == '!' || c == '\'' || c == '(' || c == ')' || c == '*'
+		q[c], ql[c] = quiet[c] && !esc, quietLower[c] && !esc
+	}
+	return q, ql
+}()
+
+// quiet marks the bytes canonical passes over without a second look: those that may
+// appear raw in a canonical path except '/', '.' and ';'. quietLower is quiet without
+// upper-case letters, for CaseInsensitive.
+var quiet, quietLower = func() (q, ql [256]bool) {
+	for c := 0; c < 256; c++ {
+		q[c] = class[c]&clsPlain != 0 && c != '/' && c != '.' && c != ';'
+		ql[c] = q[c] && class[c]&clsUpper == 0
+	}
+	return q, ql
+}()
 
 func unhex(c byte) (byte, bool) {
 	switch {

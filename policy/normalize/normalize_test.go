@@ -213,3 +213,81 @@ func FuzzPath(f *testing.F) {
 		}
 	})
 }
+
+// canonicalRef is the plain form of canonical: it reports whether p (starting with '/') is already both forward and match form.
+func (o Options) canonicalRef(p string) bool {
+	prevSlash := false
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		cl := class[c]
+		if cl&clsPlain == 0 || c == ';' || o.CaseInsensitive && cl&clsUpper != 0 {
+			return false
+		}
+		if c == '/' {
+			if prevSlash {
+				return false
+			}
+			prevSlash = true
+			continue
+		}
+		if prevSlash && c == '.' {
+			// "." or ".." segment?
+			j := i + 1
+			if j < len(p) && p[j] == '.' {
+				j++
+			}
+			if j == len(p) || p[j] == '/' {
+				return false
+			}
+		}
+		prevSlash = false
+	}
+	return true
+}
+
+// FuzzCanonical compares canonical's table-driven loop with canonicalRef.
+func FuzzCanonical(f *testing.F) {
+	for _, s := range []string{"/api/v1/orders/42", "//a", "/a/./b", "/a/../b", "/.", "/..", "/a.", "/.a", "/..a",
+		"/a;b", "/A", "/a%41", "/a b", "/é", "/a/", "/", "/a\\b"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, p string, ci bool) {
+		if p == "" || p[0] != '/' {
+			return
+		}
+		o := Options{CaseInsensitive: ci}
+		if got, want := o.canonical(p), o.canonicalRef(p); got != want {
+			t.Fatalf("canonical(%q) (case-insensitive %v) = %v, want %v", p, ci, got, want)
+		}
+	})
+}
+
+// FuzzPlainCanonical checks that a path PlainCanonical accepts is its own escaped form in a
+// url.URL and normalizes to itself, and that it accepts the usual canonical paths.
+func FuzzPlainCanonical(f *testing.F) {
+	for _, s := range []string{"/api/v1/orders/42", "/a(b)", "/a!b", "/a*b", "/a'b", "/a;b", "/a b", "/A", "/a/./b",
+		"//a", "/a%41", "/~a@b:c$&+,=", "/", "", "a"} {
+		f.Add(s, false)
+		f.Add(s, true)
+	}
+	f.Fuzz(func(t *testing.T, p string, ci bool) {
+		o := Options{CaseInsensitive: ci}
+		if !o.PlainCanonical(p) {
+			if strings.ContainsAny(p, "!'()*") {
+				return
+			}
+			u := &url.URL{Path: p}
+			if fwd, m, err := o.Path(p); err == nil && fwd == p && m == p && p != "" && p != "*" && u.EscapedPath() == p {
+				t.Fatalf("PlainCanonical(%q) (case-insensitive %v) = false for a canonical path EscapedPath keeps", p, ci)
+			}
+			return
+		}
+		if got := (&url.URL{Path: p}).EscapedPath(); got != p {
+			t.Fatalf("PlainCanonical(%q) = true, but EscapedPath() = %q", p, got)
+		}
+		if fwd, m, err := o.Path(p); err != nil || fwd != p || m != p {
+			t.Fatalf("PlainCanonical(%q) = true, but Path() = %q, %q, %v", p, fwd, m, err)
+		}
+	})
+}

@@ -121,7 +121,7 @@ func (l *Limiter) Len() int {
 	for i := range l.shards {
 		s := &l.shards[i]
 		s.mu.Lock()
-		n += len(s.m)
+		n += len(s.m) + len(s.m4)
 		s.mu.Unlock()
 	}
 	return n
@@ -150,6 +150,24 @@ func (l *Limiter) Allow(k Key) Result {
 	}
 	ok := b.AllowN(now, 1)
 	return l.result(ok, b.TokensAt(now))
+}
+
+// Take takes a token from k's bucket like Allow and reports whether it could. When it
+// could not, it sets *refused to the Result Allow would have returned; an allowed call
+// leaves *refused alone and costs one pass through the bucket's lock where Allow takes it
+// twice (once more for the tokens left). Use it where an allowed request's Result is not
+// needed.
+func (l *Limiter) Take(k Key, refused *Result) bool {
+	now := l.now()
+	b := l.single
+	if b == nil {
+		b = l.bucket(k)
+	}
+	if b.AllowN(now, 1) {
+		return true
+	}
+	*refused = l.result(false, b.TokensAt(now))
+	return false
 }
 
 // result turns a decision and the tokens left into a Result.
@@ -239,10 +257,13 @@ func (r Result) SetHeaders(h http.Header) {
 const numShards = 64
 
 // shard is one part of a keyed Limiter's LRU: a map from key to entry and a circular list
-// of the entries, most recently used first, under mu.
+// of the entries, most recently used first, under mu. Keys that are only an IPv4 address
+// (the usual client_ip key) live in m4 instead of m, indexed by the address as a number:
+// a lookup there neither hashes a Key struct nor compares strings.
 type shard struct {
 	mu       sync.Mutex
 	m        map[Key]*entry
+	m4       map[uint32]*entry
 	head     entry // sentinel: head.next is the most recently used entry
 	capacity int
 	_        [64]byte // keep shards' locks on separate cache lines
@@ -261,9 +282,20 @@ func (l *Limiter) bucket(k Key) *rate.Limiter {
 	if len(k.S) > MaxKeyLen {
 		k.S = hashedKey(k.S)
 	}
-	s := &l.shards[shardOf(k)%uint64(len(l.shards))]
+	a4, is4 := ipv4Key(k)
+	var s *shard
+	if is4 {
+		s = &l.shards[shardOf4(a4)%uint64(len(l.shards))]
+	} else {
+		s = &l.shards[shardOf(k)%uint64(len(l.shards))]
+	}
 	s.mu.Lock()
-	e := s.m[k]
+	var e *entry
+	if is4 {
+		e = s.m4[a4]
+	} else {
+		e = s.m[k]
+	}
 	if e != nil {
 		if s.head.next != e {
 			e.unlink()
@@ -273,10 +305,14 @@ func (l *Limiter) bucket(k Key) *rate.Limiter {
 		s.mu.Unlock()
 		return b
 	}
-	if len(s.m) >= s.capacity {
+	if len(s.m)+len(s.m4) >= s.capacity {
 		e = s.head.prev
 		e.unlink()
-		delete(s.m, e.key)
+		if a, ok := ipv4Key(e.key); ok {
+			delete(s.m4, a)
+		} else {
+			delete(s.m, e.key)
+		}
 	} else {
 		e = new(entry)
 	}
@@ -284,7 +320,14 @@ func (l *Limiter) bucket(k Key) *rate.Limiter {
 	// one outside the lock.
 	e.key = k
 	e.bucket = rate.NewLimiter(rate.Limit(l.limit.Rate), l.limit.Burst)
-	s.m[k] = e
+	if is4 {
+		if s.m4 == nil {
+			s.m4 = make(map[uint32]*entry)
+		}
+		s.m4[a4] = e
+	} else {
+		s.m[k] = e
+	}
 	s.pushFront(e)
 	b := e.bucket
 	s.mu.Unlock()
@@ -312,6 +355,22 @@ func hashedKey(s string) string {
 		b[i] = byte(h >> (8 * (i - 1)))
 	}
 	return string(b[:])
+}
+
+// ipv4Key returns k's address as a number when k is only an IPv4 address (no string, not
+// IPv4-mapped, so no zone either).
+func ipv4Key(k Key) (uint32, bool) {
+	if k.S != "" || !k.IP.Is4() {
+		return 0, false
+	}
+	b := k.IP.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]), true
+}
+
+// shardOf4 hashes an IPv4 key (see ipv4Key) to choose its shard: a multiplicative hash,
+// whose high bits mix every bit of the address.
+func shardOf4(a uint32) uint64 {
+	return (uint64(a) * 0x9e3779b97f4a7c15) >> 32
 }
 
 // shardOf hashes k to choose its shard.

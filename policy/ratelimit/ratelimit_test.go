@@ -350,3 +350,50 @@ func TestShardSpread(t *testing.T) {
 		})
 	}
 }
+
+// TestTakeMatchesAllow runs the same keys through Allow and Take on two Limiters and
+// compares the outcomes, and a refusal's Result.
+func TestTakeMatchesAllow(t *testing.T) {
+	c := newClock()
+	keys := []Key{{IP: netip.MustParseAddr("10.0.0.1")}, {IP: netip.MustParseAddr("10.0.0.2")}, {S: "a"},
+		{IP: netip.MustParseAddr("::1")}, {}, {IP: netip.MustParseAddr("10.0.0.1")}}
+	for _, keyed := range []bool{false, true} {
+		la := New(Limit{Rate: 2, Burst: 3}, keyed, Options{Now: c.Now})
+		lt := New(Limit{Rate: 2, Burst: 3}, keyed, Options{Now: c.Now})
+		for i := 0; i < 40; i++ {
+			k := keys[i%len(keys)]
+			c.Advance(70 * time.Millisecond)
+			want := la.Allow(k)
+			var got Result
+			ok := lt.Take(k, &got)
+			if ok != want.Allowed {
+				t.Fatalf("keyed %v, call %d, key %+v: Take() = %v, want %v", keyed, i, k, ok, want.Allowed)
+			}
+			if !ok && !reflect.DeepEqual(got, want) {
+				t.Fatalf("keyed %v, call %d, key %+v: Take() refused with %+v, want %+v", keyed, i, k, got, want)
+			}
+		}
+	}
+}
+
+// TestLRUMixedKeys checks eviction across IPv4 keys (kept in their own map) and other keys
+// in one shard.
+func TestLRUMixedKeys(t *testing.T) {
+	c := newClock()
+	l := New(Limit{Rate: 1, Burst: 1}, true, Options{MaxKeys: 1, Now: c.Now})
+	ip, s := Key{IP: netip.MustParseAddr("10.0.0.1")}, Key{S: "a"}
+	l.Allow(ip)
+	if l.Allow(ip).Allowed {
+		t.Fatal("Allow(ip) #2 allowed, want refused")
+	}
+	l.Allow(s) // evicts ip
+	if n := l.Len(); n != 1 {
+		t.Errorf("Len() = %d, want 1", n)
+	}
+	if !l.Allow(ip).Allowed { // evicts s
+		t.Error("Allow(ip) after eviction refused, want a fresh bucket")
+	}
+	if !l.Allow(s).Allowed {
+		t.Error("Allow(s) after eviction refused, want a fresh bucket")
+	}
+}

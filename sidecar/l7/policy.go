@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
-	"strings"
 
 	"github.com/ferrymesh/ferry/policy"
 )
@@ -19,25 +18,22 @@ import (
 // span, and the normalized path when it differs from r's.
 func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 	p := h.o.Policy
-	esc := r.URL.EscapedPath()
-	fwd, match, nd := p.NormalizePath(esc)
-	if !nd.Allowed {
-		h.refuse(st, r, pn, &nd)
+	esc, fwd, match, nd := p.NormalizeURLPath(r.URL)
+	if nd != nil {
+		h.refuse(st, r, pn, nd)
 		return false
 	}
 	req := policy.Request{Method: r.Method, Path: match, RawQuery: r.URL.RawQuery, URI: r.RequestURI,
 		Host: r.Host, Header: r.Header, ContentLength: r.ContentLength, SourceID: st.peer,
 		SourceIP: remoteIP(r.RemoteAddr), DestPort: h.o.Port}
-	c := p.Check(&req)
-	if d := c.Refusal(); d != nil {
-		h.refuse(st, r, pn, d)
+	var buf policy.Decision
+	refusal, allowed := p.Decide(&req, &buf)
+	if refusal != nil {
+		h.refuse(st, r, pn, refusal)
 		return false
 	}
-	switch {
-	case c.Access.Kind != policy.KindNone:
-		pn.keep(&c.Access)
-	case c.RateLimit.Kind != policy.KindNone:
-		pn.keep(&c.RateLimit)
+	if allowed != nil {
+		pn.keep(allowed)
 	}
 	if p.HasGlobalRateLimits() && !h.globalRateLimit(st, r, &req, pn) {
 		return false
@@ -65,43 +61,44 @@ func (h *Handler) enforce(st *state, r *http.Request, pn *policyNote) bool {
 
 // remoteIP returns the address of http.Request.RemoteAddr, unmapped; the zero Addr when
 // it is not an IP:port. It is netip.ParseAddrPort(s).Addr().Unmap(), with the usual case,
-// a dotted-decimal IPv4 address and a port, parsed without its generality.
+// a dotted-decimal IPv4 address and a port, parsed in one pass without its generality;
+// anything else, or anything unusual in it, goes to netip.
 func remoteIP(s string) netip.Addr {
-	if i := strings.LastIndexByte(s, ':'); i > 0 && validPort(s[i+1:]) {
-		if a, ok := parseIPv4(s[:i]); ok {
-			return a
+	var b [4]byte
+	i := 0
+	for f := 0; f < 4; f++ {
+		// one to three digits, no leading zero, then '.' (':' after the last field)
+		if i >= len(s) || s[i]-'0' > 9 {
+			return slowRemoteIP(s)
 		}
+		n := uint(s[i] - '0')
+		i++
+		if n != 0 {
+			for k := 0; k < 2 && i < len(s) && s[i]-'0' <= 9; k++ {
+				n = n*10 + uint(s[i]-'0')
+				i++
+			}
+		}
+		sep := byte('.')
+		if f == 3 {
+			sep = ':'
+		}
+		if n > 255 || i >= len(s) || s[i] != sep {
+			return slowRemoteIP(s)
+		}
+		b[f] = byte(n)
+		i++
 	}
-	ap, _ := netip.ParseAddrPort(s)
-	return ap.Addr().Unmap()
+	if !validPort(s[i:]) {
+		return slowRemoteIP(s)
+	}
+	return netip.AddrFrom4(b)
 }
 
-// parseIPv4 parses a dotted-decimal IPv4 address as netip.ParseAddr accepts it (four
-// fields of 0 to 255, no leading zero); false when s is not one.
-func parseIPv4(s string) (netip.Addr, bool) {
-	var b [4]byte
-	f, n, digits := 0, 0, 0
-	for i := 0; i <= len(s); i++ {
-		if i == len(s) || s[i] == '.' {
-			if digits == 0 || f == 3 && i != len(s) {
-				return netip.Addr{}, false
-			}
-			b[f] = byte(n)
-			f, n, digits = f+1, 0, 0
-			continue
-		}
-		c := s[i]
-		if c < '0' || c > '9' || digits > 0 && n == 0 {
-			return netip.Addr{}, false
-		}
-		if n, digits = n*10+int(c-'0'), digits+1; n > 255 {
-			return netip.Addr{}, false
-		}
-	}
-	if f != 4 {
-		return netip.Addr{}, false
-	}
-	return netip.AddrFrom4(b), true
+// slowRemoteIP is remoteIP for anything but a.b.c.d:port.
+func slowRemoteIP(s string) netip.Addr {
+	ap, _ := netip.ParseAddrPort(s)
+	return ap.Addr().Unmap()
 }
 
 // validPort reports whether s is a port as strconv.ParseUint(s, 10, 16) accepts it.

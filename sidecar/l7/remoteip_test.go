@@ -31,14 +31,16 @@ func FuzzRemoteIP(f *testing.F) {
 	})
 }
 
-func TestParseIPv4(t *testing.T) {
+// TestRemoteIPv4Fields checks remoteIP's one-pass IPv4 parse on malformed fields, each
+// followed by a valid port, against netip.
+func TestRemoteIPv4Fields(t *testing.T) {
 	for _, s := range []string{"127.0.0.1", "0.0.0.0", "255.255.255.255", "256.0.0.1", "01.2.3.4", "1.2.3", "1.2.3.4.5",
 		"1..3.4", ".1.2.3", "1.2.3.", "", "1.2.3.04", "10.0.0.0", "::1", "1.2.3.4%eth0", "1.2.3.1000"} {
-		a, err := netip.ParseAddr(s)
-		want := err == nil && a.Is4()
-		got, ok := parseIPv4(s)
-		if ok != want || ok && got != a {
-			t.Errorf("parseIPv4(%q) = %v, %v; want %v, %v", s, got, ok, a, want)
+		for _, port := range []string{":80", ":0", ":65535", ":65536", ":", ":080", ":8a"} {
+			ap, _ := netip.ParseAddrPort(s + port)
+			if got, want := remoteIP(s+port), ap.Addr().Unmap(); got != want {
+				t.Errorf("remoteIP(%q) = %v, want %v", s+port, got, want)
+			}
 		}
 	}
 }
