@@ -127,6 +127,7 @@ type sdsBundles struct {
 type sdsRejection struct {
 	version, err string
 	repeats      int
+	seen         bool // a rejection is recorded
 }
 
 // ParseSDSAddress checks an SDS server address, unix:///absolute/path or host:port, and
@@ -318,12 +319,16 @@ func (s *SDSSource) stream(ctx context.Context, client secretv3.SecretDiscoveryS
 // the version it still holds), so that a bad snapshot does not make a busy loop. A
 // repeated rejection is neither logged nor counted again.
 func (s *SDSSource) rejected(version string, err error) time.Duration {
-	if s.nack.version == version && s.nack.err == err.Error() {
+	// The same version again is the same rejection: compare versions, not error texts,
+	// which may carry the time (an expired certificate's does); a server that sends no
+	// version is compared by the error.
+	same := s.nack.version == version && (version != "" || s.nack.err == err.Error())
+	if s.nack.seen && same {
 		s.nack.repeats++
 		s.log.Debug("SDS response rejected again", "version", version, "error", err, "repeats", s.nack.repeats)
 		return blocking.Backoff(s.opts.RetryBase, s.opts.RetryMax, s.nack.repeats)
 	}
-	s.nack = sdsRejection{version: version, err: err.Error()}
+	s.nack = sdsRejection{version: version, err: err.Error(), seen: true}
 	s.Fail(err, time.Now())
 	if s.hasMaterial() {
 		s.log.Error("SDS secrets rejected; keeping the current certificate", "version", version, "error", err)
