@@ -608,7 +608,10 @@ upstreams:
 			de = e
 		}
 	}
-	if de.Outlier != "ejected" || de.Reason != "consecutive_5xx: 3 in a row" {
-		t.Errorf("the dead endpoint: %+v, want ejected for consecutive_5xx: 3 in a row", de)
+	// The detector acts on a signal sent when the run reaches 3; sessions finishing
+	// before it looks (a loaded machine) lengthen the run its reason reports.
+	var run int
+	if _, err := fmt.Sscanf(de.Reason, "consecutive_5xx: %d in a row", &run); de.Outlier != "ejected" || err != nil || run < 3 {
+		t.Errorf("the dead endpoint: %+v, want ejected for consecutive_5xx: N (≥ 3) in a row", de)
 	}
 }
