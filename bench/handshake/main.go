@@ -188,7 +188,9 @@ func run(cfg *tls.Config, addr, path string, workers int, d time.Duration) *resu
 		wg        sync.WaitGroup
 	)
 	start := time.Now()
-	end := start.Add(d)
+	// The run ends at ctx's deadline, which dials and handshakes inherit: an error at or
+	// after it (possibly before ctx's own timer has marked ctx done) is the end of the run.
+	end, _ := ctx.Deadline()
 	for range workers {
 		wg.Add(1)
 		go func() {
