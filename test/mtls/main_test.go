@@ -7,6 +7,7 @@ package mtls
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -100,6 +101,19 @@ func (f *ferry) get(path string) string {
 }
 
 // eventually polls cond every 20ms until it holds, or fails t after waitTimeout.
+// presentedSerial makes a new TLS handshake with the sidecar at addr, presenting client's
+// certificate, and returns the serial of the leaf the sidecar presented.
+func presentedSerial(t *testing.T, addr string, client ferrytest.Certs) string {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", addr, &tls.Config{
+		Certificates: []tls.Certificate{client.TLSCert(t)}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatalf("handshake with %s: %v", addr, err)
+	}
+	defer conn.Close()
+	return mtls.FormatSerial(conn.ConnectionState().PeerCertificates[0].SerialNumber)
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	ferrytest.Eventually(t, waitTimeout, cond, func() string { return "waiting for " + what })

@@ -1,10 +1,8 @@
 package mtls
 
 import (
-	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -159,15 +157,9 @@ func TestSDSMesh(t *testing.T) {
 	// New handshakes present the new certificates: the server-side sidecar's to a
 	// hand-made client, the client-side sidecar's (its idle connections expire after
 	// 200ms) to the app, which sees its hash.
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: ioTimeout}, "tcp", inbound, &tls.Config{
-		Certificates: []tls.Certificate{newWeb.TLSCert(t)}, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
-	if err != nil {
-		t.Fatalf("handshake with the server after rotation: %v", err)
-	}
-	if got := mtls.FormatSerial(conn.ConnectionState().PeerCertificates[0].SerialNumber); got != newAPI.Serial {
+	if got := presentedSerial(t, inbound, newWeb); got != newAPI.Serial {
 		t.Errorf("server presented serial %s after rotation, want %s", got, newAPI.Serial)
 	}
-	_ = conn.Close()
 	eventually(t, "the app to see the client's new certificate", func() bool {
 		time.Sleep(300 * time.Millisecond)
 		if code, _, _ := get(c, url, nil); code != http.StatusOK {
