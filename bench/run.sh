@@ -12,6 +12,10 @@
 #   BENCH_BACKEND=nginx      nginx | go   (the origin server; see README)
 #   BENCH_PROXIES="direct haproxy nginx reverseproxy ferry ferry_ha"   which paths to run
 #   BENCH_PROTOCOLS="h1 h2c"                     which protocols to run
+#   BENCH_SUITES="proxies mtls handshake policy" which suites to run
+#   BENCH_MTLS_PROXIES="direct haproxy ferry"    which two-hop chains to run
+#   BENCH_MTLS_RATES=4000    also run the mTLS chains at these fixed offered loads
+#                            (requests/s, h2load --rps); empty: none
 #   BENCH_PROFILE=1          also take a CPU profile of Ferry under h1 load
 #   BENCH_PROFILE_SECONDS=10 length of that profile
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1           cores for the proxy / for client and backend
@@ -44,6 +48,7 @@ PROXIES=${BENCH_PROXIES:-direct haproxy nginx reverseproxy ferry ferry_ha}
 PROTOCOLS=${BENCH_PROTOCOLS:-h1 h2c}
 SUITES=${BENCH_SUITES:-proxies mtls handshake policy}
 MTLS_PROXIES=${BENCH_MTLS_PROXIES:-direct haproxy ferry}
+MTLS_RATES=${BENCH_MTLS_RATES-4000}
 HS_WORKERS=${BENCH_HANDSHAKE_WORKERS:-16}
 HS_DURATION=${BENCH_HANDSHAKE_DURATION:-5}
 HS_CURVES=${BENCH_HANDSHAKE_CURVES:-X25519}
@@ -881,13 +886,29 @@ b_accepted() {
 	esac
 }
 
+# chain_load SECONDS OUT URL [wrk options...]: the load of a two-hop run: wrk as fast as the
+# proxies answer (closed loop), or, with CHAIN_RATE > 0, h2load sending HTTP/1.1 requests at
+# CHAIN_RATE requests/s in total (each of the CONNS connections at CHAIN_RATE/CONNS per
+# second; open loop), with its per-request log in OUT.h2log.
+CHAIN_RATE=0
+chain_load() {
+	local secs=$1 out=$2 url=$3
+	shift 3
+	if ((CHAIN_RATE > 0)); then
+		"${ON_LOAD_CPU[@]}" h2load --h1 -t1 -c"$CONNS" --rps=$((CHAIN_RATE / CONNS)) -D "$secs" \
+			--log-file="$out.h2log" "$url" >"$out" 2>&1
+	else
+		"${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"$secs"s --latency "$@" "$url" >"$out" 2>&1
+	fi
+}
+
 # wrk_on_chain warm|measure OUT URL [wrk options...]: one wrk run through the proxies in
 # CHAIN_PIDS; measure sets M_RES "rps|cpu_1 cpu_2 …|cpu_sum|p50|p99|errs" (CPU µs/req).
 wrk_on_chain() {
 	local phase=$1 out=$2 url=$3 p bpids t0 t1 s0 s1 b0 b1 l0 l1 own cpu sum=0 parts= acc0 acc1 acc=-
 	shift 3
 	if [ "$phase" = warm ]; then
-		((WARMUP > 0)) && { "${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"$WARMUP"s "$@" "$url" >"$out.warm" 2>&1 || true; }
+		((WARMUP > 0)) && { chain_load "$WARMUP" "$out.warm" "$url" "$@" || true; }
 		return 0
 	fi
 	local -a c0=() c1=()
@@ -895,12 +916,13 @@ wrk_on_chain() {
 	acc0=$(b_accepted)
 	t0=$(date +%s%N) s0=$(busy_ticks) b0=$(cpu_ticks $bpids) l0=$(child_ticks)
 	for p in "${CHAIN_PIDS[@]}"; do c0+=("$(cpu_ticks $(tree_pids "$p"))"); done
-	"${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d"$DURATION"s --latency "$@" "$url" >"$out" 2>&1 || true
+	chain_load "$DURATION" "$out" "$url" "$@" || true
 	for p in "${CHAIN_PIDS[@]}"; do c1+=("$(cpu_ticks $(tree_pids "$p"))"); done
 	l1=$(child_ticks) b1=$(cpu_ticks $bpids) s1=$(busy_ticks) t1=$(date +%s%N)
 	acc1=$(b_accepted)
 	[[ $acc0 =~ ^[0-9]+$ && $acc1 =~ ^[0-9]+$ ]] && acc=$((acc1 - acc0))
-	parse_wrk "$out"
+	if ((CHAIN_RATE > 0)); then parse_h2load "$out" "$out.h2log"; else parse_wrk "$out"; fi
+	rm -f "$out.h2log"
 	own=$(((b1 - b0) + (l1 - l0)))
 	for p in "${!c0[@]}"; do
 		own=$((own + c1[p] - c0[p]))
@@ -915,8 +937,9 @@ wrk_on_chain() {
 
 # chain_case LABEL PROXY MODE: one row of the two-hop table.
 chain_case() {
-	local label=$1 proxy=$2 mode=$3 hop rps parts cpu p50 p99 errs reqs a b conns
+	local label=$1 proxy=$2 mode=$3 hop rps parts cpu p50 p99 errs reqs a b conns key=$2/$3
 	NOTE=
+	((CHAIN_RATE > 0)) && key+="@$CHAIN_RATE"
 	case $proxy/$mode in
 	direct/*) hop="-" ;;
 	ferry/plain | haproxy/plain) hop="HTTP/1.1, plaintext" ;;
@@ -929,13 +952,13 @@ chain_case() {
 	elif ! start_chain "$proxy" "$mode"; then
 		log "$label: skipped: $NOTE"
 		NOTES+=("$label: not measured: $NOTE")
-		CHAIN_ROWS+=("$label|$hop|-|-|-|-|-|-|-|-|-")
+		CHAIN_ROWS+=("$label|$hop|-|-|-|-|-|-|-|-|-|$key")
 		stop_chain
 		return 0
 	fi
 	log "$label: warm-up ${WARMUP}s, then ${DURATION}s"
 	ACCEPTED_OF=$proxy
-	with_retries wrk_on_chain "$TMP/chain-$proxy-$mode.out" "http://127.0.0.1:$TARGET_PORT/"
+	with_retries wrk_on_chain "$TMP/chain-${key//[\/@]/-}.out" "http://127.0.0.1:$TARGET_PORT/"
 	ACCEPTED_OF=
 	# conns: connections B accepted during the measured run; with A reusing its connections
 	# to B this stays near the number of client connections, with churn it nears requests.
@@ -944,16 +967,16 @@ chain_case() {
 	[ "$proxy" = direct ] && a=- b=- cpu=- conns=-
 	if [ "${reqs:-0}" -eq 0 ]; then
 		NOTES+=("$label: no request completed")
-		CHAIN_ROWS+=("$label|$hop|0|-|-|-|-|-|-|$B_OTHER|-")
+		CHAIN_ROWS+=("$label|$hop|0|-|-|-|-|-|-|$B_OTHER|-|$key")
 		stop_chain
 		return 0
 	fi
 	((errs > 0)) && NOTES+=("$label: $errs errors or non-2xx responses")
 	((B_OTHER > QUIET_PERCENT)) && NOTES+=("$label: other processes used ${B_OTHER}% of a core during the run; its numbers may be disturbed")
-	MESH_CPU[$proxy/$mode]=$cpu
-	CHAIN_ROWS+=("$label|$hop|$rps|${a:--}|${b:--}|$cpu|$p50|$p99|$conns|$B_OTHER|$errs")
+	MESH_CPU[$key]=$cpu
+	CHAIN_ROWS+=("$label|$hop|$rps|${a:--}|${b:--}|$cpu|$p50|$p99|$conns|$B_OTHER|$errs|$key")
 	log "$label: $rps req/s, CPU A $a + B $b = $cpu µs/req, p99 $p99 ms"
-	if [ "$proxy/$mode" = ferry/mtls ] && [ "$PROFILE" = 1 ]; then
+	if [ "$key" = ferry/mtls ] && [ "$PROFILE" = 1 ]; then
 		profile_during "$TMP/prof-mtls.out" "$CHAIN_A_ADMIN=ferry-mtls-a" "$CHAIN_B_ADMIN=ferry-mtls-b" -- \
 			"${ON_LOAD_CPU[@]}" wrk -t1 -c"$CONNS" -d$((PROFILE_SECONDS + 2))s "http://127.0.0.1:$TARGET_PORT/"
 	fi
@@ -1213,6 +1236,13 @@ if want "$SUITES" mtls; then
 		*) die "BENCH_MTLS_PROXIES: unknown path '$proxy' (direct, haproxy, ferry)" ;;
 		esac
 	done
+	for CHAIN_RATE in $MTLS_RATES; do
+		[[ $CHAIN_RATE =~ ^[1-9][0-9]*$ ]] && ((CHAIN_RATE >= CONNS)) ||
+			die "BENCH_MTLS_RATES: '$CHAIN_RATE' is not a rate of at least $CONNS requests/s"
+		want "$MTLS_PROXIES" haproxy && chain_case "HAProxy → HAProxy, mTLS at $CHAIN_RATE req/s offered" haproxy mtls
+		want "$MTLS_PROXIES" ferry && chain_case "Ferry → Ferry, mTLS at $CHAIN_RATE req/s offered" ferry mtls
+	done
+	CHAIN_RATE=0
 fi
 if want "$SUITES" handshake; then
 	for proxy in $MTLS_PROXIES; do
@@ -1230,17 +1260,16 @@ want "$SUITES" policy && policy_cases
 mesh_report() {
 	local r label hop rps a b cpu p50 p99 conns other errs rel f h us per tls round v n sum
 	if ((${#CHAIN_ROWS[@]})); then
-		echo "Two hops (client → proxy A → proxy B → backend), HTTP/1.1 from wrk, both proxies on CPU $PROXY_CPU, CPU µs per request:"
+		echo "Two hops (client → proxy A → proxy B → backend), HTTP/1.1, both proxies on CPU $PROXY_CPU, CPU µs per request. Rows without a rate: wrk on $CONNS connections as fast as the chain answers (closed loop), so a faster chain also runs at a higher rate. Rows \"at N req/s offered\": h2load sending N requests/s over $CONNS connections (open loop), the same load for both proxies:"
 		echo
 		echo "| path | A → B | requests/s | CPU A | CPU B | CPU A+B µs/req | vs HAProxy, same hop | p50 ms | p99 ms | connections B accepted | other load % | errors |"
 		echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 		for r in "${CHAIN_ROWS[@]}"; do
-			IFS='|' read -r label hop rps a b cpu p50 p99 conns other errs <<<"$r"
+			IFS='|' read -r label hop rps a b cpu p50 p99 conns other errs key <<<"$r"
 			rel=-
-			case $label in
-			Ferry*plaintext) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/plain]:-}") ;;
-			Ferry*mTLS) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/mtls]:-}") ;;
-			HAProxy*) [ "$cpu" != - ] && rel=1.00× ;;
+			case $key in
+			ferry/*) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/${key#ferry/}]:-}") ;;
+			haproxy/*) [ "$cpu" != - ] && rel=1.00× ;;
 			esac
 			echo "| $label | $hop | $rps | $a | $b | $cpu | $rel | $p50 | $p99 | $conns | $other | $errs |"
 		done
