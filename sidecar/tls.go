@@ -607,6 +607,9 @@ func looksLikeHTTP(hdr [5]byte) bool {
 // serveConn hands c to the front, through its TLS layer if it has one; false means the
 // front is shutting down and took nothing.
 func (f *front) serveConn(c net.Conn, m telemetry.ListenerMetrics) bool {
+	if f.srv != nil {
+		c = l7.WithRawIO(c) // HTTP only: TCP sessions splice between *net.TCPConns
+	}
 	if f.tlsIn != nil {
 		return f.tlsIn.raw.push(c)
 	}

@@ -58,8 +58,12 @@ func NewTransport(o TransportOptions) *Transport {
 	dialWith := func(alpn []string) func(ctx context.Context, network, addr string) (net.Conn, error) {
 		return func(ctx context.Context, network, addr string) (net.Conn, error) {
 			c, err := dialer.DialContext(ctx, network, addr)
-			if err != nil || !o.TLS.Enabled() {
-				return c, err
+			if err != nil {
+				return nil, err
+			}
+			c = WithRawIO(c)
+			if !o.TLS.Enabled() {
+				return c, nil
 			}
 			if o.ConnectTimeout > 0 {
 				var cancel context.CancelFunc
