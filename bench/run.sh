@@ -144,6 +144,20 @@ cpu_ticks() {
 	echo "$t"
 }
 
+# ctx_switches PID...: voluntary plus involuntary context switches summed over all the
+# threads of the processes (each thread counts its own in /proc/PID/task/TID/status).
+ctx_switches() {
+	local p
+	for p in "$@"; do cat /proc/"$p"/task/*/status 2>/dev/null; done |
+		awk '/^(non)?voluntary_ctxt_switches:/{s += $2} END{printf "%d\n", s}'
+}
+
+# user_sys_ticks PID...: "utime stime" (clock ticks) summed over the processes.
+user_sys_ticks() {
+	local p
+	for p in "$@"; do sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null; done | awk '{u += $12; s += $13} END{printf "%d %d\n", u, s}'
+}
+
 # hwm_kb PID...: peak resident set size (VmHWM, kB) summed over the processes.
 hwm_kb() {
 	local p t=0 v
@@ -905,7 +919,7 @@ chain_load() {
 # wrk_on_chain warm|measure OUT URL [wrk options...]: one wrk run through the proxies in
 # CHAIN_PIDS; measure sets M_RES "rps|cpu_1 cpu_2 …|cpu_sum|p50|p99|errs" (CPU µs/req).
 wrk_on_chain() {
-	local phase=$1 out=$2 url=$3 p bpids t0 t1 s0 s1 b0 b1 l0 l1 own cpu sum=0 parts= acc0 acc1 acc=-
+	local phase=$1 out=$2 url=$3 p bpids t0 t1 s0 s1 b0 b1 l0 l1 own cpu sum=0 parts= acc0 acc1 acc=- cs0 cs1 us0 us1 allp=
 	shift 3
 	if [ "$phase" = warm ]; then
 		((WARMUP > 0)) && { chain_load "$WARMUP" "$out.warm" "$url" "$@" || true; }
@@ -914,10 +928,13 @@ wrk_on_chain() {
 	local -a c0=() c1=()
 	bpids=$(tree_pids "$BACKEND_PID")
 	acc0=$(b_accepted)
+	for p in "${CHAIN_PIDS[@]}"; do allp+=" $(tree_pids "$p")"; done
 	t0=$(date +%s%N) s0=$(busy_ticks) b0=$(cpu_ticks $bpids) l0=$(child_ticks)
+	cs0=$(ctx_switches $allp) us0=$(user_sys_ticks $allp)
 	for p in "${CHAIN_PIDS[@]}"; do c0+=("$(cpu_ticks $(tree_pids "$p"))"); done
 	chain_load "$DURATION" "$out" "$url" "$@" || true
 	for p in "${CHAIN_PIDS[@]}"; do c1+=("$(cpu_ticks $(tree_pids "$p"))"); done
+	cs1=$(ctx_switches $allp) us1=$(user_sys_ticks $allp)
 	l1=$(child_ticks) b1=$(cpu_ticks $bpids) s1=$(busy_ticks) t1=$(date +%s%N)
 	acc1=$(b_accepted)
 	[[ $acc0 =~ ^[0-9]+$ && $acc1 =~ ^[0-9]+$ ]] && acc=$((acc1 - acc0))
@@ -932,12 +949,18 @@ wrk_on_chain() {
 	done
 	M_OTHER=$(other_pct "$s0" "$s1" "$t0" "$t1" "$own")
 	cpu=$(awk -v d="$sum" -v t="$TCK" -v n="$REQS" 'BEGIN {printf "%.1f", (n > 0 ? d / t * 1e6 / n : 0)}')
-	M_RES="$RPS|$parts|$cpu|$P50|$P99|$ERRS|$REQS|$acc"
+	# user and kernel CPU µs per request and context switches per request, A and B together.
+	local split
+	split=$(awk -v a="$us0" -v b="$us1" -v c0="$cs0" -v c1="$cs1" -v t="$TCK" -v n="$REQS" 'BEGIN {
+		split(a, x, " "); split(b, y, " ")
+		if (n > 0) printf "%.1f / %.1f|%.2f", (y[1] - x[1]) / t * 1e6 / n, (y[2] - x[2]) / t * 1e6 / n, (c1 - c0) / n
+		else printf "-|-" }')
+	M_RES="$RPS|$parts|$cpu|$P50|$P99|$ERRS|$REQS|$acc|$split"
 }
 
 # chain_case LABEL PROXY MODE: one row of the two-hop table.
 chain_case() {
-	local label=$1 proxy=$2 mode=$3 hop rps parts cpu p50 p99 errs reqs a b conns key=$2/$3
+	local label=$1 proxy=$2 mode=$3 hop rps parts cpu p50 p99 errs reqs a b conns us cs key=$2/$3
 	NOTE=
 	((CHAIN_RATE > 0)) && key+="@$CHAIN_RATE"
 	case $proxy/$mode in
@@ -952,7 +975,7 @@ chain_case() {
 	elif ! start_chain "$proxy" "$mode"; then
 		log "$label: skipped: $NOTE"
 		NOTES+=("$label: not measured: $NOTE")
-		CHAIN_ROWS+=("$label|$hop|-|-|-|-|-|-|-|-|-|$key")
+		CHAIN_ROWS+=("$label|$hop|-|-|-|-|-|-|-|-|-|$key|-|-")
 		stop_chain
 		return 0
 	fi
@@ -962,19 +985,19 @@ chain_case() {
 	ACCEPTED_OF=
 	# conns: connections B accepted during the measured run; with A reusing its connections
 	# to B this stays near the number of client connections, with churn it nears requests.
-	IFS='|' read -r rps parts cpu p50 p99 errs reqs conns <<<"$B_RES"
+	IFS='|' read -r rps parts cpu p50 p99 errs reqs conns us cs <<<"$B_RES"
 	read -r a b <<<"$parts"
-	[ "$proxy" = direct ] && a=- b=- cpu=- conns=-
+	[ "$proxy" = direct ] && a=- b=- cpu=- conns=- us=- cs=-
 	if [ "${reqs:-0}" -eq 0 ]; then
 		NOTES+=("$label: no request completed")
-		CHAIN_ROWS+=("$label|$hop|0|-|-|-|-|-|-|$B_OTHER|-|$key")
+		CHAIN_ROWS+=("$label|$hop|0|-|-|-|-|-|-|$B_OTHER|-|$key|-|-")
 		stop_chain
 		return 0
 	fi
 	((errs > 0)) && NOTES+=("$label: $errs errors or non-2xx responses")
 	((B_OTHER > QUIET_PERCENT)) && NOTES+=("$label: other processes used ${B_OTHER}% of a core during the run; its numbers may be disturbed")
 	MESH_CPU[$key]=$cpu
-	CHAIN_ROWS+=("$label|$hop|$rps|${a:--}|${b:--}|$cpu|$p50|$p99|$conns|$B_OTHER|$errs|$key")
+	CHAIN_ROWS+=("$label|$hop|$rps|${a:--}|${b:--}|$cpu|$p50|$p99|$conns|$B_OTHER|$errs|$key|${us:--}|${cs:--}")
 	log "$label: $rps req/s, CPU A $a + B $b = $cpu µs/req, p99 $p99 ms"
 	if [ "$key" = ferry/mtls ] && [ "$PROFILE" = 1 ]; then
 		profile_during "$TMP/prof-mtls.out" "$CHAIN_A_ADMIN=ferry-mtls-a" "$CHAIN_B_ADMIN=ferry-mtls-b" -- \
@@ -1262,16 +1285,16 @@ mesh_report() {
 	if ((${#CHAIN_ROWS[@]})); then
 		echo "Two hops (client → proxy A → proxy B → backend), HTTP/1.1, both proxies on CPU $PROXY_CPU, CPU µs per request. Rows without a rate: wrk on $CONNS connections as fast as the chain answers (closed loop), so a faster chain also runs at a higher rate. Rows \"at N req/s offered\": h2load sending N requests/s over $CONNS connections (open loop), the same load for both proxies:"
 		echo
-		echo "| path | A → B | requests/s | CPU A | CPU B | CPU A+B µs/req | vs HAProxy, same hop | p50 ms | p99 ms | connections B accepted | other load % | errors |"
-		echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+		echo "| path | A → B | requests/s | CPU A | CPU B | CPU A+B µs/req | vs HAProxy, same hop | A+B user / kernel µs | A+B context switches/req | p50 ms | p99 ms | connections B accepted | other load % | errors |"
+		echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
 		for r in "${CHAIN_ROWS[@]}"; do
-			IFS='|' read -r label hop rps a b cpu p50 p99 conns other errs key <<<"$r"
+			IFS='|' read -r label hop rps a b cpu p50 p99 conns other errs key us cs <<<"$r"
 			rel=-
 			case $key in
 			ferry/*) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/${key#ferry/}]:-}") ;;
 			haproxy/*) [ "$cpu" != - ] && rel=1.00× ;;
 			esac
-			echo "| $label | $hop | $rps | $a | $b | $cpu | $rel | $p50 | $p99 | $conns | $other | $errs |"
+			echo "| $label | $hop | $rps | $a | $b | $cpu | $rel | $us | $cs | $p50 | $p99 | $conns | $other | $errs |"
 		done
 		echo
 		for v in haproxy ferry; do
