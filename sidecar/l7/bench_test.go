@@ -1,6 +1,7 @@
 package l7
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -225,7 +226,7 @@ func BenchmarkH1Pool(b *testing.B) {
 // writes a fixed GET on a raw TCP connection and reads the fixed-size response into a
 // fixed buffer, its backend answers every request head with a fixed 200 with a
 // Content-Length, so neither allocates per request and allocs/op and B/op are the
-// proxy's (server, handler and upstream round trip). Each parallel client has its own
+// proxy's (H1Server, Handler and the upstream round trip). Each parallel client has its own
 // connection to the proxy.
 func BenchmarkProxyAllocs(b *testing.B) {
 	backend := startRawBackend(b)
@@ -258,13 +259,29 @@ func BenchmarkProxyAllocs(b *testing.B) {
 				o.Direction, o.Policy = telemetry.Inbound, benchPolicy(b)
 			}
 			defer tr.CloseIdleConnections()
-			srv := NewServer(ServerOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}, NewHandler(o))
+			// The sidecar's HTTP/1.x server, as its listeners run it.
+			srv := NewH1Server(ServerOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}, NewHandler(o), nil)
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				b.Fatal(err)
 			}
-			go func() { _ = srv.Serve(guardListener{ln}) }()
-			defer srv.Close()
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					if !srv.ServeConn(GuardConn(c), nil) {
+						_ = c.Close()
+					}
+				}
+			}()
+			defer func() {
+				_ = ln.Close()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = srv.Shutdown(ctx)
+			}()
 			req := []byte("GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: raw\r\nAccept: */*\r\nX-Request-Id: 0123456789abcdef\r\n\r\n")
 			// The response's length, learnt once (it does not change: the Date header is
 			// of fixed width).
