@@ -45,6 +45,14 @@ const maxWriteWait = 50 * time.Millisecond
 // use. A request on a reused connection that failed before anything of the response
 // arrived is sent again on another connection when that is safe, as http.Transport does.
 func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
+	return p.roundTripUntil(req, time.Time{})
+}
+
+// roundTripUntil is roundTrip with a deadline for the response headers (none if zero):
+// past it, the round trip fails with errResponseTimeout, as it does when the request's
+// context is cancelled with that cause. The deadline is enforced with a timer of the
+// connection's, reused from one request to the next, rather than a context per request.
+func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time) (*http.Response, error) {
 	if err := checkH1Request(req); err != nil {
 		closeRequestBody(req)
 		return nil, err
@@ -52,12 +60,12 @@ func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	addr := canonicalAddr(req.URL)
 	for {
-		c, err := p.get(ctx, addr)
+		c, err := p.getUntil(ctx, addr, deadline)
 		if err != nil {
 			closeRequestBody(req)
 			return nil, err
 		}
-		resp, err := c.roundTrip(ctx, req)
+		resp, err := c.roundTrip(ctx, req, deadline)
 		if err == nil {
 			return resp, nil
 		}
@@ -153,8 +161,9 @@ func canonicalAddr(u *url.URL) string {
 	return net.JoinHostPort(u.Hostname(), port)
 }
 
-// roundTrip sends req on c and reads the response headers. On failure c is closed.
-func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
+// roundTrip sends req on c and reads the response headers, by deadline if not zero. On
+// failure c is closed.
+func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time.Time) (*http.Response, error) {
 	fast := h1Fast(req)
 	if fast {
 		if err := c.buildHead(req); err != nil {
@@ -166,8 +175,14 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 		c.h.put(c)
 		return nil, err
 	}
-	// Cancellation fails the connection's blocked and future I/O; from here the
-	// connection is reused only if this is undone before it fires (stop() is true).
+	if !deadline.IsZero() && !c.arm(deadline) {
+		// Nothing was sent: the connection is as good as before.
+		c.h.put(c)
+		return nil, errResponseTimeout
+	}
+	// Cancellation (and the deadline) fail the connection's blocked and future I/O; from
+	// here the connection is reused only if this is undone before it fires (stop() and
+	// disarm() are true).
 	stop := context.AfterFunc(ctx, c.abortFn)
 	start := c.written.Load()
 	c.writeFailed = false
@@ -216,6 +231,14 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 		}
 		return nil, c.fail(ctx, stop, err)
 	}
+	if !c.disarm() {
+		// The deadline passed as the headers arrived: the connection is being aborted.
+		c.close()
+		if w != nil {
+			w.result(maxWriteWait)
+		}
+		return nil, c.fail(ctx, stop, errResponseTimeout)
+	}
 	resp.TLS = c.tls
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The connection now belongs to the caller, whatever it switched to; the request
@@ -242,13 +265,52 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 
 // fail closes c after a failed round trip and returns the error to report: the cause of
 // the cancellation, when the request was cancelled (as http.Transport reports it).
+// A deadline that passed is reported as errResponseTimeout.
 func (c *h1Conn) fail(ctx context.Context, stop func() bool, err error) error {
 	stop()
+	fired := !c.disarm()
 	c.close()
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
+	if fired || c.timedOut.Load() {
+		return errResponseTimeout
+	}
 	return err
+}
+
+// arm starts c's deadline timer for a round trip, reporting false if deadline has passed
+// already. Only the goroutine running the round trip arms and disarms.
+func (c *h1Conn) arm(deadline time.Time) bool {
+	d := time.Until(deadline)
+	if d <= 0 {
+		return false
+	}
+	c.timedOut.Store(false)
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.timeoutFn)
+	} else {
+		c.timer.Reset(d)
+	}
+	c.armed = true
+	return true
+}
+
+// disarm stops c's deadline timer, reporting false if it fired (the connection is aborted
+// and must not be reused). It is true when the timer was not armed.
+func (c *h1Conn) disarm() bool {
+	if !c.armed {
+		return true
+	}
+	c.armed = false
+	return c.timer.Stop()
+}
+
+// timeout is what c's deadline timer runs: the round trip fails at once, as on
+// cancellation, and reports errResponseTimeout.
+func (c *h1Conn) timeout() {
+	c.timedOut.Store(true)
+	c.abort()
 }
 
 // release is the end of a round trip on c: c goes back to the pool when the response was

@@ -342,15 +342,22 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	h.prepare(req, st, ep, 1)
 	span := h.startAttempt(down, st.span, req, t.name, ep.Address, 1)
 	ep.Begin()
-	var timer *time.Timer
-	if to := t.requestTimeout(req); to > 0 {
-		ctx, cancel := context.WithCancelCause(down)
-		timer = time.AfterFunc(to, func() { cancel(errResponseTimeout) })
-		req = req.WithContext(ctx)
-	}
-	resp, err := t.transport.RoundTrip(req)
-	if timer != nil {
-		timer.Stop()
+	var resp *http.Response
+	if to := t.requestTimeout(req); to > 0 && t.transport.http1(req) {
+		// Ferry's HTTP/1.1 pool enforces the timeout with a timer of the connection's,
+		// without a context and a timer per request.
+		resp, err = t.transport.h1.roundTripUntil(req, time.Now().Add(to))
+	} else {
+		var timer *time.Timer
+		if to > 0 {
+			ctx, cancel := context.WithCancelCause(down)
+			timer = time.AfterFunc(to, func() { cancel(errResponseTimeout) })
+			req = req.WithContext(ctx)
+		}
+		resp, err = t.transport.RoundTrip(req)
+		if timer != nil {
+			timer.Stop()
+		}
 	}
 	if err != nil {
 		ep.Done(failure(err, down))
