@@ -54,11 +54,18 @@ func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, o
 	fields := head[eol+1:]
 	n := bytes.Count(fields, []byte("\n"))
 	s := string(head) // the one allocation all strings below are cut from
-	resp := &http.Response{
+	// The response, its body and the values of a few fields in one allocation.
+	pr := &parsedResponse{resp: http.Response{
 		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: make(http.Header, n), Request: req, ContentLength: -1,
+	}}
+	resp := &pr.resp
+	var values []string
+	if n <= len(pr.values) {
+		values = pr.values[:n]
+	} else {
+		values = make([]string, n)
 	}
-	values := make([]string, n)
 	off := eol + 1
 	for off < len(head) {
 		i := bytes.IndexByte(head[off:], '\n')
@@ -130,7 +137,8 @@ func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, o
 	if length == 0 {
 		resp.Body = http.NoBody
 	} else {
-		resp.Body = &lengthBody{br: br, left: length}
+		pr.body = lengthBody{br: br, left: length}
+		resp.Body = &pr.body
 	}
 	return resp, true
 }
@@ -152,6 +160,14 @@ func isCanonicalKey(k string) bool {
 		upper = c == '-'
 	}
 	return true
+}
+
+// parsedResponse is what parseResponseHead allocates for a response, but its head's
+// string and header map.
+type parsedResponse struct {
+	resp   http.Response
+	body   lengthBody
+	values [8]string // the header values, for up to 8 fields
 }
 
 // lengthBody is a response body of a known length read from br: io.ErrUnexpectedEOF if
