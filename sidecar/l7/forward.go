@@ -200,13 +200,16 @@ func printable(s string) bool {
 // client's forwarding headers. Values are shared with in, capacity-clipped so that an
 // append to them never writes into in's arrays.
 func upstreamHeader(in http.Header) http.Header {
-	var ct connTokens
+	// Made only when there is a Connection header: connTokens escapes (its list points
+	// into its own array).
+	var ct *connTokens
 	if v := in["Connection"]; len(v) > 0 {
+		ct = new(connTokens)
 		ct.parse(v)
 	}
 	out := make(http.Header, len(in)+3)
 	for k, vv := range in {
-		if hopHeader(k) || forwardedHeader(k) || (len(ct.list) > 0 && ct.names(k)) {
+		if hopHeader(k) || forwardedHeader(k) || (ct != nil && len(ct.list) > 0 && ct.names(k)) {
 			continue
 		}
 		out[k] = vv[:len(vv):len(vv)]
