@@ -64,8 +64,8 @@ func (p *h1Pool) host(addr string) *h1Host {
 }
 
 // getUntil returns an idle connection to addr that is still open, or dials a new one, by
-// deadline if not zero: past it the dial is cancelled with errResponseTimeout as its cause.
-func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time) (*h1Conn, error) {
+// deadline if not zero: past it the dial is cancelled with cause.
+func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, cause error) (*h1Conn, error) {
 	h := p.host(addr)
 	for {
 		c := h.take()
@@ -80,11 +80,11 @@ func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time) 
 	if !deadline.IsZero() {
 		d := time.Until(deadline)
 		if d <= 0 {
-			return nil, errResponseTimeout
+			return nil, cause
 		}
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
-		t := time.AfterFunc(d, func() { cancel(errResponseTimeout) })
+		t := time.AfterFunc(d, func() { cancel(cause) })
 		defer func() {
 			t.Stop()
 			cancel(nil) // the dial is over: the connection does not keep ctx
@@ -226,6 +226,7 @@ type h1Conn struct {
 	timeoutFn func() // c.timeout, bound once
 	armed     bool
 	timedOut  atomic.Bool           // the timer fired during this round trip
+	cause     error                 // what the round trip fails with when it does
 	peekFn    func(fd uintptr) bool // c.peek, bound once: the liveness check
 	peekBuf   [1]byte
 	peekN     int

@@ -45,14 +45,15 @@ const maxWriteWait = 50 * time.Millisecond
 // use. A request on a reused connection that failed before anything of the response
 // arrived is sent again on another connection when that is safe, as http.Transport does.
 func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
-	return p.roundTripUntil(req, time.Time{})
+	return p.roundTripUntil(req, time.Time{}, nil)
 }
 
 // roundTripUntil is roundTrip with a deadline for the response headers (none if zero):
-// past it, the round trip fails with errResponseTimeout, as it does when the request's
-// context is cancelled with that cause. The deadline is enforced with a timer of the
-// connection's, reused from one request to the next, rather than a context per request.
-func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time) (*http.Response, error) {
+// past it, the round trip fails with cause (errResponseTimeout, errPerTryTimeout), as it
+// does when the request's context is cancelled with that cause. The deadline is enforced
+// with a timer of the connection's, reused from one request to the next, rather than a
+// context per request.
+func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time, cause error) (*http.Response, error) {
 	if err := checkH1Request(req); err != nil {
 		closeRequestBody(req)
 		return nil, err
@@ -60,12 +61,12 @@ func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time) (*http.Re
 	ctx := req.Context()
 	addr := canonicalAddr(req.URL)
 	for {
-		c, err := p.getUntil(ctx, addr, deadline)
+		c, err := p.getUntil(ctx, addr, deadline, cause)
 		if err != nil {
 			closeRequestBody(req)
 			return nil, err
 		}
-		resp, err := c.roundTrip(ctx, req, deadline)
+		resp, err := c.roundTrip(ctx, req, deadline, cause)
 		if err == nil {
 			return resp, nil
 		}
@@ -161,9 +162,9 @@ func canonicalAddr(u *url.URL) string {
 	return net.JoinHostPort(u.Hostname(), port)
 }
 
-// roundTrip sends req on c and reads the response headers, by deadline if not zero. On
-// failure c is closed.
-func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time.Time) (*http.Response, error) {
+// roundTrip sends req on c and reads the response headers, by deadline if not zero (else
+// it fails with cause). On failure c is closed.
+func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time.Time, cause error) (*http.Response, error) {
 	fast := h1Fast(req)
 	if fast {
 		if err := c.buildHead(req); err != nil {
@@ -175,10 +176,10 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 		c.h.put(c)
 		return nil, err
 	}
-	if !deadline.IsZero() && !c.arm(deadline) {
+	if !deadline.IsZero() && !c.arm(deadline, cause) {
 		// Nothing was sent: the connection is as good as before.
 		c.h.put(c)
-		return nil, errResponseTimeout
+		return nil, cause
 	}
 	// Cancellation (and the deadline) fail the connection's blocked and future I/O; from
 	// here the connection is reused only if this is undone before it fires (stop() and
@@ -237,7 +238,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 		if w != nil {
 			w.result(maxWriteWait)
 		}
-		return nil, c.fail(ctx, stop, errResponseTimeout)
+		return nil, c.fail(ctx, stop, c.cause)
 	}
 	resp.TLS = c.tls
 	if resp.StatusCode == http.StatusSwitchingProtocols {
@@ -265,7 +266,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 
 // fail closes c after a failed round trip and returns the error to report: the cause of
 // the cancellation, when the request was cancelled (as http.Transport reports it).
-// A deadline that passed is reported as errResponseTimeout.
+// A deadline that passed is reported as its cause.
 func (c *h1Conn) fail(ctx context.Context, stop func() bool, err error) error {
 	stop()
 	fired := !c.disarm()
@@ -274,19 +275,21 @@ func (c *h1Conn) fail(ctx context.Context, stop func() bool, err error) error {
 		return context.Cause(ctx)
 	}
 	if fired || c.timedOut.Load() {
-		return errResponseTimeout
+		return c.cause
 	}
 	return err
 }
 
-// arm starts c's deadline timer for a round trip, reporting false if deadline has passed
-// already. Only the goroutine running the round trip arms and disarms.
-func (c *h1Conn) arm(deadline time.Time) bool {
+// arm starts c's deadline timer for a round trip that fails with cause past it, reporting
+// false if deadline has passed already. Only the goroutine running the round trip arms
+// and disarms.
+func (c *h1Conn) arm(deadline time.Time, cause error) bool {
 	d := time.Until(deadline)
 	if d <= 0 {
 		return false
 	}
 	c.timedOut.Store(false)
+	c.cause = cause
 	if c.timer == nil {
 		c.timer = time.AfterFunc(d, c.timeoutFn)
 	} else {
@@ -307,7 +310,7 @@ func (c *h1Conn) disarm() bool {
 }
 
 // timeout is what c's deadline timer runs: the round trip fails at once, as on
-// cancellation, and reports errResponseTimeout.
+// cancellation, and reports the cause it was armed with.
 func (c *h1Conn) timeout() {
 	c.timedOut.Store(true)
 	c.abort()

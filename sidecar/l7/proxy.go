@@ -346,7 +346,7 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if to := t.requestTimeout(req); to > 0 && t.transport.http1(req) {
 		// Ferry's HTTP/1.1 pool enforces the timeout with a timer of the connection's,
 		// without a context and a timer per request.
-		resp, err = t.transport.h1.roundTripUntil(req, time.Now().Add(to))
+		resp, err = t.transport.h1.roundTripUntil(req, time.Now().Add(to), errResponseTimeout)
 	} else {
 		var timer *time.Timer
 		if to > 0 {
@@ -418,7 +418,9 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		treq, tctx := req, down
 		var cancelTry context.CancelCauseFunc
 		var timer *time.Timer
-		if limit > 0 {
+		// Ferry's HTTP/1.1 pool enforces the try's limit with a timer of the connection's.
+		h1 := limit > 0 && t.transport.http1(req)
+		if limit > 0 && !h1 {
 			tctx, cancelTry = context.WithCancelCause(down)
 			timer = time.AfterFunc(limit, func() { cancelTry(cause) })
 			treq = req.WithContext(tctx)
@@ -434,7 +436,18 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		h.prepare(treq, st, ep, n)
 		span := h.startAttempt(down, st.span, treq, t.name, ep.Address, n)
 		ep.Begin()
-		resp, err := t.transport.RoundTrip(treq)
+		var resp *http.Response
+		if h1 {
+			resp, err = t.transport.h1.roundTripUntil(treq, time.Now().Add(limit), cause)
+			if err == cause {
+				// Timed out: the try's context is what it would have been with a timer
+				// of its own, for the conditions and the classification below.
+				tctx, cancelTry = context.WithCancelCause(down)
+				cancelTry(cause)
+			}
+		} else {
+			resp, err = t.transport.RoundTrip(treq)
+		}
 		if timer != nil {
 			timer.Stop()
 		}
