@@ -18,6 +18,16 @@ import (
 // values are cut from, and ok. For anything else it consumes nothing and returns ok ==
 // false: http.ReadResponse reads it.
 func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, ok bool) {
+	pr, ok := parseResponse(br, req)
+	if !ok {
+		return nil, false
+	}
+	return &pr.resp, true
+}
+
+// parseResponse is parseResponseHead, returning the response in the parsedResponse it
+// allocates.
+func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok bool) {
 	if req.Method == http.MethodHead {
 		return nil, false
 	}
@@ -140,7 +150,7 @@ func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, o
 		pr.body = lengthBody{br: br, left: length}
 		resp.Body = &pr.body
 	}
-	return resp, true
+	return pr, true
 }
 
 // validFieldValueByte is textproto's: HTAB, SP, VCHAR and obs-text.
@@ -162,12 +172,14 @@ func isCanonicalKey(k string) bool {
 	return true
 }
 
-// parsedResponse is what parseResponseHead allocates for a response, but its head's
-// string and header map.
+// parsedResponse is what parseResponse allocates for a response, but its head's string
+// and header map: the response, its body, the values of up to 8 fields, and the h1Body
+// the round trip wraps the body in.
 type parsedResponse struct {
 	resp   http.Response
 	body   lengthBody
-	values [8]string // the header values, for up to 8 fields
+	values [8]string
+	h1     h1Body
 }
 
 // lengthBody is a response body of a known length read from br: io.ErrUnexpectedEOF if

@@ -207,7 +207,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 			return nil, c.fail(ctx, stop, err)
 		}
 	}
-	resp, err := c.readResponse(ctx, req)
+	resp, pr, err := c.readResponse(ctx, req)
 	if err != nil {
 		c.close() // a body writer still running fails at once
 		if w != nil {
@@ -260,7 +260,15 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 		c.release(req, resp, w, stop, true)
 		return resp, nil
 	}
-	resp.Body = &h1Body{c: c, rc: resp.Body, req: req, resp: resp, w: w, stop: stop, ctx: ctx}
+	// The body comes with the response's other parts when there are.
+	var b *h1Body
+	if pr != nil {
+		b = &pr.h1
+	} else {
+		b = new(h1Body)
+	}
+	b.c, b.rc, b.req, b.resp, b.w, b.stop, b.ctx = c, resp.Body, req, resp, w, stop, ctx
+	resp.Body = b
 	return resp, nil
 }
 
@@ -335,26 +343,30 @@ func (c *h1Conn) release(req *http.Request, resp *http.Response, w *h1BodyWriter
 
 // readResponse reads the response head, passing 1xx informational responses to the
 // request's httptrace.ClientTrace (the reverse proxy forwards 100 and 103 through it).
-func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Response, error) {
+// The parsedResponse is the response's when parseResponse read it, else nil.
+func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Response, *parsedResponse, error) {
 	limit := c.h.p.maxHeaderBytes
 	c.readLimit = limit
 	if _, err := c.br.Peek(1); err != nil {
-		return nil, &h1NoResponse{err}
+		return nil, nil, &h1NoResponse{err}
 	}
 	var trace *httptrace.ClientTrace
 	traced := false
 	for {
-		resp, ok := parseResponseHead(c.br, req)
-		if !ok {
-			var err error
-			if resp, err = http.ReadResponse(c.br, req); err != nil {
-				return nil, err
-			}
+		pr, ok := parseResponse(c.br, req)
+		if ok {
+			// A final response (parseResponse takes no other).
+			c.readLimit = math.MaxInt64
+			return &pr.resp, pr, nil
+		}
+		resp, err := http.ReadResponse(c.br, req)
+		if err != nil {
+			return nil, nil, err
 		}
 		code := resp.StatusCode
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
 			c.readLimit = math.MaxInt64
-			return resp, nil
+			return resp, nil, nil
 		}
 		if !traced {
 			trace, traced = httptrace.ContextClientTrace(ctx), true
@@ -364,7 +376,7 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			// Whoever took the 1xx response limits how many it accepts.
 			c.readLimit = limit
