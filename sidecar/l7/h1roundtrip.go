@@ -370,6 +370,11 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 		}
 		if !traced {
 			trace, traced = httptrace.ContextClientTrace(ctx), true
+			if trace == nil {
+				if inf, ok := ctx.Value(informationalKey{}).(informational); ok {
+					trace = &httptrace.ClientTrace{Got1xxResponse: inf.got1xx}
+				}
+			}
 		}
 		if trace != nil && code == http.StatusContinue && trace.Got100Continue != nil {
 			trace.Got100Continue()
@@ -383,6 +388,15 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 		}
 	}
 }
+
+// informational takes the 1xx responses of a request whose context has no
+// httptrace.ClientTrace: its context's value for informationalKey{} (the proxy's state,
+// which saves a trace and a context per request that way).
+type informational interface {
+	got1xx(code int, header textproto.MIMEHeader) error
+}
+
+type informationalKey struct{}
 
 // h1Fast reports whether req is written by buildHead (and writeWithBody): no body or one of
 // a known length, no framing or trailers of its own, an ordinary request target and an

@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -176,18 +175,17 @@ type state struct {
 	route       *routed // the route that took the request; nil for none
 
 	// The forwarder's (forward.go).
-	ctx    context.Context       // the downstream request's, with its server span
-	info   httptrace.ClientTrace // forwards 1xx responses
-	mu     sync.Mutex            // orders got1xx against the end of the round trip
-	rtDone bool                  // the round trip returned: 1xx responses are ignored
-	url    url.URL               // the upstream request's
-	body   noCloseBody           // the upstream request's body
-	rid    [1]string             // a generated X-Request-Id
-	out    http.Request          // the upstream request
-	xff    [1]string             // X-Forwarded-For
-	xfp    [1]string             // X-Forwarded-Proto
-	te     [1]string             // TE
-	ua     [1]string             // the empty User-Agent
+	ctx    context.Context // the downstream request's, with its server span
+	mu     sync.Mutex      // orders got1xx against the end of the round trip
+	rtDone bool            // the round trip returned: 1xx responses are ignored
+	url    url.URL         // the upstream request's
+	body   noCloseBody     // the upstream request's body
+	rid    [1]string       // a generated X-Request-Id
+	out    http.Request    // the upstream request
+	xff    [1]string       // X-Forwarded-For
+	xfp    [1]string       // X-Forwarded-Proto
+	te     [1]string       // TE
+	ua     [1]string       // the empty User-Agent
 	// done is the response body deliver hands over (delivered: in use).
 	done      doneBody
 	delivered bool
