@@ -200,13 +200,16 @@ func printable(s string) bool {
 // client's forwarding headers. Values are shared with in, capacity-clipped so that an
 // append to them never writes into in's arrays.
 func upstreamHeader(in http.Header) http.Header {
-	var ct connTokens
+	// Made only when there is a Connection header: connTokens escapes (its list points
+	// into its own array).
+	var ct *connTokens
 	if v := in["Connection"]; len(v) > 0 {
+		ct = new(connTokens)
 		ct.parse(v)
 	}
 	out := make(http.Header, len(in)+3)
 	for k, vv := range in {
-		if hopHeader(k) || forwardedHeader(k) || (len(ct.list) > 0 && ct.names(k)) {
+		if hopHeader(k) || forwardedHeader(k) || (ct != nil && len(ct.list) > 0 && ct.names(k)) {
 			continue
 		}
 		out[k] = vv[:len(vv):len(vv)]
@@ -304,8 +307,7 @@ func (b *noCloseBody) Close() error {
 // has done its accounting.
 func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path string) (aborted bool) {
 	st.ctx = ctx
-	st.info.Got1xxResponse = st.got1xx
-	st.out = *r.WithContext(httptrace.WithClientTrace(st, &st.info))
+	st.out = *r.WithContext(st)
 	out := &st.out
 	st.url = *r.URL
 	out.URL = &st.url
@@ -349,6 +351,12 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 	if _, ok := out.Header["User-Agent"]; !ok {
 		// No User-Agent from the client: send none rather than Go's default.
 		out.Header["User-Agent"] = st.ua[:1:1]
+	}
+	// 1xx responses reach got1xx: from Ferry's HTTP/1.1 pool through the state (see
+	// informational), from net/http's transports through an httptrace.ClientTrace, as
+	// they do when the downstream context has a trace of its own to compose with.
+	if tr := st.t.transport; tr == nil || !tr.http1(out) || httptrace.ContextClientTrace(ctx) != nil {
+		st.out = *out.WithContext(httptrace.WithClientTrace(st, &httptrace.ClientTrace{Got1xxResponse: st.got1xx}))
 	}
 
 	res, err := roundTripper{h}.RoundTrip(out)
@@ -592,9 +600,11 @@ func (st *state) Done() <-chan struct{} { return st.ctx.Done() }
 // Err returns the error of the downstream request's context.
 func (st *state) Err() error { return st.ctx.Err() }
 
-// Value returns st for stateKey, else what the downstream request's context holds.
+// Value returns st for stateKey and informationalKey, else what the downstream request's
+// context holds.
 func (st *state) Value(key any) any {
-	if _, ok := key.(stateKey); ok {
+	switch key.(type) {
+	case stateKey, informationalKey:
 		return st
 	}
 	return st.ctx.Value(key)

@@ -18,6 +18,16 @@ import (
 // values are cut from, and ok. For anything else it consumes nothing and returns ok ==
 // false: http.ReadResponse reads it.
 func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, ok bool) {
+	pr, ok := parseResponse(br, req)
+	if !ok {
+		return nil, false
+	}
+	return &pr.resp, true
+}
+
+// parseResponse is parseResponseHead, returning the response in the parsedResponse it
+// allocates.
+func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok bool) {
 	if req.Method == http.MethodHead {
 		return nil, false
 	}
@@ -54,11 +64,18 @@ func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, o
 	fields := head[eol+1:]
 	n := bytes.Count(fields, []byte("\n"))
 	s := string(head) // the one allocation all strings below are cut from
-	resp := &http.Response{
+	// The response, its body and the values of a few fields in one allocation.
+	pr := &parsedResponse{resp: http.Response{
 		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: make(http.Header, n), Request: req, ContentLength: -1,
+	}}
+	resp := &pr.resp
+	var values []string
+	if n <= len(pr.values) {
+		values = pr.values[:n]
+	} else {
+		values = make([]string, n)
 	}
-	values := make([]string, n)
 	off := eol + 1
 	for off < len(head) {
 		i := bytes.IndexByte(head[off:], '\n')
@@ -130,9 +147,10 @@ func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, o
 	if length == 0 {
 		resp.Body = http.NoBody
 	} else {
-		resp.Body = &lengthBody{br: br, left: length}
+		pr.body = lengthBody{br: br, left: length}
+		resp.Body = &pr.body
 	}
-	return resp, true
+	return pr, true
 }
 
 // validFieldValueByte is textproto's: HTAB, SP, VCHAR and obs-text.
@@ -152,6 +170,16 @@ func isCanonicalKey(k string) bool {
 		upper = c == '-'
 	}
 	return true
+}
+
+// parsedResponse is what parseResponse allocates for a response, but its head's string
+// and header map: the response, its body, the values of up to 8 fields, and the h1Body
+// the round trip wraps the body in.
+type parsedResponse struct {
+	resp   http.Response
+	body   lengthBody
+	values [8]string
+	h1     h1Body
 }
 
 // lengthBody is a response body of a known length read from br: io.ErrUnexpectedEOF if

@@ -63,8 +63,9 @@ func (p *h1Pool) host(addr string) *h1Host {
 	return h.(*h1Host)
 }
 
-// get returns an idle connection to addr that is still open, or dials a new one.
-func (p *h1Pool) get(ctx context.Context, addr string) (*h1Conn, error) {
+// getUntil returns an idle connection to addr that is still open, or dials a new one, by
+// deadline if not zero: past it the dial is cancelled with cause.
+func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, cause error) (*h1Conn, error) {
 	h := p.host(addr)
 	for {
 		c := h.take()
@@ -75,6 +76,19 @@ func (p *h1Pool) get(ctx context.Context, addr string) (*h1Conn, error) {
 			return c, nil
 		}
 		c.close()
+	}
+	if !deadline.IsZero() {
+		d := time.Until(deadline)
+		if d <= 0 {
+			return nil, cause
+		}
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		t := time.AfterFunc(d, func() { cancel(cause) })
+		defer func() {
+			t.Stop()
+			cancel(nil) // the dial is over: the connection does not keep ctx
+		}()
 	}
 	conn, err := p.dial(ctx, addr)
 	if err != nil {
@@ -205,18 +219,26 @@ type h1Conn struct {
 	idleSince time.Time // when it was put in the idle list
 	closed    atomic.Bool
 
-	abortFn  func()                // c.abort, bound once: the cancellation callback
-	peekFn   func(fd uintptr) bool // c.peek, bound once: the liveness check
-	peekBuf  [1]byte
-	peekN    int
-	peekErr  error
-	peekDone bool
+	abortFn func() // c.abort, bound once: the cancellation callback
+	// The deadline of the round trip's response headers (h1Pool.roundTripUntil): a timer
+	// reused from one request to the next, armed by the round trip's goroutine only.
+	timer     *time.Timer
+	timeoutFn func() // c.timeout, bound once
+	armed     bool
+	timedOut  atomic.Bool           // the timer fired during this round trip
+	cause     error                 // what the round trip fails with when it does
+	peekFn    func(fd uintptr) bool // c.peek, bound once: the liveness check
+	peekBuf   [1]byte
+	peekN     int
+	peekErr   error
+	peekDone  bool
 }
 
 func newH1Conn(h *h1Host, conn net.Conn) *h1Conn {
 	c := &h1Conn{h: h, conn: conn, readLimit: math.MaxInt64}
 	c.br = bufio.NewReaderSize(c, 16<<10)
 	c.abortFn = c.abort
+	c.timeoutFn = c.timeout
 	inner := conn
 	if cc, ok := inner.(*countedConn); ok {
 		inner = cc.Conn

@@ -45,6 +45,15 @@ const maxWriteWait = 50 * time.Millisecond
 // use. A request on a reused connection that failed before anything of the response
 // arrived is sent again on another connection when that is safe, as http.Transport does.
 func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
+	return p.roundTripUntil(req, time.Time{}, nil)
+}
+
+// roundTripUntil is roundTrip with a deadline for the response headers (none if zero):
+// past it, the round trip fails with cause (errResponseTimeout, errPerTryTimeout), as it
+// does when the request's context is cancelled with that cause. The deadline is enforced
+// with a timer of the connection's, reused from one request to the next, rather than a
+// context per request.
+func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time, cause error) (*http.Response, error) {
 	if err := checkH1Request(req); err != nil {
 		closeRequestBody(req)
 		return nil, err
@@ -52,12 +61,12 @@ func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	addr := canonicalAddr(req.URL)
 	for {
-		c, err := p.get(ctx, addr)
+		c, err := p.getUntil(ctx, addr, deadline, cause)
 		if err != nil {
 			closeRequestBody(req)
 			return nil, err
 		}
-		resp, err := c.roundTrip(ctx, req)
+		resp, err := c.roundTrip(ctx, req, deadline, cause)
 		if err == nil {
 			return resp, nil
 		}
@@ -153,8 +162,9 @@ func canonicalAddr(u *url.URL) string {
 	return net.JoinHostPort(u.Hostname(), port)
 }
 
-// roundTrip sends req on c and reads the response headers. On failure c is closed.
-func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Response, error) {
+// roundTrip sends req on c and reads the response headers, by deadline if not zero (else
+// it fails with cause). On failure c is closed.
+func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time.Time, cause error) (*http.Response, error) {
 	fast := h1Fast(req)
 	if fast {
 		if err := c.buildHead(req); err != nil {
@@ -166,8 +176,14 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 		c.h.put(c)
 		return nil, err
 	}
-	// Cancellation fails the connection's blocked and future I/O; from here the
-	// connection is reused only if this is undone before it fires (stop() is true).
+	if !deadline.IsZero() && !c.arm(deadline, cause) {
+		// Nothing was sent: the connection is as good as before.
+		c.h.put(c)
+		return nil, cause
+	}
+	// Cancellation (and the deadline) fail the connection's blocked and future I/O; from
+	// here the connection is reused only if this is undone before it fires (stop() and
+	// disarm() are true).
 	stop := context.AfterFunc(ctx, c.abortFn)
 	start := c.written.Load()
 	c.writeFailed = false
@@ -191,7 +207,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 			return nil, c.fail(ctx, stop, err)
 		}
 	}
-	resp, err := c.readResponse(ctx, req)
+	resp, pr, err := c.readResponse(ctx, req)
 	if err != nil {
 		c.close() // a body writer still running fails at once
 		if w != nil {
@@ -216,6 +232,14 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 		}
 		return nil, c.fail(ctx, stop, err)
 	}
+	if !c.disarm() {
+		// The deadline passed as the headers arrived: the connection is being aborted.
+		c.close()
+		if w != nil {
+			w.result(maxWriteWait)
+		}
+		return nil, c.fail(ctx, stop, c.cause)
+	}
 	resp.TLS = c.tls
 	if resp.StatusCode == http.StatusSwitchingProtocols {
 		// The connection now belongs to the caller, whatever it switched to; the request
@@ -236,19 +260,68 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 		c.release(req, resp, w, stop, true)
 		return resp, nil
 	}
-	resp.Body = &h1Body{c: c, rc: resp.Body, req: req, resp: resp, w: w, stop: stop, ctx: ctx}
+	// The body comes with the response's other parts when there are.
+	var b *h1Body
+	if pr != nil {
+		b = &pr.h1
+	} else {
+		b = new(h1Body)
+	}
+	b.c, b.rc, b.req, b.resp, b.w, b.stop, b.ctx = c, resp.Body, req, resp, w, stop, ctx
+	resp.Body = b
 	return resp, nil
 }
 
 // fail closes c after a failed round trip and returns the error to report: the cause of
 // the cancellation, when the request was cancelled (as http.Transport reports it).
+// A deadline that passed is reported as its cause.
 func (c *h1Conn) fail(ctx context.Context, stop func() bool, err error) error {
 	stop()
+	fired := !c.disarm()
 	c.close()
 	if ctx.Err() != nil {
 		return context.Cause(ctx)
 	}
+	if fired || c.timedOut.Load() {
+		return c.cause
+	}
 	return err
+}
+
+// arm starts c's deadline timer for a round trip that fails with cause past it, reporting
+// false if deadline has passed already. Only the goroutine running the round trip arms
+// and disarms.
+func (c *h1Conn) arm(deadline time.Time, cause error) bool {
+	d := time.Until(deadline)
+	if d <= 0 {
+		return false
+	}
+	c.timedOut.Store(false)
+	c.cause = cause
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.timeoutFn)
+	} else {
+		c.timer.Reset(d)
+	}
+	c.armed = true
+	return true
+}
+
+// disarm stops c's deadline timer, reporting false if it fired (the connection is aborted
+// and must not be reused). It is true when the timer was not armed.
+func (c *h1Conn) disarm() bool {
+	if !c.armed {
+		return true
+	}
+	c.armed = false
+	return c.timer.Stop()
+}
+
+// timeout is what c's deadline timer runs: the round trip fails at once, as on
+// cancellation, and reports the cause it was armed with.
+func (c *h1Conn) timeout() {
+	c.timedOut.Store(true)
+	c.abort()
 }
 
 // release is the end of a round trip on c: c goes back to the pool when the response was
@@ -270,42 +343,60 @@ func (c *h1Conn) release(req *http.Request, resp *http.Response, w *h1BodyWriter
 
 // readResponse reads the response head, passing 1xx informational responses to the
 // request's httptrace.ClientTrace (the reverse proxy forwards 100 and 103 through it).
-func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Response, error) {
+// The parsedResponse is the response's when parseResponse read it, else nil.
+func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Response, *parsedResponse, error) {
 	limit := c.h.p.maxHeaderBytes
 	c.readLimit = limit
 	if _, err := c.br.Peek(1); err != nil {
-		return nil, &h1NoResponse{err}
+		return nil, nil, &h1NoResponse{err}
 	}
 	var trace *httptrace.ClientTrace
 	traced := false
 	for {
-		resp, ok := parseResponseHead(c.br, req)
-		if !ok {
-			var err error
-			if resp, err = http.ReadResponse(c.br, req); err != nil {
-				return nil, err
-			}
+		pr, ok := parseResponse(c.br, req)
+		if ok {
+			// A final response (parseResponse takes no other).
+			c.readLimit = math.MaxInt64
+			return &pr.resp, pr, nil
+		}
+		resp, err := http.ReadResponse(c.br, req)
+		if err != nil {
+			return nil, nil, err
 		}
 		code := resp.StatusCode
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
 			c.readLimit = math.MaxInt64
-			return resp, nil
+			return resp, nil, nil
 		}
 		if !traced {
 			trace, traced = httptrace.ContextClientTrace(ctx), true
+			if trace == nil {
+				if inf, ok := ctx.Value(informationalKey{}).(informational); ok {
+					trace = &httptrace.ClientTrace{Got1xxResponse: inf.got1xx}
+				}
+			}
 		}
 		if trace != nil && code == http.StatusContinue && trace.Got100Continue != nil {
 			trace.Got100Continue()
 		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			// Whoever took the 1xx response limits how many it accepts.
 			c.readLimit = limit
 		}
 	}
 }
+
+// informational takes the 1xx responses of a request whose context has no
+// httptrace.ClientTrace: its context's value for informationalKey{} (the proxy's state,
+// which saves a trace and a context per request that way).
+type informational interface {
+	got1xx(code int, header textproto.MIMEHeader) error
+}
+
+type informationalKey struct{}
 
 // h1Fast reports whether req is written by buildHead (and writeWithBody): no body or one of
 // a known length, no framing or trailers of its own, an ordinary request target and an

@@ -13,7 +13,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -176,18 +175,17 @@ type state struct {
 	route       *routed // the route that took the request; nil for none
 
 	// The forwarder's (forward.go).
-	ctx    context.Context       // the downstream request's, with its server span
-	info   httptrace.ClientTrace // forwards 1xx responses
-	mu     sync.Mutex            // orders got1xx against the end of the round trip
-	rtDone bool                  // the round trip returned: 1xx responses are ignored
-	url    url.URL               // the upstream request's
-	body   noCloseBody           // the upstream request's body
-	rid    [1]string             // a generated X-Request-Id
-	out    http.Request          // the upstream request
-	xff    [1]string             // X-Forwarded-For
-	xfp    [1]string             // X-Forwarded-Proto
-	te     [1]string             // TE
-	ua     [1]string             // the empty User-Agent
+	ctx    context.Context // the downstream request's, with its server span
+	mu     sync.Mutex      // orders got1xx against the end of the round trip
+	rtDone bool            // the round trip returned: 1xx responses are ignored
+	url    url.URL         // the upstream request's
+	body   noCloseBody     // the upstream request's body
+	rid    [1]string       // a generated X-Request-Id
+	out    http.Request    // the upstream request
+	xff    [1]string       // X-Forwarded-For
+	xfp    [1]string       // X-Forwarded-Proto
+	te     [1]string       // TE
+	ua     [1]string       // the empty User-Agent
 	// done is the response body deliver hands over (delivered: in use).
 	done      doneBody
 	delivered bool
@@ -342,15 +340,22 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	h.prepare(req, st, ep, 1)
 	span := h.startAttempt(down, st.span, req, t.name, ep.Address, 1)
 	ep.Begin()
-	var timer *time.Timer
-	if to := t.requestTimeout(req); to > 0 {
-		ctx, cancel := context.WithCancelCause(down)
-		timer = time.AfterFunc(to, func() { cancel(errResponseTimeout) })
-		req = req.WithContext(ctx)
-	}
-	resp, err := t.transport.RoundTrip(req)
-	if timer != nil {
-		timer.Stop()
+	var resp *http.Response
+	if to := t.requestTimeout(req); to > 0 && t.transport.http1(req) {
+		// Ferry's HTTP/1.1 pool enforces the timeout with a timer of the connection's,
+		// without a context and a timer per request.
+		resp, err = t.transport.h1.roundTripUntil(req, time.Now().Add(to), errResponseTimeout)
+	} else {
+		var timer *time.Timer
+		if to > 0 {
+			ctx, cancel := context.WithCancelCause(down)
+			timer = time.AfterFunc(to, func() { cancel(errResponseTimeout) })
+			req = req.WithContext(ctx)
+		}
+		resp, err = t.transport.RoundTrip(req)
+		if timer != nil {
+			timer.Stop()
+		}
 	}
 	if err != nil {
 		ep.Done(failure(err, down))
@@ -411,7 +416,9 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		treq, tctx := req, down
 		var cancelTry context.CancelCauseFunc
 		var timer *time.Timer
-		if limit > 0 {
+		// Ferry's HTTP/1.1 pool enforces the try's limit with a timer of the connection's.
+		h1 := limit > 0 && t.transport.http1(req)
+		if limit > 0 && !h1 {
 			tctx, cancelTry = context.WithCancelCause(down)
 			timer = time.AfterFunc(limit, func() { cancelTry(cause) })
 			treq = req.WithContext(tctx)
@@ -427,7 +434,18 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		h.prepare(treq, st, ep, n)
 		span := h.startAttempt(down, st.span, treq, t.name, ep.Address, n)
 		ep.Begin()
-		resp, err := t.transport.RoundTrip(treq)
+		var resp *http.Response
+		if h1 {
+			resp, err = t.transport.h1.roundTripUntil(treq, time.Now().Add(limit), cause)
+			if err == cause {
+				// Timed out: the try's context is what it would have been with a timer
+				// of its own, for the conditions and the classification below.
+				tctx, cancelTry = context.WithCancelCause(down)
+				cancelTry(cause)
+			}
+		} else {
+			resp, err = t.transport.RoundTrip(treq)
+		}
 		if timer != nil {
 			timer.Stop()
 		}
