@@ -230,22 +230,23 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	}
 	req.ContentLength = 0
 	if sawCL {
+		// Values are trimmed already but for a space a fold can leave at the end.
 		cl := h["Content-Length"]
+		first := textproto.TrimString(cl[0])
 		if len(cl) > 1 {
 			for _, v := range cl[1:] {
-				if v != cl[0] {
+				if textproto.TrimString(v) != first {
 					return nil, false, badRequest("http: message cannot contain multiple Content-Length headers")
 				}
 			}
-			cl = cl[:1:1]
-			h["Content-Length"] = cl
+			h["Content-Length"] = []string{first}
 		}
-		if cl[0] == "" {
+		if first == "" {
 			return nil, false, badRequest(`invalid empty Content-Length ""`)
 		}
-		n, err := strconv.ParseUint(cl[0], 10, 63)
+		n, err := strconv.ParseUint(first, 10, 63)
 		if err != nil {
-			return nil, false, badRequest(requestErrorText(fmt.Errorf("bad Content-Length %q", cl[0])))
+			return nil, false, badRequest(requestErrorText(fmt.Errorf("bad Content-Length %q", first)))
 		}
 		req.ContentLength = int64(n)
 	}

@@ -290,6 +290,15 @@ var parseRequestCases = []struct {
 	{"pragma no-cache", "GET / HTTP/1.1\r\nHost: x\r\nPragma: no-cache\r\n\r\n", 0},
 	{"pragma with cache-control", "GET / HTTP/1.1\r\nHost: x\r\nPragma: no-cache\r\nCache-Control: max-age=1\r\n\r\n", 0},
 	{"long header section", "GET / HTTP/1.1\r\nHost: x\r\n" + strings.Repeat("X-Long: "+strings.Repeat("v", 100)+"\r\n", 60) + "\r\n", 0},
+	{"folded content length", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n \r\n\r\nabc", 0},
+	{"folded duplicate content lengths", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n \r\nContent-Length: 3\r\n\r\nabc", 0},
+	{"folded content length digits", "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n 4\r\n\r\nabcd", 400},
+	{"folded transfer-encoding", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n \r\n\r\n0\r\n\r\n", 501},
+	{"folded connection", "GET / HTTP/1.0\r\nConnection: keep-alive\r\n \r\n\r\n", 0},
+	{"folded pragma", "GET / HTTP/1.1\r\nHost: x\r\nPragma: no-cache\r\n \r\n\r\n", 0},
+	{"folded trailer", "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTrailer: X-A,\r\n X-B\r\n\r\n0\r\nX-A: 1\r\n\r\n", 0},
+	{"folded host on 1.0", "GET / HTTP/1.0\r\nHost: a\r\n b\r\n\r\n", 0},
+	{"spaced name Host on 1.0", "GET / HTTP/1.0\r\nHost : a\r\n\r\n", 400},
 	{"guard: TE with CL mixed case", "POST / HTTP/1.1\r\nHost: x\r\ntransfer-ENCODING: chunked\r\ncontent-length: 1\r\n\r\n0\r\n\r\n", 0},
 }
 
