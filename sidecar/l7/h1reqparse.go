@@ -253,7 +253,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	if chunked {
 		delete(h, "Content-Length")
 		req.ContentLength = -1
-		req.TransferEncoding = chunkedEncoding
+		req.TransferEncoding = []string{"chunked"} // the request's own: a handler may change it
 		if sawTrailer {
 			t, err := declaredTrailer(h)
 			if err != nil {
@@ -291,8 +291,6 @@ type headField struct {
 	folded         bool
 	fold           []byte // the value joined with its continuation lines
 }
-
-var chunkedEncoding = []string{"chunked"}
 
 var errIncompleteRequest = &h1Error{status: http.StatusBadRequest, msg: "incomplete request"}
 
