@@ -176,7 +176,10 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	req.URL = &a.url
 
 	h := make(http.Header, len(fields))
-	values := make([]string, len(fields))
+	values := a.values[:]
+	if len(fields) > len(values) {
+		values = make([]string, len(fields))
+	}
 	for i := range fields {
 		f := &fields[i]
 		k := s[f.k0:f.k1]
@@ -279,10 +282,12 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	return req, sawTE && (sawCL || http10), nil
 }
 
-// requestAlloc holds a request and its URL in one allocation.
+// requestAlloc holds a request, its URL and the values of a typical header in one
+// allocation.
 type requestAlloc struct {
-	req http.Request
-	url url.URL
+	req    http.Request
+	url    url.URL
+	values [8]string
 }
 
 // headField is a header field of the head being parsed: offsets into its copy.
