@@ -73,7 +73,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 		sawPragma    bool
 		folded       bool
 	)
-	firstField := true
+	firstField, complete := true, false
 	pos := eol + 1
 	for pos < len(buf) {
 		eol = bytes.IndexByte(buf[pos:], '\n')
@@ -84,7 +84,8 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 		l0, l1 := pos, pos+len(trimEOL(buf[pos:eol]))
 		pos = eol + 1
 		if l0 == l1 {
-			break // the empty line
+			complete = true // the empty line
+			break
 		}
 		c := buf[l0]
 		if c == ' ' || c == '\t' {
@@ -132,6 +133,9 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 		case "Pragma":
 			sawPragma = true
 		}
+	}
+	if !complete {
+		return nil, false, errIncompleteRequest
 	}
 	if folded {
 		// textproto checks a folded value as a whole (a bare CR is in neither the value

@@ -322,6 +322,16 @@ func TestParseRequestCases(t *testing.T) {
 	}
 }
 
+// TestParseRequestHeadIncomplete checks that a section without its empty line is refused
+// (the server only passes complete ones).
+func TestParseRequestHeadIncomplete(t *testing.T) {
+	for _, in := range []string{"", "GET / HTTP/1.1", "GET / HTTP/1.1\r\n", "GET / HTTP/1.1\r\nHost: x\r\n", "GET / HTTP/1.1\r\nHost: x"} {
+		if _, _, err := parseRequestHead([]byte(in)); err != errIncompleteRequest {
+			t.Errorf("parseRequestHead(%q) = %v, want %v", in, err, errIncompleteRequest)
+		}
+	}
+}
+
 // TestParseRequestFields spells out what some heads must give, independently of the
 // oracle.
 func TestParseRequestFields(t *testing.T) {
