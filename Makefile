@@ -85,6 +85,7 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzParseWithOverlay$$' -fuzztime=25000x ./sidecar/config/
 	$(GO) test -run='^$$' -fuzz='^FuzzGuardScan$$' -fuzztime=50000x ./sidecar/l7/
 	$(GO) test -run='^$$' -fuzz='^FuzzH1ServerRequest$$' -fuzztime=50000x ./sidecar/l7/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseRequestHead$$' -fuzztime=50000x ./sidecar/l7/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseResponseHead$$' -fuzztime=50000x ./sidecar/l7/
 	$(GO) test -run='^$$' -fuzz='^FuzzPath$$' -fuzztime=500000x ./policy/normalize/
 	$(GO) test -run='^$$' -fuzz='^FuzzAccess$$' -fuzztime=30000x ./policy/

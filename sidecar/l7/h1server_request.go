@@ -5,76 +5,36 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httputil"
 	"strings"
 	"sync"
-
-	"golang.org/x/net/http/httpguts"
 )
 
 // parseRequest parses the request whose header section hdr (ending with its empty line)
-// is at the front of br, with the checks net/http's server adds to http.ReadRequest. It
-// also reports ambiguous framing (Transfer-Encoding with Content-Length, or on HTTP/1.0),
-// which net/http accepts and the Handler refuses. A request the server must refuse comes
-// back as an *h1Error.
+// is at the front of br (see parseRequestHead), consumes the section and sets the body to
+// read the rest from br as http.ReadRequest would. It also reports ambiguous framing
+// (Transfer-Encoding with Content-Length, or on HTTP/1.0), which net/http accepts and the
+// Handler refuses. A request the server must refuse comes back as an *h1Error.
 func parseRequest(br *bufio.Reader, hdr []byte) (*http.Request, bool, error) {
-	conflict := framingConflict(hdr)
-	req, err := http.ReadRequest(br)
+	req, conflict, err := parseRequestHead(hdr)
 	if err != nil {
-		if strings.Contains(err.Error(), "unsupported transfer encoding") {
-			return nil, false, &h1Error{status: http.StatusNotImplemented, msg: "unsupported transfer encoding"}
-		}
-		return nil, false, &h1Error{status: http.StatusBadRequest, msg: requestErrorText(err)}
+		return nil, false, err
 	}
-	if req.ProtoMajor != 1 {
-		return nil, false, &h1Error{status: http.StatusHTTPVersionNotSupported, msg: "unsupported protocol version"}
+	if _, err := br.Discard(len(hdr)); err != nil {
+		return nil, false, err
 	}
-	// http.ReadRequest removes the Host header field: count it in the raw section.
-	hosts, host := hostFields(hdr)
 	switch {
-	case req.ProtoAtLeast(1, 1) && hosts == 0 && req.Method != http.MethodConnect:
-		return nil, false, &h1Error{status: http.StatusBadRequest, msg: "missing required Host header"}
-	case hosts > 1:
-		return nil, false, &h1Error{status: http.StatusBadRequest, msg: "too many Host headers"}
-	case hosts == 1 && !httpguts.ValidHostHeader(host):
-		return nil, false, &h1Error{status: http.StatusBadRequest, msg: "malformed Host header"}
-	}
-	for k, vv := range req.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return nil, false, &h1Error{status: http.StatusBadRequest, msg: "invalid header name"}
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return nil, false, &h1Error{status: http.StatusBadRequest, msg: "invalid header value"}
-			}
-		}
+	case req.ContentLength < 0: // chunked
+		req.Body = &reqChunkedBody{br: br, src: httputil.NewChunkedReader(br), req: req}
+	case req.ContentLength > 0:
+		req.Body = &reqLengthBody{lr: io.LimitedReader{R: br, N: req.ContentLength}}
+	default:
+		req.Body = http.NoBody
 	}
 	return req, conflict, nil
 }
 
-// hostFields counts the Host header fields of a header section and returns the value of
-// the last one.
-func hostFields(hdr []byte) (n int, value string) {
-	first := true
-	for len(hdr) > 0 {
-		line := hdr
-		if i := indexByte(hdr, '\n'); i >= 0 {
-			line, hdr = hdr[:i], hdr[i+1:]
-		} else {
-			hdr = nil
-		}
-		if first {
-			first = false
-			continue
-		}
-		if len(line) >= 5 && strings.EqualFold(string(line[:5]), "host:") {
-			n++
-			value = strings.Trim(string(line[5:]), " \t\r")
-		}
-	}
-	return n, value
-}
-
-// requestErrorText is the detail given for a request http.ReadRequest refused.
+// requestErrorText is the detail given for a request target or field the parser refused.
 func requestErrorText(err error) string {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return "incomplete request"
@@ -84,20 +44,6 @@ func requestErrorText(err error) string {
 		s = s[:120]
 	}
 	return strings.ToValidUTF8(s, "?")
-}
-
-var scannerPool = sync.Pool{New: func() any { return new(guardConn) }}
-
-// framingConflict runs the framing guard's scanner (see guardConn) over a complete header
-// section.
-func framingConflict(hdr []byte) bool {
-	g := scannerPool.Get().(*guardConn)
-	g.scanning, g.line, g.lineLen, g.sawCL, g.sawTE, g.http10, g.colonFound = true, 0, 0, false, false, false, false
-	g.conflict.Store(false)
-	g.scan(hdr)
-	conflict := g.conflict.Load()
-	scannerPool.Put(g)
-	return conflict
 }
 
 // h1body is the request body handed to the handler: it answers Expect: 100-continue on
