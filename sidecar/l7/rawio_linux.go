@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"unsafe"
 )
@@ -27,8 +28,8 @@ import (
 // and deadlines and Close work as with the plain methods.
 //
 // The result keeps *net.TCPConn's other methods (CloseWrite, SyscallConn, ReadFrom,
-// SetDeadline...). Read and Write may be called concurrently with each other and with
-// Close, but not each with itself, as with any net.Conn used by one reader and one writer.
+// SetDeadline...) and is, like any net.Conn, safe for concurrent use: concurrent Reads
+// (or Writes) take turns, as they do on the file descriptor's own lock.
 func WithRawIO(c net.Conn) net.Conn {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
@@ -45,15 +46,17 @@ func WithRawIO(c net.Conn) net.Conn {
 }
 
 // rawTCPConn is WithRawIO's connection. The callbacks are bound once and their arguments
-// and results travel in fields, so a call allocates nothing.
+// and results travel in fields (guarded by rmu and wmu), so a call allocates nothing.
 type rawTCPConn struct {
 	*net.TCPConn
 	rc syscall.RawConn
 
+	rmu     sync.Mutex
 	rbuf    []byte
 	rn      int
 	rerr    syscall.Errno
 	readFn  func(fd uintptr) bool
+	wmu     sync.Mutex
 	wbuf    []byte
 	wn      int
 	werr    syscall.Errno
@@ -65,10 +68,12 @@ func (c *rawTCPConn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
 	c.rbuf, c.rn, c.rerr = p, 0, 0
 	err := c.rc.Read(c.readFn)
 	n, errno := c.rn, c.rerr
 	c.rbuf = nil
+	c.rmu.Unlock()
 	runtime.KeepAlive(p)
 	switch {
 	case err != nil:
@@ -105,10 +110,12 @@ func (c *rawTCPConn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.wmu.Lock()
 	c.wbuf, c.wn, c.werr = p, 0, 0
 	err := c.rc.Write(c.writeFn)
 	n, errno := c.wn, c.werr
 	c.wbuf = nil
+	c.wmu.Unlock()
 	runtime.KeepAlive(p)
 	switch {
 	case err != nil:
