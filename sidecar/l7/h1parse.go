@@ -76,6 +76,11 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 	} else {
 		values = make([]string, n)
 	}
+	// Up to len(seen) keys are checked for repeats against the ones before them, not with a
+	// map lookup; the map is consulted only for a repeated key or a longer head.
+	var seen [16]string
+	nseen := 0
+	cl := ""
 	off := eol + 1
 	for off < len(head) {
 		i := bytes.IndexByte(head[off:], '\n')
@@ -88,18 +93,28 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
 			return nil, false // continuation lines and the like
 		}
-		colon := bytes.IndexByte(line, ':')
+		// The name: token bytes up to the colon, noting whether it is canonical on the way.
+		colon, canonical, upper := -1, true, true
+		for j, c := range line {
+			if c == ':' {
+				colon = j
+				break
+			}
+			cls := byteClass[c]
+			if cls&cToken == 0 {
+				return nil, false
+			}
+			if upper && cls&cLower != 0 || !upper && cls&cUpper != 0 {
+				canonical = false
+			}
+			upper = c == '-'
+		}
 		if colon <= 0 {
 			return nil, false
 		}
-		for _, c := range line[:colon] {
-			if !httpguts.IsTokenRune(rune(c)) {
-				return nil, false
-			}
-		}
 		vs, ve := colon+1, len(line)
 		for _, c := range line[vs:] {
-			if !validFieldValueByte(c) {
+			if byteClass[c]&cValue == 0 {
 				return nil, false
 			}
 		}
@@ -110,33 +125,49 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 			ve--
 		}
 		key := s[lineStart : lineStart+colon]
-		if !isCanonicalKey(key) {
+		if !canonical {
 			key = textproto.CanonicalMIMEHeaderKey(key)
 		}
+		value := s[lineStart+vs : lineStart+ve]
 		switch key {
 		case "Transfer-Encoding", "Trailer", "Pragma":
 			return nil, false
+		case "Connection":
+			if containsToken([]string{value}, "close") {
+				return nil, false
+			}
 		}
-		value := s[lineStart+vs : lineStart+ve]
-		if vv, dup := resp.Header[key]; dup {
+		dup := false
+		if nseen < len(seen) {
+			for _, k := range seen[:nseen] {
+				if k == key {
+					dup = true
+					break
+				}
+			}
+			seen[nseen] = key
+			nseen++
+		} else {
+			_, dup = resp.Header[key]
+		}
+		if dup {
 			if key == "Content-Length" {
 				return nil, false
 			}
-			resp.Header[key] = append(vv, value)
+			resp.Header[key] = append(resp.Header[key], value)
 			continue
+		}
+		if key == "Content-Length" {
+			cl = value
 		}
 		values[0] = value
 		resp.Header[key], values = values[:1:1], values[1:]
 	}
-	if httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "close") {
-		return nil, false
-	}
-	cl := resp.Header["Content-Length"]
-	if len(cl) != 1 || len(cl[0]) == 0 || len(cl[0]) > 18 {
+	if len(cl) == 0 || len(cl) > 18 {
 		return nil, false
 	}
 	var length int64
-	for _, c := range []byte(cl[0]) {
+	for _, c := range []byte(cl) {
 		if c < '0' || c > '9' {
 			return nil, false
 		}
@@ -153,21 +184,53 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 	return pr, true
 }
 
-// validFieldValueByte is textproto's: HTAB, SP, VCHAR and obs-text.
-func validFieldValueByte(c byte) bool {
-	return c == '\t' || c >= ' ' && c != 0x7f
-}
+// Classes of bytes in byteClass.
+const (
+	cToken = 1 << iota // tchar (RFC 9110 §5.6.2): a byte of a field name
+	cValue             // a byte of a field value as textproto takes it: HTAB, SP, VCHAR, obs-text
+	cUpper             // 'A' to 'Z'
+	cLower             // 'a' to 'z'
+)
 
-// isCanonicalKey reports whether textproto.CanonicalMIMEHeaderKey(k) == k for a key of
-// token bytes: upper case first and after each dash, lower case elsewhere.
-func isCanonicalKey(k string) bool {
-	upper := true
+// byteClass holds the classes of each byte, so that a head's bytes are checked with one
+// table load each. It is never written after initialization.
+var byteClass = func() (t [256]uint8) {
+	for c := 0; c < 256; c++ {
+		if c < 0x80 && httpguts.IsTokenRune(rune(c)) {
+			t[c] |= cToken
+		}
+		if c == '\t' || c >= ' ' && c != 0x7f {
+			t[c] |= cValue
+		}
+		if 'A' <= c && c <= 'Z' {
+			t[c] |= cUpper
+		}
+		if 'a' <= c && c <= 'z' {
+			t[c] |= cLower
+		}
+	}
+	return t
+}()
+
+// validFieldName is httpguts.ValidHeaderFieldName: a non-empty token.
+func validFieldName(k string) bool {
+	if k == "" {
+		return false
+	}
 	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+		if byteClass[k[i]]&cToken == 0 {
 			return false
 		}
-		upper = c == '-'
+	}
+	return true
+}
+
+// validFieldValue is httpguts.ValidHeaderFieldValue: no control bytes but HTAB.
+func validFieldValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if byteClass[v[i]]&cValue == 0 {
+			return false
+		}
 	}
 	return true
 }
