@@ -66,7 +66,8 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	var (
 		spacedName   bool // a name with a space: http.ReadRequest takes it, net/http's server does not
 		hosts        int
-		host0, host1 int // the raw value of the last Host line, for the server's syntax check
+		hostField    = -1 // the index in fields of the Host line
+		host0, host1 int  // the raw value of the last Host line, for the server's syntax check
 		sawCL, sawTE bool
 		sawConn      bool
 		sawTrailer   bool
@@ -121,6 +122,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 		switch string(buf[k0:k1]) {
 		case "Host":
 			hosts++
+			hostField = len(fields) - 1
 			host0, host1 = k1+1, eol
 		case "Content-Length":
 			sawCL = true
@@ -184,6 +186,11 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	if len(fields) > len(values) {
 		values = make([]string, len(fields))
 	}
+	// The Host line (one at most, checked above) becomes req.Host and never enters the
+	// map, which http.ReadRequest would delete it from. A repeated name is found by
+	// comparing with the names of up to dupScan lines before it, then with a map lookup.
+	const dupScan = 24
+	hostValue := ""
 	for i := range fields {
 		f := &fields[i]
 		k := s[f.k0:f.k1]
@@ -193,8 +200,23 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 			// when the first line's value is empty.
 			v = string(bytes.TrimLeft(f.fold, " \t"))
 		}
-		if vv, ok := h[k]; ok {
-			h[k] = append(vv, v)
+		if i == hostField {
+			hostValue = v
+			continue
+		}
+		dup := false
+		if i < dupScan {
+			for j := range fields[:i] {
+				if g := &fields[j]; j != hostField && g.k1-g.k0 == len(k) && s[g.k0:g.k1] == k {
+					dup = true
+					break
+				}
+			}
+		} else {
+			_, dup = h[k]
+		}
+		if dup {
+			h[k] = append(h[k], v)
 		} else {
 			values[i] = v
 			h[k] = values[i : i+1 : i+1]
@@ -204,7 +226,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 
 	req.Host = req.URL.Host
 	if req.Host == "" && hosts > 0 {
-		req.Host = h["Host"][0]
+		req.Host = hostValue
 	}
 	if sawPragma {
 		if hp := h["Pragma"]; len(hp) > 0 && hp[0] == "no-cache" {
@@ -282,7 +304,6 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	case spacedName:
 		return nil, false, badRequest("invalid header name")
 	}
-	delete(h, "Host")
 	return req, sawTE && (sawCL || http10), nil
 }
 
@@ -404,14 +425,7 @@ func isTokenBytes(b []byte) bool {
 
 // validValueBytes reports whether v holds no control byte but HTAB (obs-text is allowed),
 // as textproto and httpguts.ValidHeaderFieldValue check field values.
-func validValueBytes(v []byte) bool {
-	for _, c := range v {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
+func validValueBytes(v []byte) bool { return validFieldValueBytes(v) }
 
 // pathByte reports the bytes a request path may hold for url.ParseRequestURI to take it
 // as it is (Path equal to the target's path, no RawPath): unreserved and sub-delims that
