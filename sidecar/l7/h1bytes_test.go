@@ -2,6 +2,7 @@ package l7
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -65,6 +66,29 @@ func TestKnownKeysCanonical(t *testing.T) {
 	for _, k := range []string{"server", "ETag", "content-length", "X-Other"} {
 		if knownKey(k) {
 			t.Errorf("knownKey(%q) = true, want false", k)
+		}
+	}
+}
+
+func TestParseContentLength(t *testing.T) {
+	for _, v := range []string{"0", "5", "123456789012345678", "1234567890123456789", "9223372036854775807",
+		"9223372036854775808", "+5", "-1", "-0", "", " 5", "5 ", "0x10", "１"} {
+		n, err := strconv.ParseInt(v, 10, 64)
+		wantOK := err == nil && n >= 0
+		got, ok := parseContentLength(v)
+		if ok != wantOK || ok && got != n {
+			t.Errorf("parseContentLength(%q) = %d, %v, want %d, %v", v, got, ok, n, wantOK)
+		}
+	}
+}
+
+func TestKeyAfter(t *testing.T) {
+	keys := []string{"", "A", "Age", "B", "Content-Length", "Content-Type", "Date", "a", "\xff"}
+	for _, a := range keys {
+		for _, b := range keys {
+			if got, want := keyAfter(a, b), a > b; got != want {
+				t.Errorf("keyAfter(%q, %q) = %v, want %v", a, b, got, want)
+			}
 		}
 	}
 }

@@ -91,12 +91,32 @@ func (w *h1response) WriteHeader(code int) {
 	}
 	w.wroteHeader, w.status = true, code
 	if cl := hget(w.header, "Content-Length"); cl != "" {
-		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+		if n, ok := parseContentLength(cl); ok {
 			w.declared = n
 		} else {
 			w.header.Del("Content-Length") // net/http drops an invalid one too
 		}
 	}
+}
+
+// parseContentLength is a Content-Length value as WriteHeader takes it: what
+// strconv.ParseInt(v, 10, 64) makes of it, if that is not negative; plain digits (the usual
+// case) are read without it.
+func parseContentLength(v string) (int64, bool) {
+	if len(v) > 0 && len(v) <= 18 {
+		var n int64
+		for i := 0; i < len(v); i++ {
+			c := v[i]
+			if c < '0' || c > '9' {
+				goto slow
+			}
+			n = n*10 + int64(c-'0')
+		}
+		return n, true
+	}
+slow:
+	n, err := strconv.ParseInt(v, 10, 64)
+	return n, err == nil && n >= 0
 }
 
 // writeContinue sends 100 Continue, if the final response has not started. Called when
@@ -497,11 +517,20 @@ func sortFields(keys []string, vals [][]string) {
 	for i := 1; i < len(keys); i++ {
 		k, v := keys[i], vals[i]
 		j := i
-		for ; j > 0 && keys[j-1] > k; j-- {
+		for ; j > 0 && keyAfter(keys[j-1], k); j-- {
 			keys[j], vals[j] = keys[j-1], vals[j-1]
 		}
 		keys[j], vals[j] = k, v
 	}
+}
+
+// keyAfter reports a > b, deciding on the first bytes without a call to the string
+// comparison when they differ (as they usually do between header names).
+func keyAfter(a, b string) bool {
+	if len(a) > 0 && len(b) > 0 && a[0] != b[0] {
+		return a[0] > b[0]
+	}
+	return a > b
 }
 
 // fieldSorter sorts header keys with their values.
