@@ -119,20 +119,23 @@ func removeHopByHop(h http.Header) {
 }
 
 // delConnectionNamed removes from each of hs the headers the Connection header values conn
-// name (but the hop-by-hop ones, which are removed by name).
-func delConnectionNamed(conn []string, hs ...http.Header) {
+// name (but the hop-by-hop ones, which are removed by name). It reports whether conn
+// named any other header (whether or not hs had it).
+func delConnectionNamed(conn []string, hs ...http.Header) (named bool) {
 	if len(conn) == 0 {
-		return
+		return false
 	}
 	var ct connTokens
 	ct.parse(conn)
 	for _, t := range ct.list {
 		if !hopToken(t) {
+			named = true
 			for _, h := range hs {
 				h.Del(t)
 			}
 		}
 	}
+	return named
 }
 
 // hopToken reports whether the Connection token t names a hop-by-hop header (hopHeader),
@@ -442,6 +445,9 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		return false
 	}
 	dst := st.Header()
+	// The response's Content-Type, when the copy below learned it (ctKnown).
+	var ctype []string
+	ctKnown := false
 	if st.route == nil && len(dst) == 0 {
 		// Nothing in between and nothing to merge with: the hop-by-hop headers are left
 		// out while copying (res.Header keeps them but for those Connection names).
@@ -453,9 +459,12 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 				}
 				continue
 			}
+			if k == "Content-Type" {
+				ctype = vv
+			}
 			dst[k] = vv
 		}
-		delConnectionNamed(conn, res.Header, dst)
+		ctKnown = !delConnectionNamed(conn, res.Header, dst)
 	} else {
 		removeHopByHop(res.Header)
 		if st.route != nil {
@@ -479,7 +488,12 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		dst.Add("Trailer", strings.Join(keys, ", "))
 	}
 	st.WriteHeader(res.StatusCode)
-	stream := streaming(res)
+	var stream bool
+	if ctKnown {
+		stream = streamingType(res.ContentLength, ctype)
+	} else {
+		stream = streaming(res)
+	}
 	if stream {
 		// The header goes out now, even if the first bytes of the body take a while.
 		st.flush()
@@ -519,7 +533,14 @@ func streaming(res *http.Response) bool {
 	if res.ContentLength == -1 {
 		return true
 	}
-	ct := res.Header["Content-Type"]
+	return streamingType(res.ContentLength, res.Header["Content-Type"])
+}
+
+// streamingType is streaming for a response of length n with Content-Type values ct.
+func streamingType(n int64, ct []string) bool {
+	if n == -1 {
+		return true
+	}
 	if len(ct) == 0 {
 		return false
 	}
