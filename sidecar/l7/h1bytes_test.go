@@ -1,7 +1,10 @@
 package l7
 
 import (
+	"bufio"
+	"fmt"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -90,5 +93,86 @@ func TestKeyAfter(t *testing.T) {
 				t.Errorf("keyAfter(%q, %q) = %v, want %v", a, b, got, want)
 			}
 		}
+	}
+}
+
+// TestParseResponseLongHeads covers heads past what parseResponse tracks on its stack (16
+// names checked for repeats by comparison, 24 line ends): what it accepts must read as
+// http.ReadResponse reads it, and what ReadResponse refuses it must decline.
+func TestParseResponseLongHeads(t *testing.T) {
+	fields := func(n int, extra ...string) string {
+		var b strings.Builder
+		b.WriteString("HTTP/1.1 200 OK\r\n")
+		for i := range n {
+			fmt.Fprintf(&b, "X-F%d: v%d\r\n", i, i)
+		}
+		for _, e := range extra {
+			b.WriteString(e + "\r\n")
+		}
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name   string
+		head   string
+		wantOK bool
+	}{
+		{"30 fields", fields(30, "Content-Length: 2"), true},
+		{"repeat of the first past 16", fields(20, "X-F0: again", "Content-Length: 2"), true},
+		{"repeat of the 20th past 24", fields(26, "X-F19: again", "x-f19: third", "Content-Length: 2"), true},
+		{"repeated Content-Length past 24", fields(25, "Content-Length: 2", "Content-Length: 2"), false},
+		{"Connection: close past 24", fields(25, "Content-Length: 2", "connection: keep-alive, Close"), false},
+		{"bare LF past 24", fields(25, "Content-Length: 2", "X-Bad: a\nX-More: b"), false},
+		{"Transfer-Encoding past 16", fields(17, "Content-Length: 2", "transfer-encoding: chunked"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.head + "\r\nok"
+			req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+			br := bufio.NewReaderSize(strings.NewReader(in), 4096)
+			_, _ = br.Peek(1) // parseResponseHead reads what is buffered
+			got, ok := parseResponseHead(br, req)
+			if ok != tc.wantOK {
+				t.Fatalf("parseResponseHead() ok = %v, want %v", ok, tc.wantOK)
+			}
+			if !ok {
+				return
+			}
+			want, err := http.ReadResponse(bufio.NewReaderSize(strings.NewReader(in), 4096), req)
+			if err != nil {
+				t.Fatalf("http.ReadResponse() = %v, want it to take what parseResponseHead took", err)
+			}
+			if !reflect.DeepEqual(got.Header, want.Header) || got.ContentLength != want.ContentLength {
+				t.Errorf("parseResponseHead() = %v %d, want %v %d", got.Header, got.ContentLength, want.Header, want.ContentLength)
+			}
+		})
+	}
+}
+
+// TestParseRequestLongHeads covers repeated names past the 24 that parseRequestHead
+// compares by hand, and a Host line among many: the header, Host and framing must be what
+// http.ReadRequest reads.
+func TestParseRequestLongHeads(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("POST /x HTTP/1.1\r\n")
+	for i := range 30 {
+		fmt.Fprintf(&b, "X-F%d: v%d\r\n", i%27, i)
+		if i == 20 {
+			b.WriteString("host: example.com\r\n")
+		}
+	}
+	b.WriteString("x-f1: again\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\nok")
+	in := b.String()
+	got, _, err := parseRequestHead([]byte(in))
+	if err != nil {
+		t.Fatalf("parseRequestHead() = %v", err)
+	}
+	want, err := http.ReadRequest(bufio.NewReader(strings.NewReader(in)))
+	if err != nil {
+		t.Fatalf("http.ReadRequest() = %v", err)
+	}
+	if !reflect.DeepEqual(got.Header, want.Header) {
+		t.Errorf("parseRequestHead() header = %v, want %v", got.Header, want.Header)
+	}
+	if got.Host != want.Host || got.ContentLength != want.ContentLength {
+		t.Errorf("parseRequestHead() Host, ContentLength = %q, %d, want %q, %d", got.Host, got.ContentLength, want.Host, want.ContentLength)
 	}
 }
