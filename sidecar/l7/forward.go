@@ -105,19 +105,37 @@ func (c *connTokens) names(k string) bool {
 // Connection naming a hop-by-hop header needs no work of its own, another removes the
 // key it canonicalizes to.
 func removeHopByHop(h http.Header) {
-	if v := h["Connection"]; len(v) > 0 {
-		var ct connTokens
-		ct.parse(v)
-		for _, t := range ct.list {
-			if !hopToken(t) {
+	// One walk over the keys, deleting only what is there.
+	var conn []string
+	for k, vv := range h {
+		if hopHeader(k) {
+			if k == "Connection" {
+				conn = vv
+			}
+			delete(h, k)
+		}
+	}
+	delConnectionNamed(conn, h)
+}
+
+// delConnectionNamed removes from each of hs the headers the Connection header values conn
+// name (but the hop-by-hop ones, which are removed by name). It reports whether conn
+// named any other header (whether or not hs had it).
+func delConnectionNamed(conn []string, hs ...http.Header) (named bool) {
+	if len(conn) == 0 {
+		return false
+	}
+	var ct connTokens
+	ct.parse(conn)
+	for _, t := range ct.list {
+		if !hopToken(t) {
+			named = true
+			for _, h := range hs {
 				h.Del(t)
 			}
 		}
 	}
-	for _, k := range [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		delete(h, k)
-	}
+	return named
 }
 
 // hopToken reports whether the Connection token t names a hop-by-hop header (hopHeader),
@@ -195,24 +213,72 @@ func printable(s string) bool {
 	return true
 }
 
+// reqFields is what upstreamHeader learned of the downstream request's header in its one
+// walk over it: the values of the fields forward decides on (nil if absent), and whether
+// the upstream header it built has a User-Agent.
+type reqFields struct {
+	conn, te, upgrade []string
+	xff, xfp, xfh     []string
+	userAgent         bool
+}
+
+// upgrade1 is upgradeType for the header f was learned from.
+func (f *reqFields) upgrade1() string {
+	if !containsToken(f.conn, "Upgrade") || len(f.upgrade) == 0 {
+		return ""
+	}
+	return f.upgrade[0]
+}
+
 // upstreamHeader builds the header of the upstream request from in, the downstream
 // request's: everything but the hop-by-hop headers, the headers Connection names and the
 // client's forwarding headers. Values are shared with in, capacity-clipped so that an
-// append to them never writes into in's arrays.
-func upstreamHeader(in http.Header) http.Header {
-	// Made only when there is a Connection header: connTokens escapes (its list points
-	// into its own array).
-	var ct *connTokens
-	if v := in["Connection"]; len(v) > 0 {
-		ct = new(connTokens)
-		ct.parse(v)
-	}
+// append to them never writes into in's arrays. It records in f what forward needs of in.
+func upstreamHeader(in http.Header, f *reqFields) http.Header {
 	out := make(http.Header, len(in)+3)
 	for k, vv := range in {
-		if hopHeader(k) || forwardedHeader(k) || (ct != nil && len(ct.list) > 0 && ct.names(k)) {
+		switch k {
+		case "Connection":
+			f.conn = vv
+			continue
+		case "Te":
+			f.te = vv
+			continue
+		case "Upgrade":
+			f.upgrade = vv
+			continue
+		case "X-Forwarded-For":
+			f.xff = vv
+			continue
+		case "X-Forwarded-Proto":
+			f.xfp = vv
+			continue
+		case "X-Forwarded-Host":
+			f.xfh = vv
+			continue
+		case "User-Agent":
+			f.userAgent = true
+		}
+		if hopHeader(k) || forwardedHeader(k) {
 			continue
 		}
 		out[k] = vv[:len(vv):len(vv)]
+	}
+	if len(f.conn) > 0 {
+		// Made only when there is a Connection header: connTokens escapes (its list
+		// points into its own array).
+		ct := new(connTokens)
+		ct.parse(f.conn)
+		if len(ct.list) > 0 {
+			for k := range out {
+				if ct.names(k) {
+					delete(out, k)
+					if k == "User-Agent" {
+						f.userAgent = false
+					}
+				}
+			}
+		}
 	}
 	return out
 }
@@ -220,19 +286,20 @@ func upstreamHeader(in http.Header) http.Header {
 // forwardedHeaders sets X-Forwarded-For (the client's address appended to what the client
 // sent), X-Forwarded-Proto (the client's, else the connection's scheme) and
 // X-Forwarded-Host (the client's, if any) on out, the header of the upstream request for
-// in. The slices for new values come from st.
-func forwardedHeaders(st *state, out http.Header, in *http.Request) {
+// in, whose forwarding headers upstreamHeader recorded in f. The slices for new values come
+// from st.
+func forwardedHeaders(st *state, out http.Header, in *http.Request, f *reqFields) {
 	clientIP, _, err := net.SplitHostPort(in.RemoteAddr)
 	if err != nil {
 		clientIP = in.RemoteAddr
 	}
-	if prior := in.Header["X-Forwarded-For"]; len(prior) > 0 {
+	if prior := f.xff; len(prior) > 0 {
 		st.xff[0] = strings.Join(prior, ", ") + ", " + clientIP
 	} else {
 		st.xff[0] = clientIP
 	}
 	out["X-Forwarded-For"] = st.xff[:1:1]
-	if p := in.Header["X-Forwarded-Proto"]; len(p) > 0 {
+	if p := f.xfp; len(p) > 0 {
 		out["X-Forwarded-Proto"] = p[:1:1]
 	} else {
 		st.xfp[0] = "http"
@@ -241,7 +308,7 @@ func forwardedHeaders(st *state, out http.Header, in *http.Request) {
 		}
 		out["X-Forwarded-Proto"] = st.xfp[:1:1]
 	}
-	if fh := in.Header["X-Forwarded-Host"]; len(fh) > 0 {
+	if fh := f.xfh; len(fh) > 0 {
 		out["X-Forwarded-Host"] = fh[:1:1]
 	}
 }
@@ -330,13 +397,14 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 	}
 	out.Close = false
 
-	upType := upgradeType(r.Header)
+	var f reqFields
+	out.Header = upstreamHeader(r.Header, &f)
+	upType := f.upgrade1() // upgradeType(r.Header)
 	if !printable(upType) {
 		h.errorHandler(st, r, fmt.Errorf("client tried to switch to invalid protocol %q", upType))
 		return false
 	}
-	out.Header = upstreamHeader(r.Header)
-	if containsToken(r.Header["Te"], "trailers") {
+	if containsToken(f.te, "trailers") {
 		st.te[0] = "trailers"
 		out.Header["Te"] = st.te[:1:1]
 	}
@@ -344,11 +412,13 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		out.Header["Connection"] = []string{"Upgrade"}
 		out.Header["Upgrade"] = []string{upType}
 	}
-	forwardedHeaders(st, out.Header, r)
+	forwardedHeaders(st, out.Header, r, &f)
+	hasUA := f.userAgent
 	if st.route != nil {
 		st.route.entry.ApplyRequestHeaders(out.Header)
+		_, hasUA = out.Header["User-Agent"] // the route's rules may set or remove it
 	}
-	if _, ok := out.Header["User-Agent"]; !ok {
+	if !hasUA {
 		// No User-Agent from the client: send none rather than Go's default.
 		out.Header["User-Agent"] = st.ua[:1:1]
 	}
@@ -374,16 +444,38 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		h.switchProtocols(st, out, res)
 		return false
 	}
-	removeHopByHop(res.Header)
-	if st.route != nil {
-		st.route.entry.ApplyResponseHeaders(res.Header)
-	}
 	dst := st.Header()
-	for k, vv := range res.Header {
-		if prior, ok := dst[k]; ok {
-			dst[k] = append(prior, vv...)
-		} else {
+	// The response's Content-Type, when the copy below learned it (ctKnown).
+	var ctype []string
+	ctKnown := false
+	if st.route == nil && len(dst) == 0 {
+		// Nothing in between and nothing to merge with: the hop-by-hop headers are left
+		// out while copying (res.Header keeps them but for those Connection names).
+		var conn []string
+		for k, vv := range res.Header {
+			if hopHeader(k) {
+				if k == "Connection" {
+					conn = vv
+				}
+				continue
+			}
+			if k == "Content-Type" {
+				ctype = vv
+			}
 			dst[k] = vv
+		}
+		ctKnown = !delConnectionNamed(conn, res.Header, dst)
+	} else {
+		removeHopByHop(res.Header)
+		if st.route != nil {
+			st.route.entry.ApplyResponseHeaders(res.Header)
+		}
+		for k, vv := range res.Header {
+			if prior, ok := dst[k]; ok {
+				dst[k] = append(prior, vv...)
+			} else {
+				dst[k] = vv
+			}
 		}
 	}
 	// The transport's response has no Trailer header: announce the trailers it expects.
@@ -396,7 +488,12 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		dst.Add("Trailer", strings.Join(keys, ", "))
 	}
 	st.WriteHeader(res.StatusCode)
-	stream := streaming(res)
+	var stream bool
+	if ctKnown {
+		stream = streamingType(res.ContentLength, ctype)
+	} else {
+		stream = streaming(res)
+	}
 	if stream {
 		// The header goes out now, even if the first bytes of the body take a while.
 		st.flush()
@@ -436,7 +533,14 @@ func streaming(res *http.Response) bool {
 	if res.ContentLength == -1 {
 		return true
 	}
-	ct := res.Header["Content-Type"]
+	return streamingType(res.ContentLength, res.Header["Content-Type"])
+}
+
+// streamingType is streaming for a response of length n with Content-Type values ct.
+func streamingType(n int64, ct []string) bool {
+	if n == -1 {
+		return true
+	}
 	if len(ct) == 0 {
 		return false
 	}

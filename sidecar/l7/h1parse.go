@@ -3,6 +3,7 @@ package l7
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"io"
 	"net/http"
 	"net/textproto"
@@ -32,14 +33,12 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 		return nil, false
 	}
 	buf, _ := br.Peek(br.Buffered())
-	end := bytes.Index(buf, []byte("\r\n\r\n"))
-	if end < 0 {
+	// Status line: "HTTP/1.1 " 3DIGIT [ " " reason ] CRLF.
+	eol := bytes.IndexByte(buf, '\n')
+	if eol < 0 {
 		return nil, false
 	}
-	head := buf[:end+2] // every line with its CRLF
-	// Status line: "HTTP/1.1 " 3DIGIT [ " " reason ] CRLF.
-	eol := bytes.IndexByte(head, '\n')
-	line := head[:eol]
+	line := buf[:eol]
 	if len(line) < len("HTTP/1.1 200\r") || string(line[:9]) != "HTTP/1.1 " || line[len(line)-1] != '\r' {
 		return nil, false
 	}
@@ -60,9 +59,29 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 			return nil, false
 		}
 	}
-	// Header fields: count them first, to size the map and the values at once.
-	fields := head[eol+1:]
-	n := bytes.Count(fields, []byte("\n"))
+	// Header fields: find the end of each line, up to the empty line ending the head, to
+	// size the map and the values at once. Every line must end in CRLF.
+	var ends [24]int // where the LF of each of the first fields is
+	n := 0
+	end := eol + 1 // the empty line, once found
+	for {
+		i := bytes.IndexByte(buf[end:], '\n')
+		if i < 0 {
+			return nil, false // not all there (or no head at all)
+		}
+		if i < 1 || buf[end+i-1] != '\r' {
+			return nil, false
+		}
+		if i == 1 {
+			break
+		}
+		if n < len(ends) {
+			ends[n] = end + i
+		}
+		n++
+		end += i + 1
+	}
+	head := buf[:end] // every line with its CRLF
 	s := string(head) // the one allocation all strings below are cut from
 	// The response, its body and the values of a few fields in one allocation.
 	pr := &parsedResponse{resp: http.Response{
@@ -76,32 +95,50 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 	} else {
 		values = make([]string, n)
 	}
+	// Up to len(seen) keys are checked for repeats against the ones before them, not with a
+	// map lookup; the map is consulted only for a repeated key or a longer head.
+	var seen [16]string
+	nseen := 0
+	cl := ""
 	off := eol + 1
-	for off < len(head) {
-		i := bytes.IndexByte(head[off:], '\n')
-		if i < 1 || head[off+i-1] != '\r' {
-			return nil, false
+	for f := 0; f < n; f++ {
+		lf := 0
+		if f < len(ends) {
+			lf = ends[f]
+		} else {
+			lf = off + bytes.IndexByte(head[off:], '\n') // checked above
 		}
-		line := head[off : off+i-1]
+		line := head[off : lf-1]
 		lineStart := off
-		off += i + 1
-		if len(line) == 0 || line[0] == ' ' || line[0] == '\t' {
+		off = lf + 1
+		if line[0] == ' ' || line[0] == '\t' {
 			return nil, false // continuation lines and the like
 		}
 		colon := bytes.IndexByte(line, ':')
 		if colon <= 0 {
 			return nil, false
 		}
-		for _, c := range line[:colon] {
-			if !httpguts.IsTokenRune(rune(c)) {
-				return nil, false
+		key := s[lineStart : lineStart+colon]
+		if !knownKey(key) {
+			// The name: token bytes, canonical or not.
+			canonical, upper := true, true
+			for _, c := range line[:colon] {
+				cls := byteClass[c]
+				if cls&cToken == 0 {
+					return nil, false
+				}
+				if upper && cls&cLower != 0 || !upper && cls&cUpper != 0 {
+					canonical = false
+				}
+				upper = c == '-'
+			}
+			if !canonical {
+				key = textproto.CanonicalMIMEHeaderKey(key)
 			}
 		}
 		vs, ve := colon+1, len(line)
-		for _, c := range line[vs:] {
-			if !validFieldValueByte(c) {
-				return nil, false
-			}
+		if !validFieldValueBytes(line[vs:]) {
+			return nil, false
 		}
 		for vs < ve && (line[vs] == ' ' || line[vs] == '\t') {
 			vs++
@@ -109,40 +146,52 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 		for ve > vs && (line[ve-1] == ' ' || line[ve-1] == '\t') {
 			ve--
 		}
-		key := s[lineStart : lineStart+colon]
-		if !isCanonicalKey(key) {
-			key = textproto.CanonicalMIMEHeaderKey(key)
-		}
+		value := s[lineStart+vs : lineStart+ve]
 		switch key {
 		case "Transfer-Encoding", "Trailer", "Pragma":
 			return nil, false
+		case "Connection":
+			if value != "keep-alive" && containsToken([]string{value}, "close") {
+				return nil, false
+			}
 		}
-		value := s[lineStart+vs : lineStart+ve]
-		if vv, dup := resp.Header[key]; dup {
+		dup := false
+		if nseen < len(seen) {
+			for _, k := range seen[:nseen] {
+				if k == key {
+					dup = true
+					break
+				}
+			}
+			seen[nseen] = key
+			nseen++
+		} else {
+			_, dup = resp.Header[key]
+		}
+		if dup {
 			if key == "Content-Length" {
 				return nil, false
 			}
-			resp.Header[key] = append(vv, value)
+			resp.Header[key] = append(resp.Header[key], value)
 			continue
+		}
+		if key == "Content-Length" {
+			cl = value
 		}
 		values[0] = value
 		resp.Header[key], values = values[:1:1], values[1:]
 	}
-	if httpguts.HeaderValuesContainsToken(resp.Header["Connection"], "close") {
-		return nil, false
-	}
-	cl := resp.Header["Content-Length"]
-	if len(cl) != 1 || len(cl[0]) == 0 || len(cl[0]) > 18 {
+	if len(cl) == 0 || len(cl) > 18 {
 		return nil, false
 	}
 	var length int64
-	for _, c := range []byte(cl[0]) {
+	for _, c := range []byte(cl) {
 		if c < '0' || c > '9' {
 			return nil, false
 		}
 		length = length*10 + int64(c-'0')
 	}
-	_, _ = br.Discard(end + 4)
+	_, _ = br.Discard(end + 2)
 	resp.ContentLength = length
 	if length == 0 {
 		resp.Body = http.NoBody
@@ -153,23 +202,102 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 	return pr, true
 }
 
-// validFieldValueByte is textproto's: HTAB, SP, VCHAR and obs-text.
-func validFieldValueByte(c byte) bool {
-	return c == '\t' || c >= ' ' && c != 0x7f
-}
+// Classes of bytes in byteClass.
+const (
+	cToken = 1 << iota // tchar (RFC 9110 §5.6.2): a byte of a field name
+	cValue             // a byte of a field value as textproto takes it: HTAB, SP, VCHAR, obs-text
+	cUpper             // 'A' to 'Z'
+	cLower             // 'a' to 'z'
+)
 
-// isCanonicalKey reports whether textproto.CanonicalMIMEHeaderKey(k) == k for a key of
-// token bytes: upper case first and after each dash, lower case elsewhere.
-func isCanonicalKey(k string) bool {
-	upper := true
+// byteClass holds the classes of each byte, so that a head's bytes are checked with one
+// table load each. It is never written after initialization.
+var byteClass = func() (t [256]uint8) {
+	for c := 0; c < 256; c++ {
+		if c < 0x80 && httpguts.IsTokenRune(rune(c)) {
+			t[c] |= cToken
+		}
+		if c == '\t' || c >= ' ' && c != 0x7f {
+			t[c] |= cValue
+		}
+		if 'A' <= c && c <= 'Z' {
+			t[c] |= cUpper
+		}
+		if 'a' <= c && c <= 'z' {
+			t[c] |= cLower
+		}
+	}
+	return t
+}()
+
+// validFieldName is httpguts.ValidHeaderFieldName: a non-empty token.
+func validFieldName(k string) bool {
+	if k == "" {
+		return false
+	}
 	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+		if byteClass[k[i]]&cToken == 0 {
 			return false
 		}
-		upper = c == '-'
 	}
 	return true
+}
+
+// validFieldValue is httpguts.ValidHeaderFieldValue: no control bytes but HTAB.
+func validFieldValue(v string) bool {
+	for len(v) >= 8 {
+		if ctlIn8(uint64(v[0]) | uint64(v[1])<<8 | uint64(v[2])<<16 | uint64(v[3])<<24 |
+			uint64(v[4])<<32 | uint64(v[5])<<40 | uint64(v[6])<<48 | uint64(v[7])<<56) {
+			break // a control byte or HTAB somewhere: byte by byte from here
+		}
+		v = v[8:]
+	}
+	for i := 0; i < len(v); i++ {
+		if byteClass[v[i]]&cValue == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// validFieldValueBytes is validFieldValue for bytes.
+func validFieldValueBytes(v []byte) bool {
+	for len(v) >= 8 {
+		if ctlIn8(binary.LittleEndian.Uint64(v)) {
+			break
+		}
+		v = v[8:]
+	}
+	for _, c := range v {
+		if byteClass[c]&cValue == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// ctlIn8 reports whether one of the 8 bytes of x may be a control byte (below 0x20, HTAB
+// included, or 0x7f). It has no false negatives: a byte below 0x20 sets the high bit of
+// its lane in x-0x20.. (a borrow only ever comes from such a lane, lower down), and 0x7f
+// is a zero lane of x^0x7f...
+func ctlIn8(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	y := x ^ 0x7f*ones
+	return ((x-0x20*ones)&^x|(y-ones)&^y)&highs != 0
+}
+
+// knownKey reports whether k is one of the canonical names of common response fields
+// (which are valid and need no canonicalization).
+func knownKey(k string) bool {
+	switch k {
+	case "Server", "Date", "Content-Type", "Content-Length", "Connection", "Keep-Alive",
+		"Cache-Control", "Etag", "Last-Modified", "Expires", "Vary", "Location", "Set-Cookie",
+		"Accept-Ranges", "Age", "Content-Encoding", "Access-Control-Allow-Origin",
+		"Strict-Transport-Security", "X-Content-Type-Options", "Via", "Alt-Svc", "X-Request-Id",
+		"Grpc-Status", "Grpc-Message":
+		return true
+	}
+	return false
 }
 
 // parsedResponse is what parseResponse allocates for a response, but its head's string

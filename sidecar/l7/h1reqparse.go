@@ -66,7 +66,8 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	var (
 		spacedName   bool // a name with a space: http.ReadRequest takes it, net/http's server does not
 		hosts        int
-		host0, host1 int // the raw value of the last Host line, for the server's syntax check
+		hostField    = -1 // the index in fields of the Host line
+		host0, host1 int  // the raw value of the last Host line, for the server's syntax check
 		sawCL, sawTE bool
 		sawConn      bool
 		sawTrailer   bool
@@ -94,12 +95,12 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 			}
 			// obs-fold: textproto joins the line to the field before it with one space.
 			f := &fields[len(fields)-1]
-			if !f.folded {
-				f.fold = append([]byte(nil), buf[f.v0:f.v1]...)
-				f.folded, folded = true, true
+			if f.fold == nil {
+				fold := append([]byte(nil), buf[f.v0:f.v1]...)
+				f.fold, folded = &fold, true
 			}
 			t0, t1 := trimSpace(buf, l0, l1)
-			f.fold = append(append(f.fold, ' '), buf[t0:t1]...)
+			*f.fold = append(append(*f.fold, ' '), buf[t0:t1]...)
 			continue
 		}
 		firstField = false
@@ -121,6 +122,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 		switch string(buf[k0:k1]) {
 		case "Host":
 			hosts++
+			hostField = len(fields) - 1
 			host0, host1 = k1+1, eol
 		case "Content-Length":
 			sawCL = true
@@ -141,13 +143,13 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 		// textproto checks a folded value as a whole (a bare CR is in neither the value
 		// nor the fold).
 		for i := range fields {
-			if f := &fields[i]; f.folded && !validValueBytes(f.fold) {
+			if f := &fields[i]; f.fold != nil && !validValueBytes(*f.fold) {
 				return nil, false, badRequest("malformed MIME header line")
 			}
 		}
 	}
 	for i := range fields {
-		if f := &fields[i]; !f.folded && !validValueBytes(buf[f.v0:f.v1]) {
+		if f := &fields[i]; f.fold == nil && !validValueBytes(buf[f.v0:f.v1]) {
 			return nil, false, badRequest("malformed MIME header line")
 		}
 	}
@@ -184,17 +186,37 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	if len(fields) > len(values) {
 		values = make([]string, len(fields))
 	}
+	// The Host line (one at most, checked above) becomes req.Host and never enters the
+	// map, which http.ReadRequest would delete it from. A repeated name is found by
+	// comparing with the names of up to dupScan lines before it, then with a map lookup.
+	const dupScan = 24
+	hostValue := ""
 	for i := range fields {
 		f := &fields[i]
 		k := s[f.k0:f.k1]
 		v := s[f.v0:f.v1]
-		if f.folded {
+		if f.fold != nil {
 			// textproto trims the start of the joined value, which starts with a space
 			// when the first line's value is empty.
-			v = string(bytes.TrimLeft(f.fold, " \t"))
+			v = string(bytes.TrimLeft(*f.fold, " \t"))
 		}
-		if vv, ok := h[k]; ok {
-			h[k] = append(vv, v)
+		if i == hostField {
+			hostValue = v
+			continue
+		}
+		dup := false
+		if i < dupScan {
+			for j := range fields[:i] {
+				if g := &fields[j]; j != hostField && g.k1-g.k0 == len(k) && s[g.k0:g.k1] == k {
+					dup = true
+					break
+				}
+			}
+		} else {
+			_, dup = h[k]
+		}
+		if dup {
+			h[k] = append(h[k], v)
 		} else {
 			values[i] = v
 			h[k] = values[i : i+1 : i+1]
@@ -204,7 +226,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 
 	req.Host = req.URL.Host
 	if req.Host == "" && hosts > 0 {
-		req.Host = h["Host"][0]
+		req.Host = hostValue
 	}
 	if sawPragma {
 		if hp := h["Pragma"]; len(hp) > 0 && hp[0] == "no-cache" {
@@ -282,7 +304,6 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	case spacedName:
 		return nil, false, badRequest("invalid header name")
 	}
-	delete(h, "Host")
 	return req, sawTE && (sawCL || http10), nil
 }
 
@@ -294,11 +315,11 @@ type requestAlloc struct {
 	values [8]string
 }
 
-// headField is a header field of the head being parsed: offsets into its copy.
+// headField is a header field of the head being parsed: offsets into its copy. It is kept
+// small (a parse zeroes 24 of them on its stack): a folded value is behind a pointer.
 type headField struct {
 	k0, k1, v0, v1 int
-	folded         bool
-	fold           []byte // the value joined with its continuation lines
+	fold           *[]byte // the value joined with its continuation lines; nil if not folded
 }
 
 var errIncompleteRequest = &h1Error{status: http.StatusBadRequest, msg: "incomplete request"}
@@ -404,14 +425,7 @@ func isTokenBytes(b []byte) bool {
 
 // validValueBytes reports whether v holds no control byte but HTAB (obs-text is allowed),
 // as textproto and httpguts.ValidHeaderFieldValue check field values.
-func validValueBytes(v []byte) bool {
-	for _, c := range v {
-		if c < ' ' && c != '\t' || c == 0x7f {
-			return false
-		}
-	}
-	return true
-}
+func validValueBytes(v []byte) bool { return validFieldValueBytes(v) }
 
 // pathByte reports the bytes a request path may hold for url.ParseRequestURI to take it
 // as it is (Path equal to the target's path, no RawPath): unreserved and sub-delims that

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"slices"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +36,7 @@ type h1response struct {
 	written     int64
 	buf         []byte // body bytes held back before headerSent
 	trailers    []string
+	vals        [][]string // scratch: the values of the fields in c.keys, while writing the head
 
 	contMu      sync.Mutex
 	canContinue bool // a 100 Continue may still be sent
@@ -59,7 +60,7 @@ func (w *h1response) reset(c *h1conn, req *http.Request) {
 		clear(h)
 	}
 	*w = h1response{c: c, req: req, header: h, buf: buf, declared: -1, isHEAD: req.Method == http.MethodHead,
-		trailers: w.trailers[:0]}
+		trailers: w.trailers[:0], vals: w.vals[:0]}
 	w.closeAfter = req.Close || !req.ProtoAtLeast(1, 1) && !valueHasToken(hget(req.Header, "Connection"), "keep-alive")
 }
 
@@ -90,12 +91,32 @@ func (w *h1response) WriteHeader(code int) {
 	}
 	w.wroteHeader, w.status = true, code
 	if cl := hget(w.header, "Content-Length"); cl != "" {
-		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
+		if n, ok := parseContentLength(cl); ok {
 			w.declared = n
 		} else {
 			w.header.Del("Content-Length") // net/http drops an invalid one too
 		}
 	}
+}
+
+// parseContentLength is a Content-Length value as WriteHeader takes it: what
+// strconv.ParseInt(v, 10, 64) makes of it, if that is not negative; plain digits (the usual
+// case) are read without it.
+func parseContentLength(v string) (int64, bool) {
+	if len(v) > 0 && len(v) <= 18 {
+		var n int64
+		for i := 0; i < len(v); i++ {
+			c := v[i]
+			if c < '0' || c > '9' {
+				goto slow
+			}
+			n = n*10 + int64(c-'0')
+		}
+		return n, true
+	}
+slow:
+	n, err := strconv.ParseInt(v, 10, 64)
+	return n, err == nil && n >= 0
 }
 
 // writeContinue sends 100 Continue, if the final response has not started. Called when
@@ -283,49 +304,48 @@ func (w *h1response) startBody() {
 
 // sendHeader decides the response's framing and writes its status line and header fields
 // to the connection's writer; done means the handler has returned (so a body held back
-// is the whole body).
+// is the whole body). It walks the header map once: the fields it decides on are found on
+// the way, and the fields it changes are changed both in the map and in the list it writes.
 func (w *h1response) sendHeader(done bool) {
 	w.stopContinue()
 	w.headerSent = true
-	h := w.header
 	code := w.status
 	if code == 0 {
 		code = http.StatusOK
 	}
-	for _, v := range h["Trailer"] {
+	var f respFields
+	w.collect(&f)
+	for _, v := range f.get(fTrailer) {
 		for _, k := range strings.Split(v, ",") {
 			if k = strings.TrimSpace(k); k != "" {
 				w.trailers = append(w.trailers, http.CanonicalHeaderKey(k))
 			}
 		}
 	}
-	hasTrailers := len(w.trailers) > 0
-	for k := range h {
-		if strings.HasPrefix(k, http.TrailerPrefix) {
-			hasTrailers = true
-		}
-	}
-	te := hget(h, "Transfer-Encoding")
+	hasTrailers := len(w.trailers) > 0 || f.trailerPrefix
+	te := f.first(fTransferEncoding)
 	hasTE := te != ""
-	if done && !hasTrailers && !hasTE && bodyAllowedForStatus(code) && hget(h, "Content-Length") == "" &&
+	cl := f.first(fContentLength)
+	if done && !hasTrailers && !hasTE && bodyAllowedForStatus(code) && cl == "" &&
 		(!w.isHEAD || len(w.buf) > 0) {
-		h["Content-Length"] = []string{strconv.Itoa(len(w.buf))}
+		cl = strconv.Itoa(len(w.buf))
+		w.set(&f, fContentLength, []string{cl})
 	}
-	if _, haveType := h["Content-Type"]; !haveType && !hasTE && bodyAllowedForStatus(code) && len(w.buf) > 0 {
-		h["Content-Type"] = []string{http.DetectContentType(w.buf)}
+	if !f.has(fContentType) && !hasTE && bodyAllowedForStatus(code) && len(w.buf) > 0 {
+		w.set(&f, fContentType, []string{http.DetectContentType(w.buf)})
 	}
-	hasCL := hget(h, "Content-Length") != ""
+	hasCL := cl != ""
 	if w.req.ProtoMajor == 1 && w.req.ProtoMinor == 0 && !w.req.Close && valueHasToken(hget(w.req.Header, "Connection"), "keep-alive") {
 		if hasCL || w.isHEAD {
-			if _, set := h["Connection"]; !set {
-				h["Connection"] = []string{"keep-alive"}
+			if !f.has(fConnection) {
+				w.set(&f, fConnection, []string{"keep-alive"})
 			}
 			w.closeAfter = false
 		} else {
 			w.closeAfter = true
 		}
 	}
-	if valueHasToken(hget(h, "Connection"), "close") || w.c.s.closing.Load() {
+	if valueHasToken(f.first(fConnection), "close") || w.c.s.closing.Load() {
 		w.closeAfter = true // asked for, or the server is shutting down
 	}
 	if done && !w.closeAfter && !w.body.finish() {
@@ -333,27 +353,27 @@ func (w *h1response) sendHeader(done bool) {
 	}
 	switch {
 	case w.isHEAD || !bodyAllowedForStatus(code):
-		delete(h, "Transfer-Encoding")
+		w.del(&f, fTransferEncoding)
 	case hasCL:
-		delete(h, "Transfer-Encoding")
+		w.del(&f, fTransferEncoding)
 	case w.req.ProtoAtLeast(1, 1):
 		if hasTE && te == "identity" {
 			w.closeAfter = true
-			delete(h, "Transfer-Encoding")
+			w.del(&f, fTransferEncoding)
 		} else {
 			w.chunked = true
-			h["Transfer-Encoding"] = []string{"chunked"}
+			w.set(&f, fTransferEncoding, []string{"chunked"})
 		}
 	default:
 		w.closeAfter = true
-		delete(h, "Transfer-Encoding")
+		w.del(&f, fTransferEncoding)
 	}
-	if w.closeAfter && w.req.ProtoAtLeast(1, 1) && !valueHasToken(hget(h, "Connection"), "close") {
-		h["Connection"] = []string{"close"}
+	if w.closeAfter && w.req.ProtoAtLeast(1, 1) && !valueHasToken(f.first(fConnection), "close") {
+		w.set(&f, fConnection, []string{"close"})
 	}
 	b := appendStatusLine(w.c.bw.AvailableBuffer(), w.req.ProtoAtLeast(1, 1), code)
-	b = w.appendHeader(b, !bodyAllowedForStatus(code))
-	if _, ok := h["Date"]; !ok {
+	b = w.appendFields(b, !bodyAllowedForStatus(code))
+	if !f.has(fDate) {
 		b = append(b, "Date: "...)
 		b = w.c.date.append(b)
 		b = append(b, "\r\n"...)
@@ -362,28 +382,168 @@ func (w *h1response) sendHeader(done bool) {
 	w.write(b)
 }
 
+// The header fields sendHeader decides on, as indices into respFields.idx.
+const (
+	fTrailer = iota
+	fTransferEncoding
+	fContentLength
+	fContentType
+	fConnection
+	fDate
+	nRespFields
+)
+
+// respFieldNames are the keys of the fields respFields tracks, by index.
+var respFieldNames = [nRespFields]string{"Trailer", "Transfer-Encoding", "Content-Length", "Content-Type", "Connection", "Date"}
+
+// respFields is what one walk over a response header map learned: where each field
+// sendHeader decides on sits in the list of fields to write (w.c.keys and w.vals), -1 if
+// absent, and whether a trailer is set with http.TrailerPrefix.
+type respFields struct {
+	idx           [nRespFields]int
+	vals          *[][]string
+	trailerPrefix bool
+}
+
+func (f *respFields) has(i int) bool { return f.idx[i] >= 0 }
+
+func (f *respFields) get(i int) []string {
+	if f.idx[i] < 0 {
+		return nil
+	}
+	return (*f.vals)[f.idx[i]]
+}
+
+// first is hget: the first value of the field, "" if none.
+func (f *respFields) first(i int) string {
+	if vv := f.get(i); len(vv) > 0 {
+		return vv[0]
+	}
+	return ""
+}
+
+// collect lists the fields of the header map in w.c.keys and w.vals (unsorted) and, if f
+// is not nil, records in f where the fields of respFieldNames are.
+func (w *h1response) collect(f *respFields) {
+	keys, vals := w.c.keys[:0], w.vals[:0]
+	if f != nil {
+		f.idx = [nRespFields]int{-1, -1, -1, -1, -1, -1}
+		f.vals = &w.vals
+	}
+	for k, vv := range w.header {
+		if f != nil {
+			switch k {
+			case "Trailer":
+				f.idx[fTrailer] = len(keys)
+			case "Transfer-Encoding":
+				f.idx[fTransferEncoding] = len(keys)
+			case "Content-Length":
+				f.idx[fContentLength] = len(keys)
+			case "Content-Type":
+				f.idx[fContentType] = len(keys)
+			case "Connection":
+				f.idx[fConnection] = len(keys)
+			case "Date":
+				f.idx[fDate] = len(keys)
+			default:
+				if strings.HasPrefix(k, http.TrailerPrefix) {
+					f.trailerPrefix = true
+				}
+			}
+		}
+		keys = append(keys, k)
+		vals = append(vals, vv)
+	}
+	w.c.keys, w.vals = keys, vals
+}
+
+// set sets field i to vv, in the header map and in the list to write.
+func (w *h1response) set(f *respFields, i int, vv []string) {
+	w.header[respFieldNames[i]] = vv
+	if f.idx[i] >= 0 {
+		w.vals[f.idx[i]] = vv
+		return
+	}
+	f.idx[i] = len(w.c.keys)
+	w.c.keys = append(w.c.keys, respFieldNames[i])
+	w.vals = append(w.vals, vv)
+}
+
+// del removes field i from the header map (if there) and from the list to write.
+func (w *h1response) del(f *respFields, i int) {
+	if j := f.idx[i]; j >= 0 {
+		delete(w.header, respFieldNames[i])
+		w.vals[j] = nil // written as no field at all
+		f.idx[i] = -1
+	}
+}
+
 // appendHeader appends the header fields (sorted, values with line breaks flattened, as
 // net/http writes them), leaving out trailers and, without a body, the framing fields.
 func (w *h1response) appendHeader(b []byte, noBody bool) []byte {
-	keys := w.c.keys[:0]
-	for k := range w.header {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	w.c.keys = keys
-	for _, k := range keys {
-		if strings.HasPrefix(k, http.TrailerPrefix) || !httpguts.ValidHeaderFieldName(k) {
+	w.collect(nil)
+	return w.appendFields(b, noBody)
+}
+
+// appendFields is appendHeader for the fields listed by collect (and set), which it
+// sorts by key and then forgets.
+func (w *h1response) appendFields(b []byte, noBody bool) []byte {
+	keys, vals := w.c.keys, w.vals
+	sortFields(keys, vals)
+	for i, k := range keys {
+		if strings.HasPrefix(k, http.TrailerPrefix) || !validFieldName(k) {
 			continue
 		}
 		if noBody && (k == "Content-Length" || k == "Transfer-Encoding") {
 			continue
 		}
-		for _, v := range w.header[k] {
+		for _, v := range vals[i] {
 			b = appendResponseField(b, k, v)
 		}
 	}
 	clear(keys)
+	clear(vals)
+	w.c.keys, w.vals = keys[:0], vals[:0]
 	return b
+}
+
+// sortFields sorts keys, and vals along with them: by insertion for the usual handful of
+// fields, else with sort.Sort.
+func sortFields(keys []string, vals [][]string) {
+	if len(keys) > 24 {
+		sort.Sort(fieldSorter{keys, vals})
+		return
+	}
+	for i := 1; i < len(keys); i++ {
+		k, v := keys[i], vals[i]
+		j := i
+		for ; j > 0 && keyAfter(keys[j-1], k); j-- {
+			keys[j], vals[j] = keys[j-1], vals[j-1]
+		}
+		keys[j], vals[j] = k, v
+	}
+}
+
+// keyAfter reports a > b, deciding on the first bytes without a call to the string
+// comparison when they differ (as they usually do between header names).
+func keyAfter(a, b string) bool {
+	if len(a) > 0 && len(b) > 0 && a[0] != b[0] {
+		return a[0] > b[0]
+	}
+	return a > b
+}
+
+// fieldSorter sorts header keys with their values.
+type fieldSorter struct {
+	keys []string
+	vals [][]string
+}
+
+func (s fieldSorter) Len() int           { return len(s.keys) }
+func (s fieldSorter) Less(i, j int) bool { return s.keys[i] < s.keys[j] }
+func (s fieldSorter) Swap(i, j int) {
+	s.keys[i], s.keys[j] = s.keys[j], s.keys[i]
+	s.vals[i], s.vals[j] = s.vals[j], s.vals[i]
 }
 
 func appendResponseField(b []byte, k, v string) []byte {
