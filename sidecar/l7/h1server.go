@@ -178,6 +178,10 @@ type h1conn struct {
 	date  h1date
 	keys  []string // scratch for sorting header keys
 
+	// remote is rwc.RemoteAddr().String(), formatted once for all the connection's
+	// requests (http.Request.RemoteAddr).
+	remote string
+
 	hijacked bool
 	// deadline: a read deadline is set on rwc; headerDeadline: the header timeout has
 	// been applied to the request being read.
@@ -521,7 +525,10 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 		cancel()
 	}()
 	req = req.WithContext(ctx)
-	req.RemoteAddr = c.rwc.RemoteAddr().String()
+	if c.remote == "" {
+		c.remote = c.rwc.RemoteAddr().String()
+	}
+	req.RemoteAddr = c.remote
 	if conflict {
 		c.guard.conflict.Store(true)
 	} else {
