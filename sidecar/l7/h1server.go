@@ -191,6 +191,12 @@ type h1conn struct {
 	// The request being served and its cancellation (also read by cut, under s.mu).
 	reqMu  sync.Mutex
 	cancel context.CancelFunc
+	// reqCtx is the request's context (cancelled by cancel). aborts are what to abort
+	// when it is cancelled: the upstream connections of the request's round trips, which
+	// register here (hookAbort) rather than with a context.AfterFunc each.
+	reqCtx    context.Context
+	aborts    []aborter
+	abortsBuf [2]aborter
 
 	// Client-gone watch; see watch.
 	wmu      sync.Mutex
@@ -207,11 +213,96 @@ type h1conn struct {
 func (c *h1conn) cut() {
 	c.state.Store(h1Closed)
 	c.reqMu.Lock()
-	if c.cancel != nil {
-		c.cancel()
+	ctx := c.reqCtx
+	c.reqMu.Unlock()
+	if ctx != nil {
+		c.cancelRequest(ctx, false)
+	}
+	_ = c.rwc.Close()
+}
+
+// aborter is an upstream connection whose round trip fails at once when abort is called.
+type aborter interface{ abort() }
+
+// h1connKey is the key under which the connection's context holds its *h1conn, for
+// hookAbort.
+type h1connKey struct{}
+
+// cancelRequest cancels the request being served if its context is ctx and then aborts what hookAbort registered for it; end also forgets the request
+// (it is over). It is safe to call from any goroutine.
+func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
+	var buf [2]aborter
+	c.reqMu.Lock()
+	if c.reqCtx == nil || ctx != c.reqCtx {
+		c.reqMu.Unlock()
+		return
+	}
+	// Cancelled under reqMu, so that hookAbort either sees the context cancelled or
+	// registers before the list is taken.
+	c.cancel()
+	fire := c.aborts
+	if len(fire) <= len(buf) {
+		fire = buf[:copy(buf[:], fire)] // c.aborts is abortsBuf, reused from here
+	}
+	c.abortsBuf = [2]aborter{}
+	c.aborts = c.abortsBuf[:0]
+	if end {
+		c.cancel, c.reqCtx = nil, nil
 	}
 	c.reqMu.Unlock()
-	_ = c.rwc.Close()
+	for _, a := range fire {
+		a.abort()
+	}
+}
+
+// hookAbort arranges for a.abort to run when ctx is cancelled, as context.AfterFunc(ctx,
+// a.abort) would (at once if it is cancelled already), without allocating, and reports
+// true; or reports false, doing nothing, when ctx is not cancelled exactly when the
+// request being served is (another request's context, or one derived with a cancellation
+// of its own). base is ctx, or a context ctx only adds values to (the same Done). It is
+// safe to call from any goroutine; unhookAbort undoes it.
+func (c *h1conn) hookAbort(ctx, base context.Context, a aborter) bool {
+	c.reqMu.Lock()
+	rc := c.reqCtx
+	c.reqMu.Unlock()
+	// The comparisons run without the lock: a Done method is the caller's code. rc is a
+	// *context.cancelCtx, so comparing it with base cannot panic.
+	if rc == nil || base != rc && ctx.Done() != rc.Done() {
+		return false
+	}
+	c.reqMu.Lock()
+	if c.reqCtx != rc {
+		c.reqMu.Unlock()
+		return false // that request ended meanwhile
+	}
+	if rc.Err() != nil {
+		c.reqMu.Unlock()
+		a.abort()
+		return true
+	}
+	if c.aborts == nil {
+		c.aborts = c.abortsBuf[:0]
+	}
+	c.aborts = append(c.aborts, a)
+	c.reqMu.Unlock()
+	return true
+}
+
+// unhookAbort undoes hookAbort for a, reporting whether it did so before a was aborted
+// (context.AfterFunc's stop). It is safe to call from any goroutine.
+func (c *h1conn) unhookAbort(a aborter) bool {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	for i, x := range c.aborts {
+		if x == a {
+			last := len(c.aborts) - 1
+			c.aborts[i] = c.aborts[last]
+			c.aborts[last] = nil
+			c.aborts = c.aborts[:last]
+			return true
+		}
+	}
+	return false
 }
 
 // h1connReader is what the connection's buffered reader reads from: the connection, after
@@ -288,7 +379,7 @@ func (c *h1conn) serve(h2 func(net.Conn) bool) {
 	}
 	c.guard = &guardConn{Conn: c.rwc, off: true}
 	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, c.rwc.LocalAddr())
-	c.ctx = connContext(ctx, c.guard)
+	c.ctx = context.WithValue(connContext(ctx, c.guard), h1connKey{}, c)
 	c.bw = c.s.wpool.Get().(*bufio.Writer)
 	c.bw.Reset(c.rwc)
 	for c.serveOne() {
@@ -512,17 +603,14 @@ func (c *h1conn) linger() {
 func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	c.reqMu.Lock()
-	c.cancel = cancel
+	c.cancel, c.reqCtx = cancel, ctx
 	c.reqMu.Unlock()
 	if c.state.Load() == h1Closed {
-		cancel() // cut by Shutdown while the request was read
+		c.cancelRequest(ctx, false) // cut by Shutdown while the request was read
 	}
 	defer func() {
 		c.res.body.shut()
-		c.reqMu.Lock()
-		c.cancel = nil
-		c.reqMu.Unlock()
-		cancel()
+		c.cancelRequest(ctx, true)
 	}()
 	req = req.WithContext(ctx)
 	if c.remote == "" {
@@ -663,7 +751,7 @@ func (c *h1conn) startBackgroundRead() {
 	c.wstate = h1Reading
 	c.bgDone = make(chan struct{})
 	c.reqMu.Lock()
-	cancel := c.cancel
+	ctx := c.reqCtx
 	c.reqMu.Unlock()
 	go func() {
 		defer close(c.bgDone)
@@ -672,8 +760,8 @@ func (c *h1conn) startBackgroundRead() {
 			c.cr.pending = c.cr.oneByte[:n]
 			return
 		}
-		if err != nil && !c.aborting.Load() && cancel != nil {
-			cancel() // the client went away (or the connection failed)
+		if err != nil && !c.aborting.Load() && ctx != nil {
+			c.cancelRequest(ctx, false) // the client went away (or the connection failed)
 		}
 	}()
 }

@@ -226,6 +226,10 @@ func (s *state) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// valueParent returns the downstream request's context: a state, as a context, only adds
+// values to it (see valueContext).
+func (s *state) valueParent() context.Context { return s.ctx }
+
 // Unwrap lets http.ResponseController reach Flush and Hijack (streaming, WebSocket).
 func (s *state) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
