@@ -110,6 +110,7 @@ type Handler struct {
 	setAttempt bool // outbound: send X-Ferry-Attempt
 	// spanUpstream is the upstream named on server spans: the upstream outbound, "" inbound.
 	spanUpstream string
+	ids          requestIDs // X-Request-Id for requests without one
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -247,7 +248,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if v := r.Header["X-Request-Id"]; len(v) > 0 && v[0] != "" {
 		st.requestID = v[0]
 	} else {
-		st.requestID = newRequestID()
+		st.requestID = h.ids.next()
 		st.rid[0] = st.requestID
 		r.Header["X-Request-Id"] = st.rid[:1:1]
 	}
