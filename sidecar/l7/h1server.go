@@ -612,7 +612,9 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 		c.res.body.shut()
 		c.cancelRequest(ctx, true)
 	}()
-	req = req.WithContext(ctx)
+	// In place: the parser made req for this server only, and its body (the trailers of a
+	// chunked one) refers to it. The copy WithContext makes stays on the stack.
+	*req = *req.WithContext(ctx)
 	if c.remote == "" {
 		c.remote = c.rwc.RemoteAddr().String()
 	}
