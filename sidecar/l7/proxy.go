@@ -424,8 +424,12 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		// Ferry's HTTP/1.1 pool enforces the try's limit with a timer of the connection's.
 		h1 := limit > 0 && t.transport.http1(req)
 		if limit > 0 && !h1 {
-			tctx, cancelTry = context.WithCancelCause(down)
-			timer = time.AfterFunc(limit, func() { cancelTry(cause) })
+			// The timer's closure captures a copy: capturing cancelTry, which is assigned
+			// again below, would move it to the heap on every try.
+			var cancel context.CancelCauseFunc
+			tctx, cancel = context.WithCancelCause(down)
+			cancelTry = cancel
+			timer = time.AfterFunc(limit, func() { cancel(cause) })
 			treq = req.WithContext(tctx)
 		}
 		var body *attemptBody
