@@ -220,6 +220,10 @@ type h1Conn struct {
 	closed    atomic.Bool
 
 	abortFn func() // c.abort, bound once: the cancellation callback
+	// hookedOn is the downstream connection whose request's cancellation aborts the
+	// round trip (see onCancel); unhookFn is c.unhook, bound once.
+	hookedOn *h1conn
+	unhookFn func() bool
 	// The deadline of the round trip's response headers (h1Pool.roundTripUntil): a timer
 	// reused from one request to the next, armed by the round trip's goroutine only.
 	timer     *time.Timer
@@ -238,6 +242,7 @@ func newH1Conn(h *h1Host, conn net.Conn) *h1Conn {
 	c := &h1Conn{h: h, conn: conn, readLimit: math.MaxInt64}
 	c.br = bufio.NewReaderSize(c, 16<<10)
 	c.abortFn = c.abort
+	c.unhookFn = c.unhook
 	c.timeoutFn = c.timeout
 	inner := conn
 	if cc, ok := inner.(*countedConn); ok {

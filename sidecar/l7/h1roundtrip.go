@@ -184,7 +184,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 	// Cancellation (and the deadline) fail the connection's blocked and future I/O; from
 	// here the connection is reused only if this is undone before it fires (stop() and
 	// disarm() are true).
-	stop := context.AfterFunc(ctx, c.abortFn)
+	stop := c.onCancel(ctx)
 	start := c.written.Load()
 	c.writeFailed = false
 	var w *h1BodyWriter
@@ -271,6 +271,32 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 	resp.Body = b
 	return resp, nil
 }
+
+// onCancel arranges for c.abort to run when ctx is cancelled, as context.AfterFunc does,
+// and returns the function that undoes it (AfterFunc's stop). A request served by
+// H1Server whose context only adds values to the downstream request's (the common case)
+// registers with the downstream connection instead, which costs no allocation.
+func (c *h1Conn) onCancel(ctx context.Context) func() bool {
+	if hc, _ := ctx.Value(h1connKey{}).(*h1conn); hc != nil {
+		base := ctx
+		if v, ok := ctx.(valueContext); ok {
+			base = v.valueParent()
+		}
+		if hc.hookAbort(ctx, base, c) {
+			c.hookedOn = hc
+			return c.unhookFn
+		}
+	}
+	return context.AfterFunc(ctx, c.abortFn)
+}
+
+// valueContext is a context that adds values to its parent and is cancelled with it.
+type valueContext interface {
+	valueParent() context.Context
+}
+
+// unhook is the stop function of a round trip that onCancel registered with hookedOn.
+func (c *h1Conn) unhook() bool { return c.hookedOn.unhookAbort(c) }
 
 // fail closes c after a failed round trip and returns the error to report: the cause of
 // the cancellation, when the request was cancelled (as http.Transport reports it).

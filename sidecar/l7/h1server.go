@@ -2,6 +2,7 @@ package l7
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -178,6 +179,10 @@ type h1conn struct {
 	date  h1date
 	keys  []string // scratch for sorting header keys
 
+	// remote is rwc.RemoteAddr().String(), formatted once for all the connection's
+	// requests (http.Request.RemoteAddr).
+	remote string
+
 	hijacked bool
 	// deadline: a read deadline is set on rwc; headerDeadline: the header timeout has
 	// been applied to the request being read.
@@ -187,6 +192,12 @@ type h1conn struct {
 	// The request being served and its cancellation (also read by cut, under s.mu).
 	reqMu  sync.Mutex
 	cancel context.CancelFunc
+	// reqCtx is the request's context (cancelled by cancel). aborts are what to abort
+	// when it is cancelled: the upstream connections of the request's round trips, which
+	// register here (hookAbort) rather than with a context.AfterFunc each.
+	reqCtx    context.Context
+	aborts    []aborter
+	abortsBuf [2]aborter
 
 	// Client-gone watch; see watch.
 	wmu      sync.Mutex
@@ -203,11 +214,96 @@ type h1conn struct {
 func (c *h1conn) cut() {
 	c.state.Store(h1Closed)
 	c.reqMu.Lock()
-	if c.cancel != nil {
-		c.cancel()
+	ctx := c.reqCtx
+	c.reqMu.Unlock()
+	if ctx != nil {
+		c.cancelRequest(ctx, false)
+	}
+	_ = c.rwc.Close()
+}
+
+// aborter is an upstream connection whose round trip fails at once when abort is called.
+type aborter interface{ abort() }
+
+// h1connKey is the key under which the connection's context holds its *h1conn, for
+// hookAbort.
+type h1connKey struct{}
+
+// cancelRequest cancels the request being served if its context is ctx and then aborts what hookAbort registered for it; end also forgets the request
+// (it is over). It is safe to call from any goroutine.
+func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
+	var buf [2]aborter
+	c.reqMu.Lock()
+	if c.reqCtx == nil || ctx != c.reqCtx {
+		c.reqMu.Unlock()
+		return
+	}
+	// Cancelled under reqMu, so that hookAbort either sees the context cancelled or
+	// registers before the list is taken.
+	c.cancel()
+	fire := c.aborts
+	if len(fire) <= len(buf) {
+		fire = buf[:copy(buf[:], fire)] // c.aborts is abortsBuf, reused from here
+	}
+	c.abortsBuf = [2]aborter{}
+	c.aborts = c.abortsBuf[:0]
+	if end {
+		c.cancel, c.reqCtx = nil, nil
 	}
 	c.reqMu.Unlock()
-	_ = c.rwc.Close()
+	for _, a := range fire {
+		a.abort()
+	}
+}
+
+// hookAbort arranges for a.abort to run when ctx is cancelled, as context.AfterFunc(ctx,
+// a.abort) would (at once if it is cancelled already), without allocating, and reports
+// true; or reports false, doing nothing, when ctx is not cancelled exactly when the
+// request being served is (another request's context, or one derived with a cancellation
+// of its own). base is ctx, or a context ctx only adds values to (the same Done). It is
+// safe to call from any goroutine; unhookAbort undoes it.
+func (c *h1conn) hookAbort(ctx, base context.Context, a aborter) bool {
+	c.reqMu.Lock()
+	rc := c.reqCtx
+	c.reqMu.Unlock()
+	// The comparisons run without the lock: a Done method is the caller's code. rc is a
+	// *context.cancelCtx, so comparing it with base cannot panic.
+	if rc == nil || base != rc && ctx.Done() != rc.Done() {
+		return false
+	}
+	c.reqMu.Lock()
+	if c.reqCtx != rc {
+		c.reqMu.Unlock()
+		return false // that request ended meanwhile
+	}
+	if rc.Err() != nil {
+		c.reqMu.Unlock()
+		a.abort()
+		return true
+	}
+	if c.aborts == nil {
+		c.aborts = c.abortsBuf[:0]
+	}
+	c.aborts = append(c.aborts, a)
+	c.reqMu.Unlock()
+	return true
+}
+
+// unhookAbort undoes hookAbort for a, reporting whether it did so before a was aborted
+// (context.AfterFunc's stop). It is safe to call from any goroutine.
+func (c *h1conn) unhookAbort(a aborter) bool {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	for i, x := range c.aborts {
+		if x == a {
+			last := len(c.aborts) - 1
+			c.aborts[i] = c.aborts[last]
+			c.aborts[last] = nil
+			c.aborts = c.aborts[:last]
+			return true
+		}
+	}
+	return false
 }
 
 // h1connReader is what the connection's buffered reader reads from: the connection, after
@@ -284,7 +380,7 @@ func (c *h1conn) serve(h2 func(net.Conn) bool) {
 	}
 	c.guard = &guardConn{Conn: c.rwc, off: true}
 	ctx := context.WithValue(context.Background(), http.LocalAddrContextKey, c.rwc.LocalAddr())
-	c.ctx = connContext(ctx, c.guard)
+	c.ctx = context.WithValue(connContext(ctx, c.guard), h1connKey{}, c)
 	c.bw = c.s.wpool.Get().(*bufio.Writer)
 	c.bw.Reset(c.rwc)
 	for c.serveOne() {
@@ -437,14 +533,9 @@ func (c *h1conn) headerEnd(limit int) (int, error) {
 	}
 }
 
-func indexByte(b []byte, c byte) int {
-	for i, x := range b {
-		if x == c {
-			return i
-		}
-	}
-	return -1
-}
+// indexByte is bytes.IndexByte, whose vector scan beats a byte loop already on a header
+// line.
+func indexByte(b []byte, c byte) int { return bytes.IndexByte(b, c) }
 
 // growReader replaces the connection's reader with one that can hold limit bytes,
 // carrying over what the old one buffered. Long header sections are rare: the larger
@@ -508,20 +599,22 @@ func (c *h1conn) linger() {
 func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	ctx, cancel := context.WithCancel(c.ctx)
 	c.reqMu.Lock()
-	c.cancel = cancel
+	c.cancel, c.reqCtx = cancel, ctx
 	c.reqMu.Unlock()
 	if c.state.Load() == h1Closed {
-		cancel() // cut by Shutdown while the request was read
+		c.cancelRequest(ctx, false) // cut by Shutdown while the request was read
 	}
 	defer func() {
 		c.res.body.shut()
-		c.reqMu.Lock()
-		c.cancel = nil
-		c.reqMu.Unlock()
-		cancel()
+		c.cancelRequest(ctx, true)
 	}()
-	req = req.WithContext(ctx)
-	req.RemoteAddr = c.rwc.RemoteAddr().String()
+	// In place: the parser made req for this server only, and its body (the trailers of a
+	// chunked one) refers to it. The copy WithContext makes stays on the stack.
+	*req = *req.WithContext(ctx)
+	if c.remote == "" {
+		c.remote = c.rwc.RemoteAddr().String()
+	}
+	req.RemoteAddr = c.remote
 	if conflict {
 		c.guard.conflict.Store(true)
 	} else {
@@ -535,23 +628,20 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	if noBody {
 		body.eof = true
 	}
-	if expectsContinue(req) {
-		if req.ProtoAtLeast(1, 1) && req.ContentLength != 0 {
+	// One lookup of Expect for both questions (a map lookup costs more than the rest).
+	if expect := req.Header["Expect"]; len(expect) > 0 && expect[0] != "" {
+		if expectsContinue(expect[0]) && req.ProtoAtLeast(1, 1) && req.ContentLength != 0 {
 			body.expect = true
 			w.canContinue = true
 		} else {
+			// An expectation other than 100-continue, or 100-continue without a body
+			// to wait for or from an HTTP/1.0 client.
 			w.closeAfter = true
 			w.header.Set("Connection", "close")
 			w.WriteHeader(http.StatusExpectationFailed)
 			w.finish()
 			return false
 		}
-	} else if req.Header.Get("Expect") != "" {
-		w.closeAfter = true
-		w.header.Set("Connection", "close")
-		w.WriteHeader(http.StatusExpectationFailed)
-		w.finish()
-		return false
 	}
 	if !noBody {
 		req.Body = body
@@ -656,7 +746,7 @@ func (c *h1conn) startBackgroundRead() {
 	c.wstate = h1Reading
 	c.bgDone = make(chan struct{})
 	c.reqMu.Lock()
-	cancel := c.cancel
+	ctx := c.reqCtx
 	c.reqMu.Unlock()
 	go func() {
 		defer close(c.bgDone)
@@ -665,8 +755,8 @@ func (c *h1conn) startBackgroundRead() {
 			c.cr.pending = c.cr.oneByte[:n]
 			return
 		}
-		if err != nil && !c.aborting.Load() && cancel != nil {
-			cancel() // the client went away (or the connection failed)
+		if err != nil && !c.aborting.Load() && ctx != nil {
+			c.cancelRequest(ctx, false) // the client went away (or the connection failed)
 		}
 	}()
 }
@@ -686,8 +776,8 @@ func (c *h1conn) unwatch() {
 	}
 }
 
-// expectsContinue reports whether r carries Expect: 100-continue.
-func expectsContinue(r *http.Request) bool {
-	v, ok := r.Header["Expect"]
-	return ok && len(v) > 0 && valueHasToken(v[0], "100-continue")
+// expectsContinue reports whether expect, the first Expect field of a request, asks for
+// 100-continue.
+func expectsContinue(expect string) bool {
+	return valueHasToken(expect, "100-continue")
 }

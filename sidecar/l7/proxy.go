@@ -110,6 +110,7 @@ type Handler struct {
 	setAttempt bool // outbound: send X-Ferry-Attempt
 	// spanUpstream is the upstream named on server spans: the upstream outbound, "" inbound.
 	spanUpstream string
+	ids          requestIDs // X-Request-Id for requests without one
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -226,6 +227,10 @@ func (s *state) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// valueParent returns the downstream request's context: a state, as a context, only adds
+// values to it (see valueContext).
+func (s *state) valueParent() context.Context { return s.ctx }
+
 // Unwrap lets http.ResponseController reach Flush and Hijack (streaming, WebSocket).
 func (s *state) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
@@ -243,7 +248,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if v := r.Header["X-Request-Id"]; len(v) > 0 && v[0] != "" {
 		st.requestID = v[0]
 	} else {
-		st.requestID = newRequestID()
+		st.requestID = h.ids.next()
 		st.rid[0] = st.requestID
 		r.Header["X-Request-Id"] = st.rid[:1:1]
 	}
@@ -419,8 +424,12 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		// Ferry's HTTP/1.1 pool enforces the try's limit with a timer of the connection's.
 		h1 := limit > 0 && t.transport.http1(req)
 		if limit > 0 && !h1 {
-			tctx, cancelTry = context.WithCancelCause(down)
-			timer = time.AfterFunc(limit, func() { cancelTry(cause) })
+			// The timer's closure captures a copy: capturing cancelTry, which is assigned
+			// again below, would move it to the heap on every try.
+			var cancel context.CancelCauseFunc
+			tctx, cancel = context.WithCancelCause(down)
+			cancelTry = cancel
+			timer = time.AfterFunc(limit, func() { cancel(cause) })
 			treq = req.WithContext(tctx)
 		}
 		var body *attemptBody
