@@ -10,7 +10,6 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -414,20 +413,5 @@ func TestForwardHelpers(t *testing.T) {
 		if got := ct.names(k); got != want {
 			t.Errorf("names(%q) = %v, want %v", k, got, want)
 		}
-	}
-}
-
-func TestNewRequestID(t *testing.T) {
-	uuid4 := regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
-	seen := map[string]bool{}
-	for range 1000 {
-		id := newRequestID()
-		if !uuid4.MatchString(id) {
-			t.Fatalf("newRequestID() = %q, want a UUIDv4", id)
-		}
-		if seen[id] {
-			t.Fatalf("newRequestID() = %q twice", id)
-		}
-		seen[id] = true
 	}
 }
