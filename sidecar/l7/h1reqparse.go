@@ -143,13 +143,13 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 		// textproto checks a folded value as a whole (a bare CR is in neither the value
 		// nor the fold).
 		for i := range fields {
-			if f := &fields[i]; f.fold != nil && !validValueBytes(*f.fold) {
+			if f := &fields[i]; f.fold != nil && !validFieldValueBytes(*f.fold) {
 				return nil, false, badRequest("malformed MIME header line")
 			}
 		}
 	}
 	for i := range fields {
-		if f := &fields[i]; f.fold == nil && !validValueBytes(buf[f.v0:f.v1]) {
+		if f := &fields[i]; f.fold == nil && !validFieldValueBytes(buf[f.v0:f.v1]) {
 			return nil, false, badRequest("malformed MIME header line")
 		}
 	}
@@ -372,7 +372,7 @@ func canonicalizeName(k []byte) (spaced, ok bool) {
 		return false, false
 	}
 	for _, c := range k {
-		if tokenByte[c] {
+		if byteClass[c]&cToken != 0 {
 			continue
 		}
 		if c != ' ' {
@@ -396,36 +396,18 @@ func canonicalizeName(k []byte) (spaced, ok bool) {
 	return false, true
 }
 
-// tokenByte reports the bytes of an RFC 9110 token.
-var tokenByte = func() (t [256]bool) {
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-		t[c-'a'+'A'] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
-	}
-	return t
-}()
-
+// isTokenBytes reports whether b is a non-empty RFC 9110 token.
 func isTokenBytes(b []byte) bool {
 	if len(b) == 0 {
 		return false
 	}
 	for _, c := range b {
-		if !tokenByte[c] {
+		if byteClass[c]&cToken == 0 {
 			return false
 		}
 	}
 	return true
 }
-
-// validValueBytes reports whether v holds no control byte but HTAB (obs-text is allowed),
-// as textproto and httpguts.ValidHeaderFieldValue check field values.
-func validValueBytes(v []byte) bool { return validFieldValueBytes(v) }
 
 // pathByte reports the bytes a request path may hold for url.ParseRequestURI to take it
 // as it is (Path equal to the target's path, no RawPath): unreserved and sub-delims that
