@@ -69,8 +69,10 @@ func TestH1ServerHandlerCancellation(t *testing.T) {
 			}))
 			tr := NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 16})
 			t.Cleanup(tr.CloseIdleConnections)
+			// A request timeout arms the upstream connection's timer too: cancellation must
+			// abort the round trip with it armed.
 			h := NewHandler(Options{Direction: telemetry.Outbound, Name: "test", Upstream: upstreamOf(backend), Transport: tr,
-				Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "test")})
+				RequestTimeout: 10 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "test")})
 			cancelDerived := make(chan context.CancelFunc, 1)
 			var handler http.Handler = h
 			if tc.wrap != nil {

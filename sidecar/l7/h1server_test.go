@@ -816,32 +816,3 @@ func TestH1ServerContinueConcurrent(t *testing.T) {
 		_ = c.Close()
 	}
 }
-
-// TestH1ServerHandlerClientGone runs the l7 Handler on the H1Server: when the client goes
-// away while the upstream is still working, the upstream request is cancelled.
-func TestH1ServerHandlerClientGone(t *testing.T) {
-	arrived := make(chan struct{}, 1)
-	cancelled := make(chan struct{}, 1)
-	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		arrived <- struct{}{}
-		select {
-		case <-r.Context().Done():
-			cancelled <- struct{}{}
-		case <-time.After(5 * time.Second):
-		}
-	}))
-	tr := NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 16})
-	t.Cleanup(tr.CloseIdleConnections)
-	h := NewHandler(Options{Direction: telemetry.Outbound, Name: "test", Upstream: upstreamOf(backend), Transport: tr,
-		RequestTimeout: 10 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "test")})
-	addr, _ := startH1(t, ServerOptions{}, h, nil)
-	c := dial(t, addr)
-	_, _ = io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: api\r\n\r\n")
-	<-arrived
-	_ = c.Close()
-	select {
-	case <-cancelled:
-	case <-time.After(3 * time.Second):
-		t.Error("the upstream request was not cancelled after the client went away")
-	}
-}
