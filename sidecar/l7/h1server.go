@@ -185,8 +185,10 @@ type h1conn struct {
 
 	hijacked bool
 	// deadline: a read deadline is set on rwc; headerDeadline: the header timeout has
-	// been applied to the request being read.
+	// been applied to the request being read. idleAt: when the deadline set is the idle
+	// timeout's, the time it was set (see idleDeadline); zero otherwise.
 	deadline, headerDeadline bool
+	idleAt                   time.Time
 	released                 bool // the connection's goroutine no longer counts for Shutdown (hijacked)
 
 	// The request being served and its cancellation (also read by cut, under s.mu).
@@ -435,6 +437,33 @@ func (p *prefixConn) CloseWrite() error {
 	return p.Conn.Close()
 }
 
+// coarseIdle is the shortest idle timeout whose deadline idleDeadline and
+// keepIdleDeadline handle coarsely; shorter ones are set and cleared for every request.
+const coarseIdle = time.Second
+
+// idleDeadline arms the idle timeout d for the wait for the next request. Setting a read
+// deadline costs as much as parsing a request (the runtime moves a timer under locks), so
+// on a busy connection the deadline armed for the previous wait is kept when it was set
+// less than d/64 ago and is still armed: the connection may then be closed up to d/64
+// (under 2 % of the timeout) before a full idle period.
+func (c *h1conn) idleDeadline(d time.Duration) {
+	now := time.Now()
+	if d < coarseIdle || c.idleAt.IsZero() || now.Sub(c.idleAt) > d/64 {
+		_ = c.rwc.SetReadDeadline(now.Add(d))
+		c.idleAt = now
+	}
+	c.deadline = true
+}
+
+// keepIdleDeadline reports whether the idle deadline still armed may stay while req is
+// served, saving its clearing now and its setting for the next wait: a request without a
+// body is not read from by its handler, the client-gone watch clears the deadline before
+// it reads (startBackgroundRead), and hijacking clears it. An idle timeout of at least
+// coarseIdle cannot expire within a request the watch has not yet looked at.
+func (c *h1conn) keepIdleDeadline(req *http.Request) bool {
+	return !c.idleAt.IsZero() && c.s.o.IdleTimeout >= coarseIdle && req.Body == http.NoBody
+}
+
 // serveOne reads and serves one request; false means the connection must be closed.
 func (c *h1conn) serveOne() bool {
 	// Idle until the request's first byte.
@@ -443,8 +472,7 @@ func (c *h1conn) serveOne() bool {
 			return false
 		}
 		if d := c.s.o.IdleTimeout; d > 0 {
-			_ = c.rwc.SetReadDeadline(time.Now().Add(d))
-			c.deadline = true
+			c.idleDeadline(d)
 		} else if c.deadline {
 			_ = c.rwc.SetReadDeadline(time.Time{})
 			c.deadline = false
@@ -467,10 +495,11 @@ func (c *h1conn) serveOne() bool {
 		}
 		return false
 	}
-	if c.deadline {
+	if c.deadline && !c.keepIdleDeadline(req) {
 		// The handler reads the body with no deadline, as with net/http without ReadTimeout.
 		_ = c.rwc.SetReadDeadline(time.Time{})
 		c.deadline = false
+		c.idleAt = time.Time{}
 	}
 	return c.serveRequest(req, conflict)
 }
@@ -516,6 +545,7 @@ func (c *h1conn) headerEnd(limit int) (int, error) {
 		}
 		if !c.headerDeadline {
 			c.headerDeadline = true
+			c.idleAt = time.Time{}
 			if d := c.s.o.ReadHeaderTimeout; d > 0 {
 				_ = c.rwc.SetReadDeadline(time.Now().Add(d))
 				c.deadline = true
@@ -748,6 +778,8 @@ func (c *h1conn) startBackgroundRead() {
 	c.reqMu.Lock()
 	ctx := c.reqCtx
 	c.reqMu.Unlock()
+	// The idle deadline may still be armed (keepIdleDeadline): the watch waits without one.
+	_ = c.rwc.SetReadDeadline(time.Time{})
 	go func() {
 		defer close(c.bgDone)
 		n, err := c.rwc.Read(c.cr.oneByte[:])
@@ -773,6 +805,8 @@ func (c *h1conn) unwatch() {
 		<-c.bgDone
 		c.aborting.Store(false)
 		_ = c.rwc.SetReadDeadline(time.Time{})
+		c.deadline = false
+		c.idleAt = time.Time{}
 	}
 }
 
