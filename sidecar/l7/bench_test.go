@@ -46,29 +46,7 @@ func BenchmarkProxy(b *testing.B) {
 		{"POST/policy", false, strings.Repeat("p", 512), true, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			var eps []*balancer.Endpoint
-			for range 3 {
-				eps = append(eps, balancer.NewEndpoint(discovery.Endpoint{Address: backend, Weight: 1}, nil))
-			}
-			tr := NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 256})
-			o := Options{Direction: telemetry.Outbound, Name: "bench", Upstream: staticUpstream{balancer.NewRoundRobin(eps)},
-				Transport: tr, RequestTimeout: 5 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "bench")}
-			if bc.resilient {
-				br := circuit.New(nil)
-				br.SetLimits(circuit.Limits{MaxConnections: 1024, MaxPending: 1024, MaxRequests: 1024, BudgetPercent: 20, MinRetryConcurrency: 3})
-				tr = NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 256, Breaker: br})
-				o.Transport = tr
-				o.Breaker = br
-				o.Retry = &RetryPolicy{Retries: 2, On: RetryConnectFailure | RetryReset | RetryGatewayError,
-					PerTryTimeout: 2 * time.Second, BackoffBase: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond, BufferLimit: 64 << 10}
-				sig := make(chan struct{}, 1)
-				for _, e := range eps {
-					e.State.SetTripwire(&balancer.Tripwire{Consecutive5xx: 5, ConsecutiveGatewayFailure: 5, Signal: sig})
-				}
-			}
-			if bc.policy {
-				o.Direction, o.Policy = telemetry.Inbound, benchPolicy(b)
-			}
+			o, tr := benchOptions(b, backend, bc.resilient, bc.policy)
 			if bc.routed {
 				o.Routes = benchRoutes(b, Target{Name: "bench", Upstream: o.Upstream, Transport: tr, RequestTimeout: o.RequestTimeout})
 			}
@@ -240,24 +218,7 @@ func BenchmarkProxyAllocs(b *testing.B) {
 		{"GET/policy", false, true},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
-			var eps []*balancer.Endpoint
-			for range 3 {
-				eps = append(eps, balancer.NewEndpoint(discovery.Endpoint{Address: backend, Weight: 1}, nil))
-			}
-			tr := NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 256})
-			o := Options{Direction: telemetry.Outbound, Name: "bench", Upstream: staticUpstream{balancer.NewRoundRobin(eps)},
-				Transport: tr, RequestTimeout: 5 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "bench")}
-			if bc.resilient {
-				br := circuit.New(nil)
-				br.SetLimits(circuit.Limits{MaxConnections: 1024, MaxPending: 1024, MaxRequests: 1024, BudgetPercent: 20, MinRetryConcurrency: 3})
-				tr = NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 256, Breaker: br})
-				o.Transport, o.Breaker = tr, br
-				o.Retry = &RetryPolicy{Retries: 2, On: RetryConnectFailure | RetryReset | RetryGatewayError,
-					PerTryTimeout: 2 * time.Second, BackoffBase: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond, BufferLimit: 64 << 10}
-			}
-			if bc.policy {
-				o.Direction, o.Policy = telemetry.Inbound, benchPolicy(b)
-			}
+			o, tr := benchOptions(b, backend, bc.resilient, bc.policy)
 			defer tr.CloseIdleConnections()
 			// The sidecar's HTTP/1.x server, as its listeners run it.
 			srv := NewH1Server(ServerOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}, NewHandler(o), nil)
@@ -395,4 +356,34 @@ func startRawBackend(b *testing.B) string {
 	}()
 	b.Cleanup(func() { _ = ln.Close() })
 	return ln.Addr().String()
+}
+
+// benchOptions is the Handler configuration of the proxy benchmarks: round robin over three
+// endpoints of backend, a 5 s request timeout; resilient adds a circuit breaker, retries
+// and outlier tripwires (none of which fires on the happy path), policy the inbound policy
+// of benchPolicy. It returns the options and their transport.
+func benchOptions(b *testing.B, backend string, resilient, policy bool) (Options, *Transport) {
+	var eps []*balancer.Endpoint
+	for range 3 {
+		eps = append(eps, balancer.NewEndpoint(discovery.Endpoint{Address: backend, Weight: 1}, nil))
+	}
+	tr := NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 256})
+	o := Options{Direction: telemetry.Outbound, Name: "bench", Upstream: staticUpstream{balancer.NewRoundRobin(eps)},
+		Transport: tr, RequestTimeout: 5 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "bench")}
+	if resilient {
+		br := circuit.New(nil)
+		br.SetLimits(circuit.Limits{MaxConnections: 1024, MaxPending: 1024, MaxRequests: 1024, BudgetPercent: 20, MinRetryConcurrency: 3})
+		tr = NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 256, Breaker: br})
+		o.Transport, o.Breaker = tr, br
+		o.Retry = &RetryPolicy{Retries: 2, On: RetryConnectFailure | RetryReset | RetryGatewayError,
+			PerTryTimeout: 2 * time.Second, BackoffBase: 25 * time.Millisecond, BackoffMax: 250 * time.Millisecond, BufferLimit: 64 << 10}
+		sig := make(chan struct{}, 1)
+		for _, e := range eps {
+			e.State.SetTripwire(&balancer.Tripwire{Consecutive5xx: 5, ConsecutiveGatewayFailure: 5, Signal: sig})
+		}
+	}
+	if policy {
+		o.Direction, o.Policy = telemetry.Inbound, benchPolicy(b)
+	}
+	return o, tr
 }
