@@ -27,6 +27,11 @@ import (
 // are invisible to sysmon; readiness still comes from the netpoller (syscall.RawConn),
 // and deadlines and Close work as with the plain methods.
 //
+// The calls are recvfrom(2) and sendto(2), not read(2) and write(2): on a socket they skip
+// the VFS layer (file position lock, rw_verify_area, the security hook), about 1 µs per
+// proxied request on the two-sidecar path by perf's kernel profile, and sendto's
+// MSG_NOSIGNAL turns a write to a reset connection into EPIPE without raising SIGPIPE.
+//
 // The result keeps *net.TCPConn's other methods (CloseWrite, SyscallConn, ReadFrom,
 // SetDeadline...) and is, like any net.Conn, safe for concurrent use: concurrent Reads
 // (or Writes) take turns, as they do on the file descriptor's own lock.
@@ -89,7 +94,7 @@ func (c *rawTCPConn) Read(p []byte) (int, error) {
 // doRead is the read callback: false asks the netpoller to wait for readability.
 func (c *rawTCPConn) doRead(fd uintptr) bool {
 	for {
-		n, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)))
+		n, _, e := syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&c.rbuf[0])), uintptr(len(c.rbuf)), 0, 0, 0)
 		switch e {
 		case 0:
 			c.rn = int(n)
@@ -131,7 +136,7 @@ func (c *rawTCPConn) Write(p []byte) (int, error) {
 func (c *rawTCPConn) doWrite(fd uintptr) bool {
 	for c.wn < len(c.wbuf) {
 		rest := c.wbuf[c.wn:]
-		n, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)))
+		n, _, e := syscall.RawSyscall6(syscall.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&rest[0])), uintptr(len(rest)), syscall.MSG_NOSIGNAL, 0, 0)
 		switch e {
 		case 0:
 			c.wn += int(n)
