@@ -420,14 +420,20 @@ func TestH1ServerTimeouts(t *testing.T) {
 func TestH1ServerClientGone(t *testing.T) {
 	for _, tc := range []struct {
 		name, req string
+		quick     int // quick requests on the connection first (each stops the watch's timer)
 	}{
 		{name: "no body", req: "GET / HTTP/1.1\r\nHost: x\r\n\r\n"},
 		{name: "body read", req: "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"},
+		{name: "after quick requests", req: "GET / HTTP/1.1\r\nHost: x\r\n\r\n", quick: 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cancelled := make(chan error, 1)
 			started := make(chan struct{})
 			addr, _ := startH1(t, ServerOptions{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/quick" {
+					_, _ = io.WriteString(w, "ok")
+					return
+				}
 				_, _ = io.ReadAll(r.Body)
 				close(started)
 				select {
@@ -438,6 +444,15 @@ func TestH1ServerClientGone(t *testing.T) {
 				}
 			}), nil)
 			c := dial(t, addr)
+			br := bufio.NewReader(c)
+			for i := 0; i < tc.quick; i++ {
+				_, _ = io.WriteString(c, "GET /quick HTTP/1.1\r\nHost: x\r\n\r\n")
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Fatalf("quick request %d: %v", i, err)
+				}
+				_, _ = io.ReadAll(resp.Body)
+			}
 			_, _ = io.WriteString(c, tc.req)
 			<-started
 			_ = c.Close()
