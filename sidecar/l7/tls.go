@@ -150,6 +150,9 @@ type peerInfo struct {
 	local spiffeid.ID
 	id    string
 	xfcc  string // "" if it could not be made
+	// xfccv is the header value made once for every request of the connection: its
+	// capacity is its length, so an append copies it (nothing edits a value in place).
+	xfccv []string
 }
 
 // connContext is the http.Server ConnContext of Ferry's listeners: the framing guard
@@ -205,6 +208,7 @@ func (h *Handler) acceptPeer(st *state, r *http.Request) {
 		pi = &peerInfo{local: local, id: id.String()}
 		if x, err := mtls.NewXFCC(local, r.TLS); err == nil {
 			pi.xfcc = x.String()
+			pi.xfccv = []string{pi.xfcc}
 		}
 		if ct != nil {
 			ct.peer.Store(pi)
@@ -212,7 +216,7 @@ func (h *Handler) acceptPeer(st *state, r *http.Request) {
 	}
 	st.peer = pi.id
 	if pi.xfcc != "" {
-		r.Header[mtls.XFCCHeader] = []string{pi.xfcc}
+		r.Header[mtls.XFCCHeader] = pi.xfccv[:1:1]
 	}
 }
 
