@@ -192,14 +192,16 @@ type h1conn struct {
 	released                 bool // the connection's goroutine no longer counts for Shutdown (hijacked)
 
 	// The request being served and its cancellation (also read by cut, under s.mu).
-	reqMu  sync.Mutex
-	cancel context.CancelFunc
-	// reqCtx is the request's context (cancelled by cancel). aborts are what to abort
-	// when it is cancelled: the upstream connections of the request's round trips, which
-	// register here (hookAbort) rather than with a context.AfterFunc each.
-	reqCtx    context.Context
+	reqMu sync.Mutex
+	// reqCtx is the context of the request being served, nil between requests. aborts are
+	// what to abort when it is cancelled: the upstream connections of the request's round
+	// trips, which register here (hookAbort) rather than with a context.AfterFunc each.
+	reqCtx    *h1reqCtx
 	aborts    []aborter
 	abortsBuf [2]aborter
+	// spareCtx is the last request's context, used again for the next request unless it
+	// escaped (see h1reqCtx). Only the connection's goroutine uses it.
+	spareCtx *h1reqCtx
 
 	// Client-gone watch; see watch.
 	wmu      sync.Mutex
@@ -233,7 +235,7 @@ type h1connKey struct{}
 
 // cancelRequest cancels the request being served if its context is ctx and then aborts what hookAbort registered for it; end also forgets the request
 // (it is over). It is safe to call from any goroutine.
-func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
+func (c *h1conn) cancelRequest(ctx *h1reqCtx, end bool) {
 	var buf [2]aborter
 	c.reqMu.Lock()
 	if c.reqCtx == nil || ctx != c.reqCtx {
@@ -242,7 +244,7 @@ func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
 	}
 	// Cancelled under reqMu, so that hookAbort either sees the context cancelled or
 	// registers before the list is taken.
-	c.cancel()
+	ctx.cancel()
 	fire := c.aborts
 	if len(fire) <= len(buf) {
 		fire = buf[:copy(buf[:], fire)] // c.aborts is abortsBuf, reused from here
@@ -250,7 +252,7 @@ func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
 	c.abortsBuf = [2]aborter{}
 	c.aborts = c.abortsBuf[:0]
 	if end {
-		c.cancel, c.reqCtx = nil, nil
+		c.reqCtx = nil
 	}
 	c.reqMu.Unlock()
 	for _, a := range fire {
@@ -269,8 +271,9 @@ func (c *h1conn) hookAbort(ctx, base context.Context, a aborter) bool {
 	rc := c.reqCtx
 	c.reqMu.Unlock()
 	// The comparisons run without the lock: a Done method is the caller's code. rc is a
-	// *context.cancelCtx, so comparing it with base cannot panic.
-	if rc == nil || base != rc && ctx.Done() != rc.Done() {
+	// pointer, so comparing it with base cannot panic. Done is only asked for when base
+	// is not rc (it makes rc's channel, and rc is then not reused).
+	if rc == nil || base != context.Context(rc) && ctx.Done() != rc.Done() {
 		return false
 	}
 	c.reqMu.Lock()
@@ -627,9 +630,13 @@ func (c *h1conn) linger() {
 // serveRequest runs the handler for req and finishes its response; false means the
 // connection must be closed.
 func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
-	ctx, cancel := context.WithCancel(c.ctx)
+	ctx := c.spareCtx
+	if ctx == nil || !ctx.reuse() {
+		ctx = &h1reqCtx{parent: c.ctx}
+		c.spareCtx = ctx
+	}
 	c.reqMu.Lock()
-	c.cancel, c.reqCtx = cancel, ctx
+	c.reqCtx = ctx
 	c.reqMu.Unlock()
 	if c.state.Load() == h1Closed {
 		c.cancelRequest(ctx, false) // cut by Shutdown while the request was read
@@ -814,4 +821,123 @@ func (c *h1conn) unwatch() {
 // 100-continue.
 func expectsContinue(expect string) bool {
 	return valueHasToken(expect, "100-continue")
+}
+
+// h1reqCtx is the context of a request an h1conn serves: the connection's context (values
+// only, never cancelled) cancelled when the request ends, the client goes away or
+// Shutdown cuts the connection. It replaces a context.WithCancel per request (a context
+// and its cancel function: two allocations) with an object the connection uses again for
+// its next request, and allocates nothing on the fast path, where nobody asks for Done.
+//
+// The first Done (or AfterFunc) makes a context.WithCancel of the connection's context,
+// whose Done it returns and which is cancelled with the request; Value then answers
+// through it. So a context derived from the request's, directly or through contexts that
+// only add values (the server span, an httptrace), finds that cancelCtx as its parent
+// the way the context package looks for one and registers as its child: no goroutine per
+// derived context, as with a plain context.WithCancel. (AfterFunc, the context package's
+// other way to do without a goroutine, is implemented on top of it.)
+//
+// Reuse: a context someone called Done or AfterFunc on may be kept beyond its request
+// (a child context of a retry, a goroutine selecting on Done): it "escapes", and the
+// connection makes a new one for its next request, so that what was handed out stays
+// cancelled. One that did not escape is reset for the next request; what only calls
+// Err or Value on a request's context after its handler has returned (net/http cancels
+// the context then) may see the next request's instead.
+//
+// All methods are safe to call concurrently.
+type h1reqCtx struct {
+	parent    context.Context
+	cancelled atomic.Bool
+	real      atomic.Pointer[h1cancelCtx] // made by the first Done or AfterFunc
+
+	mu      sync.Mutex // orders cancel against the making of real
+	escaped bool       // real was made: x is not reused
+}
+
+// h1cancelCtx is the context.WithCancel an h1reqCtx makes when asked for its Done.
+type h1cancelCtx struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+var _ interface {
+	context.Context
+	AfterFunc(func()) func() bool
+} = (*h1reqCtx)(nil)
+
+// Deadline returns the connection context's deadline (it has none).
+func (x *h1reqCtx) Deadline() (time.Time, bool) { return x.parent.Deadline() }
+
+// Done returns a channel closed when the request is cancelled.
+func (x *h1reqCtx) Done() <-chan struct{} { return x.cancelCtx().Done() }
+
+// cancelCtx returns the context.WithCancel cancelled with x, making it (x escapes) on the
+// first call.
+func (x *h1reqCtx) cancelCtx() context.Context {
+	if r := x.real.Load(); r != nil {
+		return r.ctx
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if r := x.real.Load(); r != nil {
+		return r.ctx
+	}
+	x.escaped = true
+	ctx, cancel := context.WithCancel(x.parent)
+	if x.cancelled.Load() {
+		cancel()
+	}
+	x.real.Store(&h1cancelCtx{ctx: ctx, cancel: cancel})
+	return ctx
+}
+
+// Err returns context.Canceled once the request is cancelled, nil before.
+func (x *h1reqCtx) Err() error {
+	if x.cancelled.Load() {
+		return context.Canceled
+	}
+	return nil
+}
+
+// Value returns the connection context's value for key (through the cancelCtx once
+// there is one, which the context package finds that way).
+func (x *h1reqCtx) Value(key any) any {
+	if r := x.real.Load(); r != nil {
+		return r.ctx.Value(key)
+	}
+	return x.parent.Value(key)
+}
+
+// String names the context for context's String methods.
+func (x *h1reqCtx) String() string { return "l7.h1reqCtx" }
+
+// AfterFunc arranges for f to run on a goroutine of its own once the request is
+// cancelled (at once if it is) and returns a function that stops it, as
+// context.AfterFunc(x, f) does.
+func (x *h1reqCtx) AfterFunc(f func()) (stop func() bool) {
+	return context.AfterFunc(x.cancelCtx(), f)
+}
+
+// cancel cancels the request: Err reports context.Canceled, and Done is closed (and the
+// contexts derived from it cancelled) if it was asked for. Later calls do nothing.
+func (x *h1reqCtx) cancel() {
+	x.mu.Lock()
+	x.cancelled.Store(true)
+	r := x.real.Load()
+	x.mu.Unlock()
+	if r != nil {
+		r.cancel()
+	}
+}
+
+// reuse readies x, whose request is over (cancelled), for the connection's next request
+// and reports true, or reports false if x escaped (it stays cancelled).
+func (x *h1reqCtx) reuse() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.escaped {
+		return false
+	}
+	x.cancelled.Store(false)
+	return true
 }

@@ -134,8 +134,8 @@ func (w *h1response) writeContinue() {
 	}
 	if _, err := w.c.rwc.Write([]byte(line)); err != nil {
 		w.c.reqMu.Lock()
-		if w.c.cancel != nil {
-			w.c.cancel()
+		if rc := w.c.reqCtx; rc != nil {
+			rc.cancel()
 		}
 		w.c.reqMu.Unlock()
 	}

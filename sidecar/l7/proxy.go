@@ -175,6 +175,10 @@ type state struct {
 	m           *telemetry.HTTPMetrics
 	route       *routed // the route that took the request; nil for none
 
+	// down is the downstream request's context, which ctx only adds values to (the
+	// server span, propagated trace context): see valueParent.
+	down context.Context
+
 	// The forwarder's (forward.go).
 	ctx    context.Context // the downstream request's, with its server span
 	mu     sync.Mutex      // orders got1xx against the end of the round trip
@@ -228,8 +232,16 @@ func (s *state) Write(b []byte) (int, error) {
 }
 
 // valueParent returns the downstream request's context: a state, as a context, only adds
-// values to it (see valueContext).
-func (s *state) valueParent() context.Context { return s.ctx }
+// values to it (see valueContext), and so does the context with the server span it
+// forwards (Tracing.StartServer adds the span and the extracted trace context as values).
+// Returning the request's own context lets H1Server recognise it without asking for its
+// Done channel.
+func (s *state) valueParent() context.Context {
+	if s.down != nil {
+		return s.down
+	}
+	return s.ctx
+}
 
 // Unwrap lets http.ResponseController reach Flush and Hijack (streaming, WebSocket).
 func (s *state) Unwrap() http.ResponseWriter { return s.ResponseWriter }
@@ -253,7 +265,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header["X-Request-Id"] = st.rid[:1:1]
 	}
 	h.o.Metrics.Active.Inc()
-	ctx, span := h.o.Tracing.StartServer(r.Context(), r, h.o.Direction, h.spanUpstream)
+	st.down = r.Context()
+	ctx, span := h.o.Tracing.StartServer(st.down, r, h.o.Direction, h.spanUpstream)
 	st.span = span
 	if h.o.Direction == telemetry.Inbound {
 		h.acceptPeer(st, r)
