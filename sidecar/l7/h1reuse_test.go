@@ -4,12 +4,17 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
 )
 
 type testCtxKey struct{}
@@ -256,5 +261,261 @@ func TestH1ServerRequestContextReuse(t *testing.T) {
 				t.Error(strings.Join(fail, "\n"))
 			}
 		})
+	}
+}
+
+// sameRequest reports how two parses of one request differ; "" if they agree.
+func sameRequest(got, want parsed) string {
+	if got.status != want.status {
+		return fmt.Sprintf("status = %d, want %d", got.status, want.status)
+	}
+	if got.status != 0 {
+		return ""
+	}
+	g, w := got.req, want.req
+	switch {
+	case g.Method != w.Method || g.RequestURI != w.RequestURI || g.Proto != w.Proto:
+		return fmt.Sprintf("request line = %q %q %q, want %q %q %q", g.Method, g.RequestURI, g.Proto, w.Method, w.RequestURI, w.Proto)
+	case !reflect.DeepEqual(g.URL, w.URL):
+		return fmt.Sprintf("URL = %#v, want %#v", g.URL, w.URL)
+	case g.Host != w.Host:
+		return fmt.Sprintf("Host = %q, want %q", g.Host, w.Host)
+	case !reflect.DeepEqual(g.Header, w.Header):
+		return fmt.Sprintf("Header = %q, want %q", g.Header, w.Header)
+	case g.ContentLength != w.ContentLength || g.Close != w.Close:
+		return fmt.Sprintf("ContentLength, Close = %d, %v, want %d, %v", g.ContentLength, g.Close, w.ContentLength, w.Close)
+	case !reflect.DeepEqual(g.TransferEncoding, w.TransferEncoding):
+		return fmt.Sprintf("TransferEncoding = %q, want %q", g.TransferEncoding, w.TransferEncoding)
+	case got.conflict != want.conflict:
+		return fmt.Sprintf("conflict = %v, want %v", got.conflict, want.conflict)
+	case got.body != want.body || got.bodyErr != want.bodyErr:
+		return fmt.Sprintf("body = %q (%s), want %q (%s)", got.body, got.bodyErr, want.body, want.bodyErr)
+	case !reflect.DeepEqual(got.trailer, want.trailer):
+		return fmt.Sprintf("Trailer = %q, want %q", got.trailer, want.trailer)
+	case g.Form != nil || g.PostForm != nil || g.MultipartForm != nil || g.TLS != nil || g.Response != nil || g.Pattern != "":
+		return "fields the parser never sets are set"
+	}
+	return ""
+}
+
+// reusingParser returns a parseRequest that fills ru, and scribbles on what it returned
+// the way a handler may (a header added, the URL changed), so that what is left of a
+// request shows in the next one.
+func reusingParser(ru *requestReuse) func(*bufio.Reader, []byte) (*http.Request, bool, error) {
+	return func(br *bufio.Reader, hdr []byte) (*http.Request, bool, error) {
+		return parseRequestReusing(br, hdr, ru)
+	}
+}
+
+func scribble(r *http.Request) {
+	r.Header["X-Left-Over"] = []string{"1"}
+	r.URL.Fragment = "left-over"
+	r.Form = map[string][]string{"a": {"b"}}
+	r.Pattern = "/left-over"
+}
+
+// TestParseRequestReusing parses every case of parseRequestCases, in order and in
+// reverse, with one requestReuse, and checks each request is what a fresh parse makes of
+// it: nothing of the request before it (header fields, URL, Host, framing, trailers, what
+// the handler added) is left.
+func TestParseRequestReusing(t *testing.T) {
+	var ru requestReuse
+	parse := reusingParser(&ru)
+	n := len(parseRequestCases)
+	for i := range 2 * n {
+		tc := parseRequestCases[i%n]
+		if i >= n {
+			tc = parseRequestCases[2*n-1-i]
+		}
+		got := runParser(parse, []byte(tc.in))
+		want := runParser(parseRequest, []byte(tc.in))
+		if d := sameRequest(got, want); d != "" {
+			t.Errorf("%s: parseRequestReusing(%q): %s", tc.name, tc.in, d)
+		}
+		if got.status == 0 {
+			if got.req != &ru.a.req {
+				t.Errorf("%s: parseRequestReusing() did not fill the reused request", tc.name)
+			}
+			scribble(got.req)
+		}
+	}
+}
+
+// TestRequestReuseHeaderLimit checks that a header map grown past maxReusedHeader is
+// replaced rather than cleared.
+func TestRequestReuseHeaderLimit(t *testing.T) {
+	var ru requestReuse
+	h := ru.header(3)
+	if again := ru.header(3); reflect.ValueOf(again).Pointer() != reflect.ValueOf(h).Pointer() {
+		t.Errorf("header() = a new map, want the previous one")
+	}
+	for i := range maxReusedHeader + 1 {
+		h[fmt.Sprint("K", i)] = nil
+	}
+	if again := ru.header(3); reflect.ValueOf(again).Pointer() == reflect.ValueOf(h).Pointer() || len(again) != 0 {
+		t.Errorf("header() after %d entries = the previous map (len %d), want a new empty one", len(h), len(again))
+	}
+}
+
+// FuzzParseRequestReusing parses two requests with one requestReuse and checks the second
+// is what a fresh parse makes of it.
+func FuzzParseRequestReusing(f *testing.F) {
+	for i, tc := range parseRequestCases {
+		f.Add([]byte(tc.in), []byte(parseRequestCases[(i+1)%len(parseRequestCases)].in))
+	}
+	f.Fuzz(func(t *testing.T, first, second []byte) {
+		if headerSectionEnd(first) < 0 || headerSectionEnd(second) < 0 {
+			return
+		}
+		var ru requestReuse
+		parse := reusingParser(&ru)
+		if p := runParser(parse, first); p.status == 0 {
+			scribble(p.req)
+		}
+		if d := sameRequest(runParser(parse, second), runParser(parseRequest, second)); d != "" {
+			t.Fatalf("parseRequestReusing(%q) after %q: %s", second, first, d)
+		}
+	})
+}
+
+// TestH1ServerRequestReuse serves requests on one connection and checks that each
+// handler sees its own request only (a header field or trailer of the one before, or a
+// header the handler before added, is absent), that the Request is reused when its
+// context did not escape, and that it is not when it did.
+func TestH1ServerRequestReuse(t *testing.T) {
+	type seen struct {
+		req     *http.Request
+		header  http.Header
+		host    string
+		url     string
+		cl      int64
+		te      []string
+		trailer http.Header
+		body    string
+	}
+	var (
+		mu   sync.Mutex
+		seq  []seen
+		escs = map[string]bool{"/escape": true}
+	)
+	addr, _ := startH1(t, ServerOptions{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seq = append(seq, seen{req: r, header: r.Header.Clone(), host: r.Host, url: r.URL.String(),
+			cl: r.ContentLength, te: slices.Clone(r.TransferEncoding), trailer: r.Trailer.Clone(), body: string(b)})
+		mu.Unlock()
+		if escs[r.URL.Path] {
+			_ = r.Context().Done()
+		}
+		r.Header.Set("X-Added-By-Handler", "1")
+		fmt.Fprint(w, "ok")
+	}), nil)
+	reqs := []string{
+		"POST /one?q=1 HTTP/1.1\r\nHost: one\r\nX-Secret: s\r\nCookie: c=1\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3\r\nabc\r\n0\r\nX-T: t\r\n\r\n",
+		"GET /two HTTP/1.1\r\nHost: two\r\n\r\n",
+		"GET /escape HTTP/1.1\r\nHost: three\r\nX-Three: 3\r\n\r\n",
+		"PUT /four HTTP/1.1\r\nHost: four\r\nContent-Length: 2\r\n\r\nhi",
+	}
+	want := []seen{
+		{header: http.Header{"X-Secret": {"s"}, "Cookie": {"c=1"}}, host: "one", url: "/one?q=1", cl: -1, te: []string{"chunked"},
+			trailer: http.Header{"X-T": {"t"}}, body: "abc"},
+		{header: http.Header{}, host: "two", url: "/two"},
+		{header: http.Header{"X-Three": {"3"}}, host: "three", url: "/escape"},
+		{header: http.Header{"Content-Length": {"2"}}, host: "four", url: "/four", cl: 2, body: "hi"},
+	}
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	for _, r := range reqs {
+		if _, err := io.WriteString(c, r); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seq) != len(want) {
+		t.Fatalf("handled %d requests, want %d", len(seq), len(want))
+	}
+	for i, g := range seq {
+		w := want[i]
+		if !reflect.DeepEqual(g.header, w.header) || g.host != w.host || g.url != w.url || g.cl != w.cl ||
+			!reflect.DeepEqual(g.te, w.te) || g.body != w.body {
+			t.Errorf("request %d: Header, Host, URL, ContentLength, TransferEncoding, body = %v, %q, %q, %d, %q, %q, want %v, %q, %q, %d, %q, %q",
+				i+1, g.header, g.host, g.url, g.cl, g.te, g.body, w.header, w.host, w.url, w.cl, w.te, w.body)
+		}
+		if !reflect.DeepEqual(g.trailer, w.trailer) {
+			t.Errorf("request %d: Trailer = %v, want %v", i+1, g.trailer, w.trailer)
+		}
+	}
+	// Requests 1 and 2 did not escape: 2 and 3 fill the same Request. 3 escaped: 4 gets
+	// a new one.
+	if seq[1].req != seq[0].req || seq[2].req != seq[1].req {
+		t.Errorf("requests 1 to 3 have distinct Requests, want one reused")
+	}
+	if seq[3].req == seq[2].req {
+		t.Errorf("request 4 reuses the Request of request 3, whose context escaped")
+	}
+}
+
+// TestProxyRequestReuse sends requests on one connection through the Handler and checks
+// that the upstream sees each request's own header: a field of the request before, or
+// the X-Request-Id generated for it, does not come back.
+func TestProxyRequestReuse(t *testing.T) {
+	var (
+		mu   sync.Mutex
+		seen []http.Header
+	)
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		seen = append(seen, r.Header.Clone())
+		mu.Unlock()
+	}))
+	tr := NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 16})
+	t.Cleanup(tr.CloseIdleConnections)
+	addr, _ := startH1(t, ServerOptions{}, NewHandler(Options{Direction: telemetry.Outbound, Name: "test",
+		Upstream: upstreamOf(backend), Transport: tr, RequestTimeout: 5 * time.Second,
+		Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "test")}), nil)
+	reqs := []string{
+		"GET /1 HTTP/1.1\r\nHost: a\r\nX-Secret: s\r\nCookie: c=1\r\n\r\n",
+		"GET /2 HTTP/1.1\r\nHost: a\r\nX-Request-Id: given\r\n\r\n",
+		"GET /3 HTTP/1.1\r\nHost: a\r\n\r\n",
+	}
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	for _, r := range reqs {
+		if _, err := io.WriteString(c, r); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status = %d, want 200", resp.StatusCode)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != 3 {
+		t.Fatalf("the upstream got %d requests, want 3", len(seen))
+	}
+	for i, h := range seen {
+		if got, want := h.Get("X-Secret"), map[int]string{0: "s"}[i]; got != want {
+			t.Errorf("request %d: X-Secret = %q, want %q", i+1, got, want)
+		}
+		if got, want := h.Get("Cookie"), map[int]string{0: "c=1"}[i]; got != want {
+			t.Errorf("request %d: Cookie = %q, want %q", i+1, got, want)
+		}
+	}
+	id1, id2, id3 := seen[0].Get("X-Request-Id"), seen[1].Get("X-Request-Id"), seen[2].Get("X-Request-Id")
+	if id2 != "given" || id1 == "" || id3 == "" || id1 == id3 || id1 == "given" || id3 == "given" {
+		t.Errorf("X-Request-Id = %q, %q, %q, want a generated one, \"given\", another generated one", id1, id2, id3)
 	}
 }

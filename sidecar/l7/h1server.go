@@ -26,6 +26,19 @@ import (
 // Connections that speak HTTP/2 (ALPN h2, or the cleartext prior-knowledge preface) are
 // handed to another server; see ServeConn.
 //
+// The Request and its Header are reused after ServeHTTP returns, as net/http's contract
+// allows (neither the ResponseWriter nor the Request may be used after or concurrently
+// with the completion of ServeHTTP): a connection parses its next request into the same
+// http.Request, URL and (cleared) header map, so that a request costs no allocation for
+// them. Strings taken from a request (method, target, header values) stay valid: each
+// head gets a fresh copy that they point into. A handler that keeps the Request, its
+// URL or its Header map (not just strings from them) beyond ServeHTTP must copy them.
+// The request context is reused too, unless someone asked for its Done channel or
+// derived a context from it (see h1reqCtx); in that case, which is how a goroutine
+// outliving the handler would watch the request, the Request's storage is not reused
+// either. A connection that was hijacked or whose handler panicked serves no further
+// request.
+//
 // ServeConn and Shutdown are safe to call concurrently.
 type H1Server struct {
 	o       ServerOptions
@@ -178,6 +191,9 @@ type h1conn struct {
 	res   h1response
 	date  h1date
 	keys  []string // scratch for sorting header keys
+	// reuse is the storage of the last request (its http.Request, URL and header map),
+	// filled again by the next one; see H1Server.
+	reuse requestReuse
 
 	// remote is rwc.RemoteAddr().String(), formatted once for all the connection's
 	// requests (http.Request.RemoteAddr).
@@ -519,7 +535,7 @@ func (c *h1conn) readRequest() (*http.Request, bool, error) {
 		return nil, false, err
 	}
 	hdr, _ := c.br.Peek(end)
-	return parseRequest(c.br, hdr)
+	return parseRequestReusing(c.br, hdr, &c.reuse)
 }
 
 // headerEnd waits until br holds a complete header section (ending with an empty line) and
@@ -644,6 +660,11 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	defer func() {
 		c.res.body.shut()
 		c.cancelRequest(ctx, true)
+		if ctx.real.Load() != nil {
+			// Its context was handed to something that may outlive it (a goroutine, a
+			// child context): to be safe, neither is the request's storage reused.
+			c.reuse = requestReuse{}
+		}
 	}()
 	// In place: the parser made req for this server only, and its body (the trailers of a
 	// chunked one) refers to it. The copy WithContext makes stays on the stack.

@@ -16,7 +16,13 @@ import (
 // (Transfer-Encoding with Content-Length, or on HTTP/1.0), which net/http accepts and the
 // Handler refuses. A request the server must refuse comes back as an *h1Error.
 func parseRequest(br *bufio.Reader, hdr []byte) (*http.Request, bool, error) {
-	req, conflict, err := parseRequestHead(hdr)
+	return parseRequestReusing(br, hdr, nil)
+}
+
+// parseRequestReusing is parseRequest with the request storage of ru (see
+// parseRequestHeadReusing).
+func parseRequestReusing(br *bufio.Reader, hdr []byte, ru *requestReuse) (*http.Request, bool, error) {
+	req, conflict, err := parseRequestHeadReusing(hdr, ru)
 	if err != nil {
 		return nil, false, err
 	}
