@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"reflect"
 	"runtime"
 	"slices"
@@ -517,5 +518,74 @@ func TestProxyRequestReuse(t *testing.T) {
 	id1, id2, id3 := seen[0].Get("X-Request-Id"), seen[1].Get("X-Request-Id"), seen[2].Get("X-Request-Id")
 	if id2 != "given" || id1 == "" || id3 == "" || id1 == id3 || id1 == "given" || id3 == "given" {
 		t.Errorf("X-Request-Id = %q, %q, %q, want a generated one, \"given\", another generated one", id1, id2, id3)
+	}
+}
+
+// TestH1ServerSharedClock checks the readings of the clock H1Server shares with its
+// handler: requestStart is the server's reading taken before the handler ran, and the
+// response's Date is the time the handler gave requestEnd when the header goes out after
+// the handler (the clock's otherwise).
+func TestH1ServerSharedClock(t *testing.T) {
+	past := time.Date(2001, 2, 3, 4, 5, 6, 0, time.UTC)
+	var (
+		mu     sync.Mutex
+		starts []time.Time
+		ins    []time.Time
+	)
+	addr, _ := startH1(t, ServerOptions{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		in := time.Now()
+		mu.Lock()
+		starts, ins = append(starts, requestStart(r)), append(ins, in)
+		mu.Unlock()
+		switch r.URL.Path {
+		case "/end":
+			requestEnd(r, past)
+		case "/flushed":
+			w.(http.Flusher).Flush() // the header goes out now
+			requestEnd(r, past)
+		}
+	}), nil)
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	for _, tc := range []struct {
+		path     string
+		wantPast bool
+	}{
+		{"/end", true},
+		{"/none", false},
+		{"/flushed", false},
+		{"/end", true},
+	} {
+		before := time.Now()
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", tc.path)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		after := time.Now()
+		date, err := http.ParseTime(resp.Header.Get("Date"))
+		if err != nil {
+			t.Fatalf("%s: Date %q: %v", tc.path, resp.Header.Get("Date"), err)
+		}
+		if tc.wantPast {
+			if !date.Equal(past) {
+				t.Errorf("%s: Date = %v, want the handler's end %v", tc.path, date, past)
+			}
+		} else if date.Before(before.Truncate(time.Second)) || date.After(after) {
+			t.Errorf("%s: Date = %v, want between %v and %v", tc.path, date, before, after)
+		}
+		mu.Lock()
+		start, in := starts[len(starts)-1], ins[len(ins)-1]
+		mu.Unlock()
+		if start.Before(before) || start.After(in) {
+			t.Errorf("%s: requestStart() = %v, want between the request's sending %v and the handler's start %v", tc.path, start, before, in)
+		}
+	}
+	// Outside H1Server, requestStart reads the clock.
+	before := time.Now()
+	if got := requestStart(httptest.NewRequest("GET", "/", nil)); got.Before(before) || got.After(time.Now()) {
+		t.Errorf("requestStart() outside H1Server = %v, want now", got)
 	}
 }

@@ -190,7 +190,10 @@ type h1conn struct {
 	bw    *bufio.Writer
 	res   h1response
 	date  h1date
-	keys  []string // scratch for sorting header keys
+	// respAt is when the handler of the request being finished returned, as it read the
+	// clock (Unix nanoseconds; see h1reqCtx.end): the response's Date. 0: read the clock.
+	respAt int64
+	keys   []string // scratch for sorting header keys
 	// reuse is the storage of the last request (its http.Request, URL and header map),
 	// filled again by the next one; see H1Server.
 	reuse requestReuse
@@ -705,7 +708,12 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 		req.Body = body
 	}
 
-	c.watch(noBody)
+	// One reading of the clock for the watch and the handler's start (requestStart).
+	now := time.Now()
+	ctx.start = now
+	ctx.end.Store(0)
+	c.respAt = 0
+	c.watch(noBody, now)
 	if req.RequestURI == "*" && req.Method == http.MethodOptions {
 		w.header.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
@@ -717,6 +725,7 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	if c.hijacked {
 		return false
 	}
+	c.respAt = ctx.end.Load()
 	w.finish()
 	return !w.closeAfter && !w.werr
 }
@@ -738,7 +747,7 @@ func (c *h1conn) runHandler(w *h1response, req *http.Request) (ok bool) {
 	return true
 }
 
-// watch arms the client-gone watch for the request starting now: a request still running
+// watch arms the client-gone watch for the request starting at start (now): a request still running
 // after h1WatchDelay, once its body has been read to its end (before that, the handler's
 // body reads see the client go away), gets a background read of the connection, and its
 // context is cancelled when that read sees the connection end. A byte it reads (the next,
@@ -747,8 +756,7 @@ func (c *h1conn) runHandler(w *h1response, req *http.Request) (ok bool) {
 // The connection's timer is not stopped and reset per request (that costs more than the
 // request's parsing on a busy connection): once armed it fires every h1WatchDelay while
 // requests keep coming, looks at the one running then, and goes quiet when it finds none.
-func (c *h1conn) watch(bodyDone bool) {
-	start := time.Now()
+func (c *h1conn) watch(bodyDone bool, start time.Time) {
 	c.wmu.Lock()
 	c.wstate, c.bodyDone, c.reqStart = h1Watching, bodyDone, start
 	if !c.armed {
@@ -873,6 +881,31 @@ type h1reqCtx struct {
 
 	mu      sync.Mutex // orders cancel against the making of real
 	escaped bool       // real was made: x is not reused
+
+	// The clock as read for the request, so that the server and its handler share
+	// readings: start, when the server started serving it (set before the handler
+	// runs); end, when the handler finished (Unix nanoseconds, 0 if it did not say).
+	// See requestStart and requestEnd.
+	start time.Time
+	end   atomic.Int64
+}
+
+// requestStart returns when the server started serving r: the reading H1Server took for
+// it (the client-gone watch's), else the clock now.
+func requestStart(r *http.Request) time.Time {
+	if rc, ok := r.Context().(*h1reqCtx); ok && !rc.start.IsZero() {
+		return rc.start
+	}
+	return time.Now()
+}
+
+// requestEnd tells the server serving r that its handler finished at t (a reading the
+// handler took anyway): H1Server dates the response with it rather than read the clock
+// again. It is safe to call from any goroutine.
+func requestEnd(r *http.Request, t time.Time) {
+	if rc, ok := r.Context().(*h1reqCtx); ok {
+		rc.end.Store(t.UnixNano())
+	}
 }
 
 // h1cancelCtx is the context.WithCancel an h1reqCtx makes when asked for its Done.

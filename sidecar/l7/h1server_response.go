@@ -375,7 +375,7 @@ func (w *h1response) sendHeader(done bool) {
 	b = w.appendFields(b, !bodyAllowedForStatus(code))
 	if !f.has(fDate) {
 		b = append(b, "Date: "...)
-		b = w.c.date.append(b)
+		b = w.c.date.append(b, w.c.respAt)
 		b = append(b, "\r\n"...)
 	}
 	b = append(b, "\r\n"...)
@@ -644,8 +644,15 @@ type h1date struct {
 	b   []byte
 }
 
-func (d *h1date) append(b []byte) []byte {
-	now := time.Now()
+// append appends the Date value for the time at (Unix nanoseconds), or for now when at is
+// zero.
+func (d *h1date) append(b []byte, at int64) []byte {
+	var now time.Time
+	if at != 0 {
+		now = time.Unix(0, at)
+	} else {
+		now = time.Now()
+	}
 	if s := now.Unix(); s != d.sec || d.b == nil {
 		d.sec = s
 		d.b = now.UTC().AppendFormat(d.b[:0], http.TimeFormat)

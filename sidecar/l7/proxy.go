@@ -294,7 +294,7 @@ func (s *state) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // ServeHTTP proxies r to the upstream.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
+	start := requestStart(r)
 	g := guardFrom(r.Context())
 	if g != nil {
 		defer g.requestDone()
@@ -336,7 +336,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.status = http.StatusOK
 	}
 	st.m.Request(st.status)
-	d := time.Since(start)
+	end := time.Now()
+	requestEnd(r, end) // the response's Date
+	d := end.Sub(start)
 	st.m.Duration.Observe(d.Seconds())
 	if span.IsRecording() {
 		h.endServerSpan(st, &pn)
