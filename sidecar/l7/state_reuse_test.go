@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferrymesh/ferry/sidecar/telemetry"
+	"github.com/ferrymesh/ferry/sidecar/telemetry/jaegertest"
 )
 
 // stateKept names the fields of state that reset keeps (see state.reset); every other
@@ -287,5 +288,80 @@ func TestProxyStateReuse(t *testing.T) {
 			t.Errorf("access log record %s: want endpoint %s, status %d, proxy_status set %v, attempts 1, bytes_sent %d",
 				l, wantEP, wantStatus, wantPS, wantBytes)
 		}
+	}
+}
+
+// TestProxyReuseWithTracing checks that tracing (a recording server span, a trace context
+// extracted from the request) does not cost the reuse: the span's context only adds
+// values to the request's, so the request context does not escape and a connection's
+// requests share one context, Request and state, while each gets its own trace context
+// upstream. Spans go to a real Jaeger.
+func TestProxyReuseWithTracing(t *testing.T) {
+	j := jaegertest.Start(t)
+	cfg := telemetry.DefaultTracingConfig()
+	cfg.OTLPEndpoint = j.OTLPGRPCAddr
+	tracing, err := telemetry.NewTracing(context.Background(), cfg, "reuse", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = tracing.Shutdown(ctx)
+	})
+	var (
+		mu      sync.Mutex
+		parents []string
+	)
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		parents = append(parents, r.Header.Get("Traceparent"))
+		mu.Unlock()
+	}))
+	tr := NewTransport(TransportOptions{ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 16})
+	t.Cleanup(tr.CloseIdleConnections)
+	h := NewHandler(Options{Direction: telemetry.Outbound, Name: "test", Upstream: upstreamOf(backend), Transport: tr,
+		RequestTimeout: 5 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "test"), Tracing: tracing})
+	var (
+		ctxs []context.Context
+		reqs []*http.Request
+	)
+	addr, _ := startH1(t, ServerOptions{}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		ctxs, reqs = append(ctxs, r.Context()), append(reqs, r)
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}), nil)
+	c := dial(t, addr)
+	br := bufio.NewReader(c)
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	for i := range 4 {
+		fmt.Fprintf(c, "GET /%d HTTP/1.1\r\nHost: a\r\nTraceparent: 00-%s-00f067aa0ba902b7-01\r\n\r\n", i, traceID)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("status = %d, want 200", resp.StatusCode)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	// The first request dials the upstream connection (with a deadline: a context
+	// derived from the request's, which escapes); the next ones find it pooled.
+	for i := 2; i < len(ctxs); i++ {
+		if ctxs[i] != ctxs[1] || reqs[i] != reqs[1] {
+			t.Errorf("request %d: same context as request 2: %v, same Request: %v; want both (nothing escaped)",
+				i+1, ctxs[i] == ctxs[1], reqs[i] == reqs[1])
+		}
+	}
+	seen := map[string]bool{}
+	for i, p := range parents {
+		if !strings.Contains(p, traceID) || seen[p] {
+			t.Errorf("request %d: upstream Traceparent = %q, want a new span of trace %s", i+1, p, traceID)
+		}
+		seen[p] = true
 	}
 }
