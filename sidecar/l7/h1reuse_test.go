@@ -555,9 +555,16 @@ func TestH1ServerSharedClock(t *testing.T) {
 		{"/none", false},
 		{"/flushed", false},
 		{"/end", true},
+		// Refused before the handler (and closing the connection): the clock's time,
+		// not the handler's before it.
+		{"/expect", false},
 	} {
 		before := time.Now()
-		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", tc.path)
+		expect := ""
+		if tc.path == "/expect" {
+			expect = "Expect: something\r\n"
+		}
+		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", tc.path, expect)
 		resp, err := http.ReadResponse(br, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -575,6 +582,12 @@ func TestH1ServerSharedClock(t *testing.T) {
 			}
 		} else if date.Before(before.Truncate(time.Second)) || date.After(after) {
 			t.Errorf("%s: Date = %v, want between %v and %v", tc.path, date, before, after)
+		}
+		if tc.path == "/expect" {
+			if resp.StatusCode != http.StatusExpectationFailed {
+				t.Errorf("%s: status = %d, want %d", tc.path, resp.StatusCode, http.StatusExpectationFailed)
+			}
+			continue
 		}
 		mu.Lock()
 		start, in := starts[len(starts)-1], ins[len(ins)-1]

@@ -649,6 +649,7 @@ func (c *h1conn) linger() {
 // serveRequest runs the handler for req and finishes its response; false means the
 // connection must be closed.
 func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
+	c.respAt = 0 // until the handler says when it finished
 	ctx := c.spareCtx
 	if ctx == nil || !ctx.reuse() {
 		ctx = &h1reqCtx{parent: c.ctx}
@@ -712,7 +713,6 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	now := time.Now()
 	ctx.start = now
 	ctx.end.Store(0)
-	c.respAt = 0
 	c.watch(noBody, now)
 	if req.RequestURI == "*" && req.Method == http.MethodOptions {
 		w.header.Set("Content-Length", "0")
