@@ -42,8 +42,21 @@ const maxReusedHeader = 32
 // request instead of allocating: the request with its URL and small values, and its
 // header map. The zero value holds nothing yet. It is not safe for concurrent use.
 type requestReuse struct {
-	a *requestAlloc
-	h http.Header
+	a  *requestAlloc
+	h  http.Header
+	lb reqLengthBody // the body of a request with a Content-Length
+}
+
+// lengthBody returns the body of a request with a Content-Length of n, read from br: ru's,
+// reset, or a new one for a nil ru. The server's handlers never see it (they read the
+// connection's h1body, which reads it and is shut when the request ends), so nothing
+// reaches it once the next request is parsed.
+func (ru *requestReuse) lengthBody(br *bufio.Reader, n int64) *reqLengthBody {
+	if ru == nil {
+		return &reqLengthBody{lr: io.LimitedReader{R: br, N: n}}
+	}
+	ru.lb = reqLengthBody{lr: io.LimitedReader{R: br, N: n}}
+	return &ru.lb
 }
 
 // alloc returns the request storage, zeroed (new the first time).

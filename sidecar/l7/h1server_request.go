@@ -33,7 +33,7 @@ func parseRequestReusing(br *bufio.Reader, hdr []byte, ru *requestReuse) (*http.
 	case req.ContentLength < 0: // chunked
 		req.Body = &reqChunkedBody{br: br, src: httputil.NewChunkedReader(br), req: req}
 	case req.ContentLength > 0:
-		req.Body = &reqLengthBody{lr: io.LimitedReader{R: br, N: req.ContentLength}}
+		req.Body = ru.lengthBody(br, req.ContentLength)
 	default:
 		req.Body = http.NoBody
 	}

@@ -37,6 +37,7 @@ type h1response struct {
 	buf         []byte // body bytes held back before headerSent
 	trailers    []string
 	vals        [][]string // scratch: the values of the fields in c.keys, while writing the head
+	own         [2]string  // the values of the Content-Length and Content-Type sendHeader adds
 
 	contMu      sync.Mutex
 	canContinue bool // a 100 Continue may still be sent
@@ -329,10 +330,12 @@ func (w *h1response) sendHeader(done bool) {
 	if done && !hasTrailers && !hasTE && bodyAllowedForStatus(code) && cl == "" &&
 		(!w.isHEAD || len(w.buf) > 0) {
 		cl = strconv.Itoa(len(w.buf))
-		w.set(&f, fContentLength, []string{cl})
+		w.own[0] = cl
+		w.set(&f, fContentLength, w.own[0:1:1])
 	}
 	if !f.has(fContentType) && !hasTE && bodyAllowedForStatus(code) && len(w.buf) > 0 {
-		w.set(&f, fContentType, []string{http.DetectContentType(w.buf)})
+		w.own[1] = http.DetectContentType(w.buf)
+		w.set(&f, fContentType, w.own[1:2:2])
 	}
 	hasCL := cl != ""
 	if w.req.ProtoMajor == 1 && w.req.ProtoMinor == 0 && !w.req.Close && valueHasToken(hget(w.req.Header, "Connection"), "keep-alive") {
