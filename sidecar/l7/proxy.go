@@ -232,10 +232,13 @@ func (h *Handler) newState(w http.ResponseWriter) *state {
 //     not kept;
 //   - a panicking ServeHTTP (an aborted response) does not get here.
 //
-// Requests served by net/http's server (HTTP/2) are not kept.
+// Requests served by net/http's server (HTTP/2) are not kept, nor, regardless of the
+// context, one whose upstream request went out with another context than st (the
+// httptrace forward adds for net/http's transports).
 func (h *Handler) releaseState(st *state, r *http.Request) {
 	rc, ok := r.Context().(*h1reqCtx)
-	if !ok || rc.real.Load() != nil || st.body.rc != nil || st.status == http.StatusSwitchingProtocols {
+	if !ok || rc.real.Load() != nil || st.body.rc != nil || st.status == http.StatusSwitchingProtocols ||
+		st.ctx != nil && st.out.Context() != context.Context(st) {
 		return
 	}
 	st.reset()

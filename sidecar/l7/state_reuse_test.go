@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -117,6 +118,15 @@ func TestHandlerReleaseState(t *testing.T) {
 			return rc
 		}, false},
 		{"not H1Server's", func(st *state, rc *h1reqCtx) context.Context { return context.Background() }, false},
+		{"forwarded", func(st *state, rc *h1reqCtx) context.Context {
+			st.ctx, st.out = rc, *(&http.Request{}).WithContext(st)
+			return rc
+		}, true},
+		{"forwarded with an httptrace", func(st *state, rc *h1reqCtx) context.Context {
+			st.ctx = rc
+			st.out = *(&http.Request{}).WithContext(httptrace.WithClientTrace(st, &httptrace.ClientTrace{Got1xxResponse: st.got1xx}))
+			return rc
+		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			// The race detector drops a quarter of sync.Pool's Puts at random: a state
