@@ -31,6 +31,65 @@ import (
 // then becomes one string that the method, target, names and values are substrings of.
 // Safe to call concurrently (it only reads hdr).
 func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
+	return parseRequestHeadReusing(hdr, nil)
+}
+
+// maxReusedHeader is the largest header map (in entries) a connection clears for its next
+// request; a larger one is left to the garbage collector (clearing costs its capacity).
+const maxReusedHeader = 32
+
+// requestReuse is the storage of a request that a connection fills again for its next
+// request instead of allocating: the request with its URL and small values, and its
+// header map. The zero value holds nothing yet. It is not safe for concurrent use.
+type requestReuse struct {
+	a  *requestAlloc
+	h  http.Header
+	lb reqLengthBody // the body of a request with a Content-Length
+}
+
+// lengthBody returns the body of a request with a Content-Length of n, read from br: ru's,
+// reset, or a new one for a nil ru. The server's handlers never see it (they read the
+// connection's h1body, which reads it and is shut when the request ends), so nothing
+// reaches it once the next request is parsed.
+func (ru *requestReuse) lengthBody(br *bufio.Reader, n int64) *reqLengthBody {
+	if ru == nil {
+		return &reqLengthBody{lr: io.LimitedReader{R: br, N: n}}
+	}
+	ru.lb = reqLengthBody{lr: io.LimitedReader{R: br, N: n}}
+	return &ru.lb
+}
+
+// alloc returns the request storage, zeroed (new the first time).
+func (ru *requestReuse) alloc() *requestAlloc {
+	if ru == nil {
+		return new(requestAlloc)
+	}
+	if ru.a == nil {
+		ru.a = new(requestAlloc)
+	} else {
+		*ru.a = requestAlloc{}
+	}
+	return ru.a
+}
+
+// header returns an empty header map for n fields: the previous one cleared, unless it
+// grew past maxReusedHeader entries.
+func (ru *requestReuse) header(n int) http.Header {
+	if ru == nil {
+		return make(http.Header, n)
+	}
+	if ru.h == nil || len(ru.h) > maxReusedHeader {
+		ru.h = make(http.Header, max(n, 16))
+	} else {
+		clear(ru.h)
+	}
+	return ru.h
+}
+
+// parseRequestHeadReusing is parseRequestHead filling the request and header map of ru
+// (nil: new ones). The head's copy is new in any case: strings cut from it (rate-limit
+// keys, access-log fields, route labels) outlive the request.
+func parseRequestHeadReusing(hdr []byte, ru *requestReuse) (*http.Request, bool, error) {
 	buf := make([]byte, len(hdr))
 	copy(buf, hdr)
 
@@ -161,7 +220,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	s := unsafe.String(unsafe.SliceData(buf), len(buf))
 	method, target, protoStr := s[:sp1], s[sp1+1:sp2], s[sp2+1:sp2+1+len(proto)]
 
-	a := new(requestAlloc)
+	a := ru.alloc()
 	req := &a.req
 	req.Method, req.RequestURI, req.Proto, req.ProtoMajor, req.ProtoMinor = method, target, protoStr, major, minor
 	if !parseOriginForm(target, &a.url) {
@@ -181,7 +240,7 @@ func parseRequestHead(hdr []byte) (*http.Request, bool, error) {
 	}
 	req.URL = &a.url
 
-	h := make(http.Header, len(fields))
+	h := ru.header(len(fields))
 	values := a.values[:]
 	if len(fields) > len(values) {
 		values = make([]string, len(fields))

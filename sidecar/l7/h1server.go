@@ -26,6 +26,19 @@ import (
 // Connections that speak HTTP/2 (ALPN h2, or the cleartext prior-knowledge preface) are
 // handed to another server; see ServeConn.
 //
+// The Request and its Header are reused after ServeHTTP returns, as net/http's contract
+// allows (neither the ResponseWriter nor the Request may be used after or concurrently
+// with the completion of ServeHTTP): a connection parses its next request into the same
+// http.Request, URL and (cleared) header map, so that a request costs no allocation for
+// them. Strings taken from a request (method, target, header values) stay valid: each
+// head gets a fresh copy that they point into. A handler that keeps the Request, its
+// URL or its Header map (not just strings from them) beyond ServeHTTP must copy them.
+// The request context is reused too, unless someone asked for its Done channel or
+// derived a context from it (see h1reqCtx); in that case, which is how a goroutine
+// outliving the handler would watch the request, the Request's storage is not reused
+// either. A connection that was hijacked or whose handler panicked serves no further
+// request.
+//
 // ServeConn and Shutdown are safe to call concurrently.
 type H1Server struct {
 	o       ServerOptions
@@ -177,7 +190,13 @@ type h1conn struct {
 	bw    *bufio.Writer
 	res   h1response
 	date  h1date
-	keys  []string // scratch for sorting header keys
+	// respAt is when the handler of the request being finished returned, as it read the
+	// clock (Unix nanoseconds; see h1reqCtx.end): the response's Date. 0: read the clock.
+	respAt int64
+	keys   []string // scratch for sorting header keys
+	// reuse is the storage of the last request (its http.Request, URL and header map),
+	// filled again by the next one; see H1Server.
+	reuse requestReuse
 
 	// remote is rwc.RemoteAddr().String(), formatted once for all the connection's
 	// requests (http.Request.RemoteAddr).
@@ -192,14 +211,16 @@ type h1conn struct {
 	released                 bool // the connection's goroutine no longer counts for Shutdown (hijacked)
 
 	// The request being served and its cancellation (also read by cut, under s.mu).
-	reqMu  sync.Mutex
-	cancel context.CancelFunc
-	// reqCtx is the request's context (cancelled by cancel). aborts are what to abort
-	// when it is cancelled: the upstream connections of the request's round trips, which
-	// register here (hookAbort) rather than with a context.AfterFunc each.
-	reqCtx    context.Context
+	reqMu sync.Mutex
+	// reqCtx is the context of the request being served, nil between requests. aborts are
+	// what to abort when it is cancelled: the upstream connections of the request's round
+	// trips, which register here (hookAbort) rather than with a context.AfterFunc each.
+	reqCtx    *h1reqCtx
 	aborts    []aborter
 	abortsBuf [2]aborter
+	// spareCtx is the last request's context, used again for the next request unless it
+	// escaped (see h1reqCtx). Only the connection's goroutine uses it.
+	spareCtx *h1reqCtx
 
 	// Client-gone watch; see watch.
 	wmu      sync.Mutex
@@ -233,7 +254,7 @@ type h1connKey struct{}
 
 // cancelRequest cancels the request being served if its context is ctx and then aborts what hookAbort registered for it; end also forgets the request
 // (it is over). It is safe to call from any goroutine.
-func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
+func (c *h1conn) cancelRequest(ctx *h1reqCtx, end bool) {
 	var buf [2]aborter
 	c.reqMu.Lock()
 	if c.reqCtx == nil || ctx != c.reqCtx {
@@ -242,7 +263,7 @@ func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
 	}
 	// Cancelled under reqMu, so that hookAbort either sees the context cancelled or
 	// registers before the list is taken.
-	c.cancel()
+	ctx.cancel()
 	fire := c.aborts
 	if len(fire) <= len(buf) {
 		fire = buf[:copy(buf[:], fire)] // c.aborts is abortsBuf, reused from here
@@ -250,7 +271,7 @@ func (c *h1conn) cancelRequest(ctx context.Context, end bool) {
 	c.abortsBuf = [2]aborter{}
 	c.aborts = c.abortsBuf[:0]
 	if end {
-		c.cancel, c.reqCtx = nil, nil
+		c.reqCtx = nil
 	}
 	c.reqMu.Unlock()
 	for _, a := range fire {
@@ -269,8 +290,9 @@ func (c *h1conn) hookAbort(ctx, base context.Context, a aborter) bool {
 	rc := c.reqCtx
 	c.reqMu.Unlock()
 	// The comparisons run without the lock: a Done method is the caller's code. rc is a
-	// *context.cancelCtx, so comparing it with base cannot panic.
-	if rc == nil || base != rc && ctx.Done() != rc.Done() {
+	// pointer, so comparing it with base cannot panic. Done is only asked for when base
+	// is not rc (it makes rc's channel, and rc is then not reused).
+	if rc == nil || base != context.Context(rc) && ctx.Done() != rc.Done() {
 		return false
 	}
 	c.reqMu.Lock()
@@ -516,7 +538,7 @@ func (c *h1conn) readRequest() (*http.Request, bool, error) {
 		return nil, false, err
 	}
 	hdr, _ := c.br.Peek(end)
-	return parseRequest(c.br, hdr)
+	return parseRequestReusing(c.br, hdr, &c.reuse)
 }
 
 // headerEnd waits until br holds a complete header section (ending with an empty line) and
@@ -627,9 +649,14 @@ func (c *h1conn) linger() {
 // serveRequest runs the handler for req and finishes its response; false means the
 // connection must be closed.
 func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
-	ctx, cancel := context.WithCancel(c.ctx)
+	c.respAt = 0 // until the handler says when it finished
+	ctx := c.spareCtx
+	if ctx == nil || !ctx.reuse() {
+		ctx = &h1reqCtx{parent: c.ctx}
+		c.spareCtx = ctx
+	}
 	c.reqMu.Lock()
-	c.cancel, c.reqCtx = cancel, ctx
+	c.reqCtx = ctx
 	c.reqMu.Unlock()
 	if c.state.Load() == h1Closed {
 		c.cancelRequest(ctx, false) // cut by Shutdown while the request was read
@@ -637,6 +664,11 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	defer func() {
 		c.res.body.shut()
 		c.cancelRequest(ctx, true)
+		if ctx.real.Load() != nil {
+			// Its context was handed to something that may outlive it (a goroutine, a
+			// child context): to be safe, neither is the request's storage reused.
+			c.reuse = requestReuse{}
+		}
 	}()
 	// In place: the parser made req for this server only, and its body (the trailers of a
 	// chunked one) refers to it. The copy WithContext makes stays on the stack.
@@ -677,7 +709,11 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 		req.Body = body
 	}
 
-	c.watch(noBody)
+	// One reading of the clock for the watch and the handler's start (requestStart).
+	now := time.Now()
+	ctx.start = now
+	ctx.end.Store(0)
+	c.watch(noBody, now)
 	if req.RequestURI == "*" && req.Method == http.MethodOptions {
 		w.header.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusOK)
@@ -689,6 +725,7 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	if c.hijacked {
 		return false
 	}
+	c.respAt = ctx.end.Load()
 	w.finish()
 	return !w.closeAfter && !w.werr
 }
@@ -710,7 +747,7 @@ func (c *h1conn) runHandler(w *h1response, req *http.Request) (ok bool) {
 	return true
 }
 
-// watch arms the client-gone watch for the request starting now: a request still running
+// watch arms the client-gone watch for the request starting at start (now): a request still running
 // after h1WatchDelay, once its body has been read to its end (before that, the handler's
 // body reads see the client go away), gets a background read of the connection, and its
 // context is cancelled when that read sees the connection end. A byte it reads (the next,
@@ -719,8 +756,7 @@ func (c *h1conn) runHandler(w *h1response, req *http.Request) (ok bool) {
 // The connection's timer is not stopped and reset per request (that costs more than the
 // request's parsing on a busy connection): once armed it fires every h1WatchDelay while
 // requests keep coming, looks at the one running then, and goes quiet when it finds none.
-func (c *h1conn) watch(bodyDone bool) {
-	start := time.Now()
+func (c *h1conn) watch(bodyDone bool, start time.Time) {
 	c.wmu.Lock()
 	c.wstate, c.bodyDone, c.reqStart = h1Watching, bodyDone, start
 	if !c.armed {
@@ -814,4 +850,148 @@ func (c *h1conn) unwatch() {
 // 100-continue.
 func expectsContinue(expect string) bool {
 	return valueHasToken(expect, "100-continue")
+}
+
+// h1reqCtx is the context of a request an h1conn serves: the connection's context (values
+// only, never cancelled) cancelled when the request ends, the client goes away or
+// Shutdown cuts the connection. It replaces a context.WithCancel per request (a context
+// and its cancel function: two allocations) with an object the connection uses again for
+// its next request, and allocates nothing on the fast path, where nobody asks for Done.
+//
+// The first Done (or AfterFunc) makes a context.WithCancel of the connection's context,
+// whose Done it returns and which is cancelled with the request; Value then answers
+// through it. So a context derived from the request's, directly or through contexts that
+// only add values (the server span, an httptrace), finds that cancelCtx as its parent
+// the way the context package looks for one and registers as its child: no goroutine per
+// derived context, as with a plain context.WithCancel. (AfterFunc, the context package's
+// other way to do without a goroutine, is implemented on top of it.)
+//
+// Reuse: a context someone called Done or AfterFunc on may be kept beyond its request
+// (a child context of a retry, a goroutine selecting on Done): it "escapes", and the
+// connection makes a new one for its next request, so that what was handed out stays
+// cancelled. One that did not escape is reset for the next request; what only calls
+// Err or Value on a request's context after its handler has returned (net/http cancels
+// the context then) may see the next request's instead.
+//
+// All methods are safe to call concurrently.
+type h1reqCtx struct {
+	parent    context.Context
+	cancelled atomic.Bool
+	real      atomic.Pointer[h1cancelCtx] // made by the first Done or AfterFunc
+
+	mu      sync.Mutex // orders cancel against the making of real
+	escaped bool       // real was made: x is not reused
+
+	// The clock as read for the request, so that the server and its handler share
+	// readings: start, when the server started serving it (set before the handler
+	// runs); end, when the handler finished (Unix nanoseconds, 0 if it did not say).
+	// See requestStart and requestEnd.
+	start time.Time
+	end   atomic.Int64
+}
+
+// requestStart returns when the server started serving r: the reading H1Server took for
+// it (the client-gone watch's), else the clock now.
+func requestStart(r *http.Request) time.Time {
+	if rc, ok := r.Context().(*h1reqCtx); ok && !rc.start.IsZero() {
+		return rc.start
+	}
+	return time.Now()
+}
+
+// requestEnd tells the server serving r that its handler finished at t (a reading the
+// handler took anyway): H1Server dates the response with it rather than read the clock
+// again. It is safe to call from any goroutine.
+func requestEnd(r *http.Request, t time.Time) {
+	if rc, ok := r.Context().(*h1reqCtx); ok {
+		rc.end.Store(t.UnixNano())
+	}
+}
+
+// h1cancelCtx is the context.WithCancel an h1reqCtx makes when asked for its Done.
+type h1cancelCtx struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+var _ interface {
+	context.Context
+	AfterFunc(func()) func() bool
+} = (*h1reqCtx)(nil)
+
+// Deadline returns the connection context's deadline (it has none).
+func (x *h1reqCtx) Deadline() (time.Time, bool) { return x.parent.Deadline() }
+
+// Done returns a channel closed when the request is cancelled.
+func (x *h1reqCtx) Done() <-chan struct{} { return x.cancelCtx().Done() }
+
+// cancelCtx returns the context.WithCancel cancelled with x, making it (x escapes) on the
+// first call.
+func (x *h1reqCtx) cancelCtx() context.Context {
+	if r := x.real.Load(); r != nil {
+		return r.ctx
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if r := x.real.Load(); r != nil {
+		return r.ctx
+	}
+	x.escaped = true
+	ctx, cancel := context.WithCancel(x.parent)
+	if x.cancelled.Load() {
+		cancel()
+	}
+	x.real.Store(&h1cancelCtx{ctx: ctx, cancel: cancel})
+	return ctx
+}
+
+// Err returns context.Canceled once the request is cancelled, nil before.
+func (x *h1reqCtx) Err() error {
+	if x.cancelled.Load() {
+		return context.Canceled
+	}
+	return nil
+}
+
+// Value returns the connection context's value for key (through the cancelCtx once
+// there is one, which the context package finds that way).
+func (x *h1reqCtx) Value(key any) any {
+	if r := x.real.Load(); r != nil {
+		return r.ctx.Value(key)
+	}
+	return x.parent.Value(key)
+}
+
+// String names the context for context's String methods.
+func (x *h1reqCtx) String() string { return "l7.h1reqCtx" }
+
+// AfterFunc arranges for f to run on a goroutine of its own once the request is
+// cancelled (at once if it is) and returns a function that stops it, as
+// context.AfterFunc(x, f) does.
+func (x *h1reqCtx) AfterFunc(f func()) (stop func() bool) {
+	return context.AfterFunc(x.cancelCtx(), f)
+}
+
+// cancel cancels the request: Err reports context.Canceled, and Done is closed (and the
+// contexts derived from it cancelled) if it was asked for. Later calls do nothing.
+func (x *h1reqCtx) cancel() {
+	x.mu.Lock()
+	x.cancelled.Store(true)
+	r := x.real.Load()
+	x.mu.Unlock()
+	if r != nil {
+		r.cancel()
+	}
+}
+
+// reuse readies x, whose request is over (cancelled), for the connection's next request
+// and reports true, or reports false if x escaped (it stays cancelled).
+func (x *h1reqCtx) reuse() bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.escaped {
+		return false
+	}
+	x.cancelled.Store(false)
+	return true
 }

@@ -16,7 +16,13 @@ import (
 // (Transfer-Encoding with Content-Length, or on HTTP/1.0), which net/http accepts and the
 // Handler refuses. A request the server must refuse comes back as an *h1Error.
 func parseRequest(br *bufio.Reader, hdr []byte) (*http.Request, bool, error) {
-	req, conflict, err := parseRequestHead(hdr)
+	return parseRequestReusing(br, hdr, nil)
+}
+
+// parseRequestReusing is parseRequest with the request storage of ru (see
+// parseRequestHeadReusing).
+func parseRequestReusing(br *bufio.Reader, hdr []byte, ru *requestReuse) (*http.Request, bool, error) {
+	req, conflict, err := parseRequestHeadReusing(hdr, ru)
 	if err != nil {
 		return nil, false, err
 	}
@@ -27,7 +33,7 @@ func parseRequest(br *bufio.Reader, hdr []byte) (*http.Request, bool, error) {
 	case req.ContentLength < 0: // chunked
 		req.Body = &reqChunkedBody{br: br, src: httputil.NewChunkedReader(br), req: req}
 	case req.ContentLength > 0:
-		req.Body = &reqLengthBody{lr: io.LimitedReader{R: br, N: req.ContentLength}}
+		req.Body = ru.lengthBody(br, req.ContentLength)
 	default:
 		req.Body = http.NoBody
 	}

@@ -37,6 +37,7 @@ type h1response struct {
 	buf         []byte // body bytes held back before headerSent
 	trailers    []string
 	vals        [][]string // scratch: the values of the fields in c.keys, while writing the head
+	own         [2]string  // the values of the Content-Length and Content-Type sendHeader adds
 
 	contMu      sync.Mutex
 	canContinue bool // a 100 Continue may still be sent
@@ -134,8 +135,8 @@ func (w *h1response) writeContinue() {
 	}
 	if _, err := w.c.rwc.Write([]byte(line)); err != nil {
 		w.c.reqMu.Lock()
-		if w.c.cancel != nil {
-			w.c.cancel()
+		if rc := w.c.reqCtx; rc != nil {
+			rc.cancel()
 		}
 		w.c.reqMu.Unlock()
 	}
@@ -329,10 +330,12 @@ func (w *h1response) sendHeader(done bool) {
 	if done && !hasTrailers && !hasTE && bodyAllowedForStatus(code) && cl == "" &&
 		(!w.isHEAD || len(w.buf) > 0) {
 		cl = strconv.Itoa(len(w.buf))
-		w.set(&f, fContentLength, []string{cl})
+		w.own[0] = cl
+		w.set(&f, fContentLength, w.own[0:1:1])
 	}
 	if !f.has(fContentType) && !hasTE && bodyAllowedForStatus(code) && len(w.buf) > 0 {
-		w.set(&f, fContentType, []string{http.DetectContentType(w.buf)})
+		w.own[1] = http.DetectContentType(w.buf)
+		w.set(&f, fContentType, w.own[1:2:2])
 	}
 	hasCL := cl != ""
 	if w.req.ProtoMajor == 1 && w.req.ProtoMinor == 0 && !w.req.Close && valueHasToken(hget(w.req.Header, "Connection"), "keep-alive") {
@@ -375,7 +378,7 @@ func (w *h1response) sendHeader(done bool) {
 	b = w.appendFields(b, !bodyAllowedForStatus(code))
 	if !f.has(fDate) {
 		b = append(b, "Date: "...)
-		b = w.c.date.append(b)
+		b = w.c.date.append(b, w.c.respAt)
 		b = append(b, "\r\n"...)
 	}
 	b = append(b, "\r\n"...)
@@ -644,8 +647,15 @@ type h1date struct {
 	b   []byte
 }
 
-func (d *h1date) append(b []byte) []byte {
-	now := time.Now()
+// append appends the Date value for the time at (Unix nanoseconds), or for now when at is
+// zero.
+func (d *h1date) append(b []byte, at int64) []byte {
+	var now time.Time
+	if at != 0 {
+		now = time.Unix(0, at)
+	} else {
+		now = time.Now()
+	}
 	if s := now.Unix(); s != d.sec || d.b == nil {
 		d.sec = s
 		d.b = now.UTC().AppendFormat(d.b[:0], http.TimeFormat)

@@ -111,6 +111,7 @@ type Handler struct {
 	// spanUpstream is the upstream named on server spans: the upstream outbound, "" inbound.
 	spanUpstream string
 	ids          requestIDs // X-Request-Id for requests without one
+	states       sync.Pool  // *state of requests that ended; see releaseState
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -175,6 +176,10 @@ type state struct {
 	m           *telemetry.HTTPMetrics
 	route       *routed // the route that took the request; nil for none
 
+	// down is the downstream request's context, which ctx only adds values to (the
+	// server span, propagated trace context): see valueParent.
+	down context.Context
+
 	// The forwarder's (forward.go).
 	ctx    context.Context // the downstream request's, with its server span
 	mu     sync.Mutex      // orders got1xx against the end of the round trip
@@ -190,6 +195,54 @@ type state struct {
 	// done is the response body deliver hands over (delivered: in use).
 	done      doneBody
 	delivered bool
+}
+
+// reset zeroes st for another request, but for the fields it keeps: storage its users
+// clear themselves (a map kept across requests). A field opts into being kept by being
+// named in the literal below (for instance "outHdr: st.outHdr"); every other field starts
+// from its zero value.
+func (st *state) reset() {
+	*st = state{}
+}
+
+// newState returns the state of a request w answers: one a previous request left (see
+// releaseState) or a new one.
+func (h *Handler) newState(w http.ResponseWriter) *state {
+	st, _ := h.states.Get().(*state)
+	if st == nil {
+		st = new(state)
+	}
+	st.ResponseWriter, st.t, st.m = w, h.def, h.o.Metrics
+	return st
+}
+
+// releaseState keeps st, the state of r, whose ServeHTTP is over, for a later request, when
+// nothing can reach it any more. What could (audit of what a state is handed to):
+//   - contexts derived from the upstream request's (st is that context: the timeout and
+//     retry contexts of net/http's transports, a dial's), an httptrace.ClientTrace whose
+//     got1xx a transport's goroutine calls, a transport's goroutine selecting on Done:
+//     all of them ask for Done (or AfterFunc), which makes an H1Server request context
+//     escape; the state is kept only for a request served by H1Server whose context did
+//     not (Ferry's HTTP/1.1 pool registers with the connection, hookAbort, instead, and
+//     is done with the request and its context once the response body is closed, which
+//     forward does before returning, as is its 1xx callback and the attempt's span);
+//   - the request body (st.body): a transport's goroutine writing it may outlive the
+//     response (maxWriteWait): not kept when a body was forwarded;
+//   - a 101 Switching Protocols: its copy goroutines read the response body in st.done:
+//     not kept;
+//   - a panicking ServeHTTP (an aborted response) does not get here.
+//
+// Requests served by net/http's server (HTTP/2) are not kept, nor, regardless of the
+// context, one whose upstream request went out with another context than st (the
+// httptrace forward adds for net/http's transports).
+func (h *Handler) releaseState(st *state, r *http.Request) {
+	rc, ok := r.Context().(*h1reqCtx)
+	if !ok || rc.real.Load() != nil || st.body.rc != nil || st.status == http.StatusSwitchingProtocols ||
+		st.ctx != nil && st.out.Context() != context.Context(st) {
+		return
+	}
+	st.reset()
+	h.states.Put(st)
 }
 
 // upstreamName is the upstream of st's request for metrics and logs: its target's, or
@@ -228,20 +281,28 @@ func (s *state) Write(b []byte) (int, error) {
 }
 
 // valueParent returns the downstream request's context: a state, as a context, only adds
-// values to it (see valueContext).
-func (s *state) valueParent() context.Context { return s.ctx }
+// values to it (see valueContext), and so does the context with the server span it
+// forwards (Tracing.StartServer adds the span and the extracted trace context as values).
+// Returning the request's own context lets H1Server recognise it without asking for its
+// Done channel.
+func (s *state) valueParent() context.Context {
+	if s.down != nil {
+		return s.down
+	}
+	return s.ctx
+}
 
 // Unwrap lets http.ResponseController reach Flush and Hijack (streaming, WebSocket).
 func (s *state) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
 // ServeHTTP proxies r to the upstream.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	start := time.Now()
+	start := requestStart(r)
 	g := guardFrom(r.Context())
 	if g != nil {
 		defer g.requestDone()
 	}
-	st := &state{ResponseWriter: w, t: h.def, m: h.o.Metrics}
+	st := h.newState(w)
 	var pn policyNote // kept out of state, so that requests without a policy pay nothing
 	aborted := false  // the response was cut short after its header: abort the handler
 	// The header map is indexed directly (Get and Set canonicalize the name every time).
@@ -253,7 +314,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		r.Header["X-Request-Id"] = st.rid[:1:1]
 	}
 	h.o.Metrics.Active.Inc()
-	ctx, span := h.o.Tracing.StartServer(r.Context(), r, h.o.Direction, h.spanUpstream)
+	st.down = r.Context()
+	ctx, span := h.o.Tracing.StartServer(st.down, r, h.o.Direction, h.spanUpstream)
 	st.span = span
 	if h.o.Direction == telemetry.Inbound {
 		h.acceptPeer(st, r)
@@ -277,7 +339,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.status = http.StatusOK
 	}
 	st.m.Request(st.status)
-	d := time.Since(start)
+	end := time.Now()
+	requestEnd(r, end) // the response's Date
+	d := end.Sub(start)
 	st.m.Duration.Observe(d.Seconds())
 	if span.IsRecording() {
 		h.endServerSpan(st, &pn)
@@ -304,6 +368,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// The client must see a reset, not a complete-looking truncated response.
 		panic(http.ErrAbortHandler)
 	}
+	h.releaseState(st, r)
 }
 
 // admit asks t's circuit breaker to let one more request in.
