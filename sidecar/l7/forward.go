@@ -545,6 +545,7 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 			kind = ErrConnectionTerminated // writing to the client failed
 		}
 		st.proxyStatus = ProxyName + "; error=" + kind + "; details=" + strconv.Quote(err.Error())
+		doneWith(res)
 		return true
 	}
 	res.Body.Close() // now, so that res.Trailer is complete
@@ -552,19 +553,42 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		// Force chunking: a short body would otherwise get a Content-Length and no trailers.
 		st.flush()
 	}
-	if len(res.Trailer) == announced {
-		for k, vv := range res.Trailer {
+	copyTrailers(dst, res.Trailer, announced)
+	doneWith(res)
+	return false
+}
+
+// copyTrailers adds the trailers tr of the upstream's response to the client's header dst:
+// as they are when the response announced all of them (announced is how many it did), else
+// with http.TrailerPrefix. The values are shared with tr.
+func copyTrailers(dst, tr http.Header, announced int) {
+	if len(tr) == announced {
+		for k, vv := range tr {
 			dst[k] = append(dst[k], vv...)
 		}
-		return false
+		return
 	}
-	for k, vv := range res.Trailer {
+	for k, vv := range tr {
 		k = http.TrailerPrefix + k
 		for _, v := range vv {
 			dst.Add(k, v)
 		}
 	}
-	return false
+}
+
+// doneWith is forward's last use of res, a response of the round trip whose body is
+// closed: Ferry's HTTP/1.1 pool may give its parts (the response, its header map, its
+// body) to a later response on the same connection from then on (h1Body.recycle), so
+// nothing may read res afterwards. What the client's header took from res is unaffected:
+// the values of res.Header and res.Trailer are never recycled, and neither is the map of
+// res.Trailer. The abandoned tries of the retry loop and the error paths never get here:
+// their responses are left to the garbage collector.
+func doneWith(res *http.Response) {
+	if d, ok := res.Body.(*doneBody); ok {
+		if b, ok := d.ReadCloser.(*h1Body); ok {
+			b.recycle()
+		}
+	}
 }
 
 // streaming reports whether res is copied with a flush after every write: Server-Sent

@@ -19,16 +19,17 @@ import (
 // values are cut from, and ok. For anything else it consumes nothing and returns ok ==
 // false: http.ReadResponse reads it.
 func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, ok bool) {
-	pr, ok := parseResponse(br, req)
+	pr, ok := parseResponse(br, req, nil)
 	if !ok {
 		return nil, false
 	}
 	return &pr.resp, true
 }
 
-// parseResponse is parseResponseHead, returning the response in the parsedResponse it
-// allocates.
-func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok bool) {
+// parseResponse is parseResponseHead, returning the response in pr, a parsedResponse
+// recycled (see reset) by an earlier response, or in one it allocates if pr is nil. When it
+// declines, pr may hold part of the response: reset it before using it again.
+func parseResponse(br *bufio.Reader, req *http.Request, pr *parsedResponse) (_ *parsedResponse, ok bool) {
 	if req.Method == http.MethodHead {
 		return nil, false
 	}
@@ -83,18 +84,23 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 	}
 	head := buf[:end] // every line with its CRLF
 	s := string(head) // the one allocation all strings below are cut from
-	// The response, its body and the values of a few fields in one allocation.
-	pr := &parsedResponse{resp: http.Response{
-		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: make(http.Header, n), Request: req, ContentLength: -1,
-	}}
-	resp := &pr.resp
-	var values []string
-	if n <= len(pr.values) {
-		values = pr.values[:n]
-	} else {
-		values = make([]string, n)
+	// The response, its body and its header map come from pr when it is recycled; the
+	// head's string and the values' array are new for every response, as the caller
+	// keeps values (the forwarder puts them in the client's header) past the point where
+	// pr is recycled.
+	if pr == nil {
+		pr = new(parsedResponse)
 	}
+	hdr := pr.resp.Header
+	if hdr == nil {
+		hdr = make(http.Header, n)
+	}
+	pr.resp = http.Response{
+		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: hdr, Request: req, ContentLength: -1,
+	}
+	resp := &pr.resp
+	values := make([]string, n)
 	// Up to len(seen) keys are checked for repeats against the ones before them, not with a
 	// map lookup; the map is consulted only for a repeated key or a longer head.
 	var seen [16]string
@@ -300,14 +306,33 @@ func knownKey(k string) bool {
 	return false
 }
 
-// parsedResponse is what parseResponse allocates for a response, but its head's string
-// and header map: the response, its body, the values of up to 8 fields, and the h1Body
-// the round trip wraps the body in.
+// parsedResponse is what parseResponse fills for a response, but its head's string and the
+// array of its values: the response with its header map, its body, and the h1Body the
+// round trip wraps the body in. Ferry's HTTP/1.1 pool recycles it per connection once the
+// caller is done with the response (h1Body.recycle).
 type parsedResponse struct {
-	resp   http.Response
-	body   lengthBody
-	values [8]string
-	h1     h1Body
+	resp http.Response
+	body lengthBody
+	h1   h1Body
+}
+
+// maxKeptResponseHeader is the most fields a recycled parsedResponse's header map may have
+// had to be kept: a larger one is dropped with the response it came with.
+const maxKeptResponseHeader = 32
+
+// reset makes pr ready for another response: its header map emptied (or dropped if large),
+// the rest zeroed, so that it keeps nothing of the last response (strings, the request,
+// the connection). The values of the last response, which the caller may still hold, are
+// not pr's and stay as they are.
+func (pr *parsedResponse) reset() {
+	h := pr.resp.Header
+	if len(h) > maxKeptResponseHeader {
+		h = nil
+	} else {
+		clear(h)
+	}
+	*pr = parsedResponse{}
+	pr.resp.Header = h
 }
 
 // lengthBody is a response body of a known length read from br: io.ErrUnexpectedEOF if

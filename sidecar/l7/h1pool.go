@@ -215,6 +215,11 @@ type h1Conn struct {
 	// writes (the caller, or the body writer before it reports).
 	writeFailed bool
 
+	// spare is a parsedResponse a caller is done with (h1Body.recycle), for the next
+	// response read on the connection; nil if none. Given back from the caller's
+	// goroutine while the connection may serve another round trip already, hence atomic.
+	spare atomic.Pointer[parsedResponse]
+
 	reused    bool      // taken from the idle list: the upstream may have closed it since
 	idleSince time.Time // when it was put in the idle list
 	closed    atomic.Bool

@@ -264,6 +264,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 	var b *h1Body
 	if pr != nil {
 		b = &pr.h1
+		b.pr = pr
 	} else {
 		b = new(h1Body)
 	}
@@ -378,20 +379,28 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 	}
 	var trace *httptrace.ClientTrace
 	traced := false
+	// The parsedResponse a caller gave back (recycle), if any; it stays the connection's
+	// when http.ReadResponse reads the response instead.
+	spare := c.spare.Swap(nil)
 	for {
-		pr, ok := parseResponse(c.br, req)
+		pr, ok := parseResponse(c.br, req, spare)
 		if ok {
 			// A final response (parseResponse takes no other).
 			c.readLimit = math.MaxInt64
 			return &pr.resp, pr, nil
 		}
+		if spare != nil {
+			spare.reset() // parseResponse may have filled part of it
+		}
 		resp, err := http.ReadResponse(c.br, req)
 		if err != nil {
+			c.keepSpare(spare)
 			return nil, nil, err
 		}
 		code := resp.StatusCode
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
 			c.readLimit = math.MaxInt64
+			c.keepSpare(spare)
 			return resp, nil, nil
 		}
 		if !traced {
@@ -407,11 +416,20 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				c.keepSpare(spare)
 				return nil, nil, err
 			}
 			// Whoever took the 1xx response limits how many it accepts.
 			c.readLimit = limit
 		}
+	}
+}
+
+// keepSpare gives pr (reset, or nil) back to c for its next response, unless a caller has
+// given another back meanwhile.
+func (c *h1Conn) keepSpare(pr *parsedResponse) {
+	if pr != nil {
+		c.spare.CompareAndSwap(nil, pr)
 	}
 }
 
@@ -729,7 +747,8 @@ var errBodyClosed = errors.New("http: read on closed response body")
 // concurrently with Read.
 type h1Body struct {
 	c    *h1Conn
-	rc   io.ReadCloser // http.ReadResponse's body, never closed: its Close would drain it
+	pr   *parsedResponse // what the response, its header map and b are part of; nil if none
+	rc   io.ReadCloser   // http.ReadResponse's body, never closed: its Close would drain it
 	req  *http.Request
 	resp *http.Response
 	w    *h1BodyWriter
@@ -780,6 +799,32 @@ func (b *h1Body) Close() error {
 	b.mu.Unlock()
 	b.c.release(b.req, b.resp, b.w, b.stop, false)
 	return nil
+}
+
+// recycle gives the parsedResponse of b's response (the response, its header map and b)
+// to b's connection for a later response, once b is done (read to its end or closed).
+// The caller must not use the response, its header map or its body after it, nor call it
+// twice: the next response on the connection, which another goroutine may be reading
+// already, can reuse them at once. The values of the header stay valid (they are not
+// part of it), and so does a Trailer map (only http.ReadResponse's responses have one,
+// and they are never recycled). recycle does nothing for a body that is not done or not
+// part of a parsedResponse.
+func (b *h1Body) recycle() {
+	pr := b.pr
+	if pr == nil {
+		return
+	}
+	b.mu.Lock()
+	done := b.done
+	b.mu.Unlock()
+	if !done {
+		return
+	}
+	c := b.c
+	pr.reset()
+	// The atomic store orders the reset, and the caller's reads before it, before the
+	// reuse by the round trip that takes pr (readResponse's Swap).
+	c.spare.Store(pr)
 }
 
 // h1Upgraded is the body of a 101 Switching Protocols response: the connection itself,

@@ -1,0 +1,248 @@
+package l7
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"reflect"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferrymesh/ferry/sidecar/telemetry"
+)
+
+// idEchoBackend answers every request with its X-Id in the X-Echo header and the body, an
+// X-Odd header for odd ids, and, when the request has X-Stream, a chunked body with a
+// trailer (which http.ReadResponse reads, not parseResponse).
+func idEchoBackend(t *testing.T) string {
+	return startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Id")
+		w.Header().Set("X-Echo", id)
+		if n, _ := strconv.Atoi(id); n%2 == 1 {
+			w.Header().Set("X-Odd", id)
+		}
+		if r.Header.Get("X-Stream") != "" {
+			w.Header().Set("Trailer", "X-Tail")
+			_, _ = io.WriteString(w, id)
+			w.(http.Flusher).Flush()
+			w.Header().Set("X-Tail", id)
+			return
+		}
+		_, _ = io.WriteString(w, id)
+	}))
+}
+
+// TestH1ResponseRecycledPerConnection checks that a response given back with recycle is
+// the next one read on its connection, emptied of the last response's fields, and that one
+// not given back is never reused.
+func TestH1ResponseRecycledPerConnection(t *testing.T) {
+	backend := idEchoBackend(t)
+	tr := newTestTransport(t, TransportOptions{MaxIdleConnsPerHost: 1})
+	get := func(id int) (*http.Response, *h1Body) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+backend+"/", nil)
+		req.Header.Set("X-Id", strconv.Itoa(id))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, ok := resp.Body.(*h1Body)
+		if !ok || b.pr == nil {
+			t.Fatalf("response %d: body %T, want an *h1Body of a parsedResponse", id, resp.Body)
+		}
+		body, err := io.ReadAll(resp.Body)
+		if err != nil || string(body) != strconv.Itoa(id) {
+			t.Fatalf("response %d: body %q, %v, want %q", id, body, err, strconv.Itoa(id))
+		}
+		if got := resp.Header.Get("X-Echo"); got != strconv.Itoa(id) {
+			t.Fatalf("response %d: X-Echo = %q, want %q", id, got, strconv.Itoa(id))
+		}
+		if got, want := resp.Header.Get("X-Odd") != "", id%2 == 1; got != want {
+			t.Fatalf("response %d: has X-Odd = %v, want %v (header %v)", id, got, want, resp.Header)
+		}
+		return resp, b
+	}
+	_, b1 := get(1)
+	pr1 := b1.pr
+	b1.recycle()
+	_, b2 := get(2) // X-Odd of response 1 must be gone
+	if b2.pr != pr1 {
+		t.Errorf("response 2 read into %p, want the recycled %p", b2.pr, pr1)
+	}
+	_, b3 := get(3) // response 2 not given back
+	if b3.pr == b2.pr {
+		t.Errorf("response 3 read into %p, the response 2 still holds", b3.pr)
+	}
+}
+
+// TestH1UnrecycledResponseSurvivesReuse reads a response's header and trailer from another
+// goroutine while its connection, back in the pool at the end of the body, serves further
+// requests whose responses are recycled: the first response is never touched (the race
+// detector would see it).
+func TestH1UnrecycledResponseSurvivesReuse(t *testing.T) {
+	backend := idEchoBackend(t)
+	tr := newTestTransport(t, TransportOptions{MaxIdleConnsPerHost: 1})
+	send := func(id int, stream bool) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+backend+"/", nil)
+		req.Header.Set("X-Id", strconv.Itoa(id))
+		if stream {
+			req.Header.Set("X-Stream", "1")
+		}
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	first := send(1, false)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if first.StatusCode != 200 || first.Header.Get("X-Echo") != "1" || first.Header.Get("X-Odd") != "1" ||
+				len(first.Header) != 5 || first.Trailer != nil {
+				t.Errorf("response 1 changed: %d %v %v", first.StatusCode, first.Header, first.Trailer)
+				return
+			}
+		}
+	}()
+	for id := 2; id < 40; id++ {
+		resp := send(id, id%5 == 0)
+		if got := resp.Header.Get("X-Echo"); got != strconv.Itoa(id) {
+			t.Errorf("response %d: X-Echo = %q", id, got)
+		}
+		if b, ok := resp.Body.(*h1Body); ok {
+			b.recycle()
+		}
+	}
+	close(stop)
+	wg.Wait()
+}
+
+// TestForwardRecyclesResponsesSafely sends requests from several clients through an
+// H1Server and the Handler over few upstream connections, so that responses are recycled
+// from one request to another while the H1Server still writes the earlier response's
+// header (it does so after the handler returns): every client must get its own header,
+// trailer and body, race-clean.
+func TestForwardRecyclesResponsesSafely(t *testing.T) {
+	backend := idEchoBackend(t)
+	tr := NewTransport(TransportOptions{Protocol: ProtocolHTTP1, ConnectTimeout: time.Second, IdleTimeout: time.Minute, MaxIdleConnsPerHost: 2})
+	t.Cleanup(tr.CloseIdleConnections)
+	h := NewHandler(Options{Direction: telemetry.Outbound, Name: "test", Upstream: upstreamOf(backend), Transport: tr,
+		RequestTimeout: 5 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "test")})
+	addr, _ := startH1(t, ServerOptions{}, h, nil)
+	const clients, requests = 6, 60
+	var wg sync.WaitGroup
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(conn)
+			for i := range requests {
+				id := c*1000 + i
+				stream := i%7 == 3
+				extra := ""
+				if stream {
+					extra = "X-Stream: 1\r\n"
+				}
+				if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: test\r\nX-Id: %d\r\n%s\r\n", id, extra); err != nil {
+					t.Error(err)
+					return
+				}
+				resp, err := http.ReadResponse(br, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				want := strconv.Itoa(id)
+				switch {
+				case err != nil || string(body) != want:
+					t.Errorf("request %d: body %q, %v, want %q", id, body, err, want)
+				case resp.Header.Get("X-Echo") != want:
+					t.Errorf("request %d: X-Echo = %q, want %q", id, resp.Header.Get("X-Echo"), want)
+				case (resp.Header.Get("X-Odd") == want) != (id%2 == 1) || id%2 == 0 && resp.Header.Get("X-Odd") != "":
+					t.Errorf("request %d: X-Odd = %q", id, resp.Header.Get("X-Odd"))
+				case stream && resp.Trailer.Get("X-Tail") != want:
+					t.Errorf("request %d: trailer X-Tail = %q, want %q", id, resp.Trailer.Get("X-Tail"), want)
+				}
+				if t.Failed() {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// FuzzParseResponseRecycled: parsing a head into a parsedResponse recycled from an earlier
+// response (with more fields than most) gives what parsing it into a new one gives.
+func FuzzParseResponseRecycled(f *testing.F) {
+	for _, s := range responseSeeds {
+		f.Add([]byte(s))
+	}
+	const earlier = "HTTP/1.1 404 Not Found\r\nA: 1\r\nB: 2\r\nC: 3\r\nSet-Cookie: x\r\nSet-Cookie: y\r\n" +
+		"Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nno"
+	f.Fuzz(func(t *testing.T, in []byte) {
+		req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+		parse := func(b []byte, pr *parsedResponse) (*parsedResponse, bool) {
+			br := bufio.NewReaderSize(bytes.NewReader(b), 4096)
+			_, _ = br.Peek(1)
+			return parseResponse(br, req, pr)
+		}
+		fresh, ok := parse(in, nil)
+		pr, eok := parse([]byte(earlier), nil)
+		if !eok {
+			t.Fatalf("parseResponse(%q) declined", earlier)
+		}
+		pr.reset()
+		recycled, rok := parse(in, pr)
+		if rok != ok {
+			t.Fatalf("parseResponse(%q) ok = %v into a recycled response, %v into a new one", in, rok, ok)
+		}
+		if !ok {
+			// Declined, perhaps half-filled: once reset, it reads the next response right.
+			pr.reset()
+			again, _ := parse([]byte(earlier), pr)
+			want, _ := parse([]byte(earlier), nil)
+			got, wantResp := again.resp, want.resp
+			got.Body, wantResp.Body = nil, nil
+			if again != pr || !reflect.DeepEqual(got, wantResp) {
+				t.Fatalf("after declining %q, parseResponse into the reset response =\n%#v\nwant\n%#v", in, got, wantResp)
+			}
+			return
+		}
+		if recycled != pr {
+			t.Fatalf("parseResponse(%q) did not use the recycled response", in)
+		}
+		got, want := recycled.resp, fresh.resp
+		got.Body, want.Body = nil, nil
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("parseResponse(%q) into a recycled response =\n%#v\ninto a new one:\n%#v", in, got, want)
+		}
+	})
+}
