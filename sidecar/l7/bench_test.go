@@ -2,6 +2,7 @@ package l7
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -409,4 +410,22 @@ func BenchmarkUpstreamHeader(b *testing.B) {
 			clear(out)
 		}
 	})
+}
+
+// BenchmarkH1DeadlineArm measures arming and disarming the response-header deadline of
+// back-to-back round trips on one upstream connection with the same timeout (the pool's
+// share of a request with request_timeout).
+func BenchmarkH1DeadlineArm(b *testing.B) {
+	client, server := net.Pipe()
+	defer server.Close()
+	c := newH1Conn(&h1Host{p: newH1Pool(nil, 0, 0), addr: "pipe"}, client)
+	defer c.close()
+	cause := errors.New("timeout")
+	b.ReportAllocs()
+	for b.Loop() {
+		now := time.Now()
+		if !c.arm(now, now.Add(5*time.Second), cause) || !c.disarm() {
+			b.Fatal("arm or disarm failed")
+		}
+	}
 }

@@ -61,12 +61,12 @@ func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time, cause err
 	ctx := req.Context()
 	addr := canonicalAddr(req.URL)
 	for {
-		c, err := p.getUntil(ctx, addr, deadline, cause)
+		c, now, err := p.getUntil(ctx, addr, deadline, cause)
 		if err != nil {
 			closeRequestBody(req)
 			return nil, err
 		}
-		resp, err := c.roundTrip(ctx, req, deadline, cause)
+		resp, err := c.roundTrip(ctx, req, now, deadline, cause)
 		if err == nil {
 			return resp, nil
 		}
@@ -163,8 +163,9 @@ func canonicalAddr(u *url.URL) string {
 }
 
 // roundTrip sends req on c and reads the response headers, by deadline if not zero (else
-// it fails with cause). On failure c is closed.
-func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time.Time, cause error) (*http.Response, error) {
+// it fails with cause). now is the time read as c was taken from the pool, zero if none
+// was. On failure c is closed.
+func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, now, deadline time.Time, cause error) (*http.Response, error) {
 	fast := h1Fast(req)
 	if fast {
 		if err := c.buildHead(req); err != nil {
@@ -176,7 +177,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 		c.h.put(c)
 		return nil, err
 	}
-	if !deadline.IsZero() && !c.arm(deadline, cause) {
+	if !deadline.IsZero() && !c.arm(now, deadline, cause) {
 		// Nothing was sent: the connection is as good as before.
 		c.h.put(c)
 		return nil, cause
@@ -315,40 +316,88 @@ func (c *h1Conn) fail(ctx context.Context, stop func() bool, err error) error {
 	return err
 }
 
-// arm starts c's deadline timer for a round trip that fails with cause past it, reporting
-// false if deadline has passed already. Only the goroutine running the round trip arms
-// and disarms.
-func (c *h1Conn) arm(deadline time.Time, cause error) bool {
-	d := time.Until(deadline)
+// The deadline of a round trip's response headers is enforced with one timer per
+// connection that is rarely reset: it fires no later than the deadline of the round trip
+// in progress and, when it fires early (it was set for an earlier round trip, or the
+// connection is idle), it looks at the round trip in progress, if any, and sets itself for
+// the rest of that one's time. A connection used back to back with the same timeout thus
+// resets its timer about once per timeout instead of for every request (a Reset moves a
+// runtime timer under locks), and disarming it is one atomic swap instead of a Stop.
+// Requests time out exactly when they did with a timer of their own.
+
+// dueFired is c.due once the timer aborted the round trip armed with it.
+const dueFired = -1
+
+// offset is t as c.due and c.fireAt hold it: the nanoseconds since c.epoch (monotonic when
+// t has a monotonic reading).
+func (c *h1Conn) offset(t time.Time) int64 { return int64(t.Sub(c.epoch)) }
+
+// arm sets the deadline of a round trip on c that fails with cause past it, reporting
+// false if deadline has passed already. now is the current time, or zero to read it. Only
+// the goroutine running the round trip arms and disarms.
+func (c *h1Conn) arm(now, deadline time.Time, cause error) bool {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	d := deadline.Sub(now)
 	if d <= 0 {
 		return false
 	}
+	due := c.offset(deadline)
 	c.timedOut.Store(false)
 	c.cause = cause
-	if c.timer == nil {
-		c.timer = time.AfterFunc(d, c.timeoutFn)
-	} else {
-		c.timer.Reset(d)
-	}
+	// Published before the timer is looked at: a timer firing from here on sees it (see
+	// timeout), and one that fired before has left fireAt at 0.
+	c.due.Store(due)
 	c.armed = true
+	if f := c.fireAt.Load(); f > 0 && f <= due {
+		return true // it fires before the deadline and then sets itself for the rest
+	}
+	c.fireAt.Store(due)
+	if t := c.timer.Load(); t != nil {
+		t.Reset(d)
+	} else {
+		c.timer.Store(time.AfterFunc(d, c.timeoutFn))
+	}
 	return true
 }
 
-// disarm stops c's deadline timer, reporting false if it fired (the connection is aborted
-// and must not be reused). It is true when the timer was not armed.
+// disarm ends the deadline of the round trip, reporting false if it passed (the
+// connection is aborted and must not be reused). It is true when there was none. The timer
+// stays set: firing with no round trip armed does nothing.
 func (c *h1Conn) disarm() bool {
 	if !c.armed {
 		return true
 	}
 	c.armed = false
-	return c.timer.Stop()
+	return c.due.Swap(0) != dueFired
 }
 
-// timeout is what c's deadline timer runs: the round trip fails at once, as on
-// cancellation, and reports the cause it was armed with.
+// timeout is what c's deadline timer runs: past the deadline of the round trip in
+// progress, the round trip fails at once, as on cancellation, and reports the cause it was
+// armed with; before it, the timer is set again for the time left.
 func (c *h1Conn) timeout() {
-	c.timedOut.Store(true)
-	c.abort()
+	c.fireAt.Store(0) // not set any more: arm sets it again if it needs it
+	for {
+		due := c.due.Load()
+		if due <= 0 {
+			return // no round trip in progress (or already aborted)
+		}
+		left := due - c.offset(time.Now())
+		if left > 0 {
+			// Set for an earlier round trip (or early): wait for the rest of this one.
+			// arm may set it at the same time, for the same deadline.
+			c.fireAt.Store(due)
+			c.timer.Load().Reset(time.Duration(left))
+			return
+		}
+		if c.due.CompareAndSwap(due, dueFired) {
+			c.timedOut.Store(true)
+			c.abort()
+			return
+		}
+		// Disarmed, or armed for another round trip, meanwhile: look again.
+	}
 }
 
 // release is the end of a round trip on c: c goes back to the pool when the response was
