@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/textproto"
+	"unsafe"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -83,11 +84,12 @@ func parseResponse(br *bufio.Reader, req *http.Request, pr *parsedResponse) (_ *
 		end += i + 1
 	}
 	head := buf[:end] // every line with its CRLF
-	s := string(head) // the one allocation all strings below are cut from
-	// The response, its body and its header map come from pr when it is recycled; the
-	// head's string and the values' array are new for every response, as the caller
-	// keeps values (the forwarder puts them in the client's header) past the point where
-	// pr is recycled.
+	// The head's string, which all strings below are cut from, and the array of the
+	// values: new for every response (usually one allocation, see newHead), as the caller
+	// keeps values and strings (the forwarder puts them in the client's header) past the
+	// point where pr is recycled. The response, its body and its header map come from pr
+	// when it is recycled.
+	s, values := newHead(head, n)
 	if pr == nil {
 		pr = new(parsedResponse)
 	}
@@ -100,7 +102,6 @@ func parseResponse(br *bufio.Reader, req *http.Request, pr *parsedResponse) (_ *
 		Header: hdr, Request: req, ContentLength: -1,
 	}
 	resp := &pr.resp
-	values := make([]string, n)
 	// Up to len(seen) keys are checked for repeats against the ones before them, not with a
 	// map lookup; the map is consulted only for a repeated key or a longer head.
 	var seen [16]string
@@ -206,6 +207,57 @@ func parseResponse(br *bufio.Reader, req *http.Request, pr *parsedResponse) (_ *
 		resp.Body = &pr.body
 	}
 	return pr, true
+}
+
+// A response head and the values of its fields, in one allocation: the head's bytes,
+// copied once and never written again, are what the string of the head points to, and the
+// values (strings cut from it) are the array the header's value slices share. Four sizes,
+// each filling a size class of the allocator; a head that fits none takes two
+// allocations (a string and an array).
+type (
+	head4 struct {
+		values [4]string
+		buf    [128]byte
+	}
+	head8 struct {
+		values [8]string
+		buf    [256]byte
+	}
+	head12 struct {
+		values [12]string
+		buf    [512]byte
+	}
+	head16 struct {
+		values [16]string
+		buf    [1024]byte
+	}
+)
+
+// newHead returns a string holding a copy of head, and an array for the values of its n
+// fields, usually in one allocation (see head4).
+func newHead(head []byte, n int) (string, []string) {
+	switch l := len(head); {
+	case n <= 4 && l <= 128:
+		h := new(head4)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	case n <= 8 && l <= 256:
+		h := new(head8)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	case n <= 12 && l <= 512:
+		h := new(head12)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	case n <= 16 && l <= 1024:
+		h := new(head16)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	}
+	return string(head), make([]string, n)
+}
+
+// copyHead copies head (not empty) into buf, which nothing writes afterwards, and returns
+// it as a string sharing buf.
+func copyHead(buf, head []byte) string {
+	n := copy(buf, head)
+	return unsafe.String(&buf[0], n)
 }
 
 // Classes of bytes in byteClass.

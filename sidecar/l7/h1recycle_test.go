@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -245,4 +246,68 @@ func FuzzParseResponseRecycled(f *testing.F) {
 			t.Fatalf("parseResponse(%q) into a recycled response =\n%#v\ninto a new one:\n%#v", in, got, want)
 		}
 	})
+}
+
+// TestParseResponseAllocations checks that a head parsed into a recycled response costs
+// one allocation when it fits one of newHead's sizes, two otherwise, and that it reads as
+// http.ReadResponse reads it either way.
+func TestParseResponseAllocations(t *testing.T) {
+	head := func(fields, valueLen int) string {
+		var b strings.Builder
+		b.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n")
+		for i := 1; i < fields; i++ {
+			fmt.Fprintf(&b, "X-F%d: %s\r\n", i, strings.Repeat("v", valueLen))
+		}
+		return b.String() + "\r\nok"
+	}
+	for _, tc := range []struct {
+		name   string
+		in     string
+		allocs float64
+	}{
+		{"2 fields", "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok", 1},
+		{"4 fields, 117 bytes", head(4, 19), 1},
+		{"4 fields, 180 bytes", head(4, 40), 1}, // the next size
+		{"8 fields", head(8, 20), 1},
+		{"12 fields", head(12, 30), 1},
+		{"16 fields", head(16, 50), 1},
+		{"17 fields", head(17, 2), 2},
+		{"3 fields, 1100 bytes", head(3, 520), 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+			parse := func(pr *parsedResponse) *parsedResponse {
+				br := bufio.NewReaderSize(strings.NewReader(tc.in), 4096)
+				_, _ = br.Peek(1)
+				got, ok := parseResponse(br, req, pr)
+				if !ok {
+					t.Fatalf("parseResponse(%q) declined", tc.in)
+				}
+				return got
+			}
+			pr := parse(nil)
+			want, err := http.ReadResponse(bufio.NewReader(strings.NewReader(tc.in)), req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := pr.resp; got.Status != want.Status || !reflect.DeepEqual(got.Header, want.Header) {
+				t.Fatalf("parseResponse() = %q %v, want %q %v", got.Status, got.Header, want.Status, want.Header)
+			}
+			// The bufio.Reader is made outside: only parseResponse's allocations count.
+			sr := strings.NewReader(tc.in)
+			br := bufio.NewReaderSize(sr, 4096)
+			allocs := testing.AllocsPerRun(50, func() {
+				pr.reset()
+				sr.Reset(tc.in)
+				br.Reset(sr)
+				_, _ = br.Peek(1)
+				if _, ok := parseResponse(br, req, pr); !ok {
+					t.Fatal("declined")
+				}
+			})
+			if allocs != tc.allocs {
+				t.Errorf("parseResponse() into a recycled response: %v allocs, want %v", allocs, tc.allocs)
+			}
+		})
+	}
 }
