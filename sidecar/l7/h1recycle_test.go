@@ -18,14 +18,19 @@ import (
 )
 
 // idEchoBackend answers every request with its X-Id in the X-Echo header and the body, an
-// X-Odd header for odd ids, and, when the request has X-Stream, a chunked body with a
-// trailer (which http.ReadResponse reads, not parseResponse).
+// X-Odd header for odd ids; when the request has X-Empty, with an empty body; when it has
+// X-Stream, with a chunked body and a trailer (which http.ReadResponse reads, not
+// parseResponse).
 func idEchoBackend(t *testing.T) string {
 	return startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Id")
 		w.Header().Set("X-Echo", id)
 		if n, _ := strconv.Atoi(id); n%2 == 1 {
 			w.Header().Set("X-Odd", id)
+		}
+		if r.Header.Get("X-Empty") != "" {
+			w.Header().Set("Content-Length", "0")
+			return
 		}
 		if r.Header.Get("X-Stream") != "" {
 			w.Header().Set("Trailer", "X-Tail")
@@ -78,6 +83,29 @@ func TestH1ResponseRecycledPerConnection(t *testing.T) {
 	_, b3 := get(3) // response 2 not given back
 	if b3.pr == b2.pr {
 		t.Errorf("response 3 read into %p, the response 2 still holds", b3.pr)
+	}
+	b3.recycle()
+	// An empty body is at its end at once, and is recycled as well.
+	req, _ := http.NewRequest(http.MethodGet, "http://"+backend+"/", nil)
+	req.Header.Set("X-Empty", "1")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b4, ok := resp.Body.(*h1Body)
+	if !ok || b4.pr != b3.pr || resp.ContentLength != 0 {
+		t.Fatalf("empty response: body %T, length %d, want the recycled response's h1Body, length 0", resp.Body, resp.ContentLength)
+	}
+	if n, err := resp.Body.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("empty response: Read() = %d, %v, want 0, EOF", n, err)
+	}
+	if err := resp.Body.Close(); err != nil {
+		t.Fatalf("empty response: Close() = %v", err)
+	}
+	b4.recycle()
+	_, b5 := get(5)
+	if b5.pr != b3.pr {
+		t.Errorf("response 5 read into %p, want the recycled %p", b5.pr, b3.pr)
 	}
 }
 
@@ -165,9 +193,13 @@ func TestForwardRecyclesResponsesSafely(t *testing.T) {
 			for i := range requests {
 				id := c*1000 + i
 				stream := i%7 == 3
+				empty := i%5 == 1 && !stream
 				extra := ""
-				if stream {
+				switch {
+				case stream:
 					extra = "X-Stream: 1\r\n"
+				case empty:
+					extra = "X-Empty: 1\r\n"
 				}
 				if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: test\r\nX-Id: %d\r\n%s\r\n", id, extra); err != nil {
 					t.Error(err)
@@ -180,10 +212,13 @@ func TestForwardRecyclesResponsesSafely(t *testing.T) {
 				}
 				body, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
-				want := strconv.Itoa(id)
+				want, wantBody := strconv.Itoa(id), strconv.Itoa(id)
+				if empty {
+					wantBody = ""
+				}
 				switch {
-				case err != nil || string(body) != want:
-					t.Errorf("request %d: body %q, %v, want %q", id, body, err, want)
+				case err != nil || string(body) != wantBody:
+					t.Errorf("request %d: body %q, %v, want %q", id, body, err, wantBody)
 				case resp.Header.Get("X-Echo") != want:
 					t.Errorf("request %d: X-Echo = %q, want %q", id, resp.Header.Get("X-Echo"), want)
 				case (resp.Header.Get("X-Odd") == want) != (id%2 == 1) || id%2 == 0 && resp.Header.Get("X-Odd") != "":

@@ -259,6 +259,12 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, now, deadline
 	}
 	if resp.Body == http.NoBody {
 		c.release(req, resp, w, stop, true)
+		if pr != nil {
+			// A body already at its end, so that the response is recycled as others are.
+			b := &pr.h1
+			b.c, b.pr, b.done, b.err = c, pr, true, io.EOF
+			resp.Body = b
+		}
 		return resp, nil
 	}
 	// The body comes with the response's other parts when there are.
