@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -223,6 +224,13 @@ type h1Conn struct {
 	// writeFailed: a write to conn failed during this round trip. Written by whoever
 	// writes (the caller, or the body writer before it reports).
 	writeFailed bool
+
+	// The writer of request bodies of known length (writeWithBody), made on first use;
+	// wBody and wLen are what its goroutine sends next, set before it starts.
+	bodyW       *h1BodyWriter
+	writeBodyFn func() // c.writeBody, bound once
+	wBody       io.ReadCloser
+	wLen        int64
 
 	// spare is a parsedResponse a caller is done with (h1Body.recycle), for the next
 	// response read on the connection; nil if none. Given back from the caller's

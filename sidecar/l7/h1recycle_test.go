@@ -346,3 +346,60 @@ func TestParseResponseAllocations(t *testing.T) {
 		})
 	}
 }
+
+// TestH1BodyWriterReusedPerConnection sends request bodies of known length one after the
+// other on one connection, which keeps its body writer from one to the next: each body
+// arrives whole, and the writer of a request whose body failed (shorter than its length)
+// leaves with its connection.
+func TestH1BodyWriterReusedPerConnection(t *testing.T) {
+	addr, ln := startCounted(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		_, _ = w.Write(body)
+	}), nil)
+	tr := newTestTransport(t, TransportOptions{MaxIdleConnsPerHost: 1})
+	var writer *h1BodyWriter
+	for i, tc := range []struct {
+		body   string
+		length int64
+		fails  bool
+		dials  int32 // connections dialed so far, after the request
+	}{
+		{"a", 1, false, 1},
+		{strings.Repeat("b", 40000), 40000, false, 1}, // more than one write
+		{"cc", 2, false, 1},
+		{"short", 10, true, 1},
+		{"dd", 2, false, 2},
+		{"eee", 3, false, 2},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", io.NopCloser(strings.NewReader(tc.body)))
+		req.ContentLength = tc.length
+		resp, err := tr.RoundTrip(req)
+		if tc.fails {
+			if err == nil {
+				resp.Body.Close()
+				t.Fatalf("request %d: RoundTrip() succeeded, want the length mismatch", i)
+			}
+			writer = nil
+		} else {
+			if err != nil {
+				t.Fatalf("request %d: %v", i, err)
+			}
+			got, err := io.ReadAll(resp.Body)
+			if err != nil || string(got) != tc.body {
+				t.Fatalf("request %d: the upstream got %d bytes (%v), want %d", i, len(got), err, len(tc.body))
+			}
+			c := tr.h1.host(addr).take()
+			if c == nil {
+				t.Fatalf("request %d: no idle connection after the response", i)
+			}
+			if writer != nil && c.bodyW != writer {
+				t.Errorf("request %d: the connection has a new body writer, want the one it had", i)
+			}
+			writer = c.bodyW
+			tr.h1.host(addr).put(c)
+		}
+		if got := ln.n.Load(); got != tc.dials {
+			t.Errorf("request %d: %d connections dialed, want %d", i, got, tc.dials)
+		}
+	}
+}

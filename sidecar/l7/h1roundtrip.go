@@ -668,16 +668,35 @@ func (c *h1Conn) writeGeneral(req *http.Request) (*h1BodyWriter, error) {
 // the response is read while it is sent. The head and the first bytes of the body (all of
 // a small one) go out in one write. A body shorter or longer than n is an error, as with
 // http.Request.Write; the body is closed at the end.
+//
+// The writer (its h1BodyWriter, channel and goroutine function) is c's, made on first use
+// and used again by the next round trip on c: a connection is only reused once the
+// writer's result was received (release, or a round trip that fails closes it), after
+// which its goroutine touches nothing of c.
 func (c *h1Conn) writeWithBody(body io.ReadCloser, n int64) *h1BodyWriter {
-	w := &h1BodyWriter{ch: make(chan error, 1), body: &h1RequestBody{rc: body}}
-	go func() {
-		err := c.copyBody(w.body, n)
-		if cerr := body.Close(); err == nil {
-			err = cerr
-		}
-		w.finish(c, err)
-	}()
+	w := c.bodyW
+	if w == nil {
+		w = &h1BodyWriter{ch: make(chan error, 1)}
+		w.body = &w.reqBody
+		c.bodyW = w
+		c.writeBodyFn = c.writeBody
+	}
+	w.reqBody = h1RequestBody{rc: body}
+	w.connFailed, w.got, w.err = false, false, nil
+	c.wBody, c.wLen = body, n
+	go c.writeBodyFn()
 	return w
+}
+
+// writeBody is the goroutine of writeWithBody: it sends c.wBody, of c.wLen bytes, and
+// reports to c.bodyW.
+func (c *h1Conn) writeBody() {
+	w, body := c.bodyW, c.wBody
+	err := c.copyBody(w.body, c.wLen)
+	if cerr := body.Close(); err == nil {
+		err = cerr
+	}
+	w.finish(c, err)
 }
 
 func (c *h1Conn) copyBody(body io.Reader, n int64) error {
@@ -746,7 +765,8 @@ func (b *h1RequestBody) Close() error { return b.rc.Close() }
 type h1BodyWriter struct {
 	ch         chan error
 	body       *h1RequestBody
-	connFailed bool // the error was writing to the connection; set before ch is sent on
+	reqBody    h1RequestBody // what body points to, for a connection's own writer
+	connFailed bool          // the error was writing to the connection; set before ch is sent on
 	got        bool
 	err        error
 }
