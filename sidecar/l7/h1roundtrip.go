@@ -696,6 +696,9 @@ func (c *h1Conn) writeBody() {
 	if cerr := body.Close(); err == nil {
 		err = cerr
 	}
+	// The connection keeps nothing of the request (a downstream body and what it holds)
+	// until its next one.
+	c.wBody, w.reqBody.rc = nil, nil
 	w.finish(c, err)
 }
 
