@@ -886,7 +886,8 @@ func (b *h1Body) Close() error {
 // already, can reuse them at once. The values of the header stay valid (they are not
 // part of it), and so does a Trailer map (only http.ReadResponse's responses have one,
 // and they are never recycled). recycle does nothing for a body that is not done or not
-// part of a parsedResponse.
+// part of a parsedResponse. It is called by the goroutine that read the response, and may
+// run while the connection serves another round trip on another goroutine.
 func (b *h1Body) recycle() {
 	pr := b.pr
 	if pr == nil {
