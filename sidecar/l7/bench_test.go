@@ -2,6 +2,7 @@ package l7
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -386,4 +387,119 @@ func benchOptions(b *testing.B, backend string, resilient, policy bool) (Options
 		o.Direction, o.Policy = telemetry.Inbound, benchPolicy(b)
 	}
 	return o, tr
+}
+
+// BenchmarkUpstreamHeader measures building the upstream request's header from a typical
+// downstream one: into a new map (a state used once) and into the map a reused state keeps.
+func BenchmarkUpstreamHeader(b *testing.B) {
+	in := http.Header{"Accept": {"*/*"}, "User-Agent": {"bench"}, "X-Request-Id": {"0123456789abcdef"},
+		"Accept-Encoding": {"gzip"}, "X-Forwarded-For": {"192.0.2.1"}}
+	b.Run("new", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			var f reqFields
+			upstreamHeader(nil, in, &f)
+		}
+	})
+	b.Run("kept", func(b *testing.B) {
+		b.ReportAllocs()
+		out := make(http.Header)
+		for b.Loop() {
+			var f reqFields
+			upstreamHeader(out, in, &f)
+			clear(out)
+		}
+	})
+}
+
+// BenchmarkH1DeadlineArm measures arming and disarming the response-header deadline of
+// back-to-back round trips on one upstream connection with the same timeout (the pool's
+// share of a request with request_timeout).
+func BenchmarkH1DeadlineArm(b *testing.B) {
+	client, server := net.Pipe()
+	defer server.Close()
+	c := newH1Conn(&h1Host{p: newH1Pool(nil, 0, 0), addr: "pipe"}, client)
+	defer c.close()
+	cause := errors.New("timeout")
+	b.ReportAllocs()
+	for b.Loop() {
+		now := time.Now()
+		if !c.arm(now, now.Add(5*time.Second), cause) || !c.disarm() {
+			b.Fatal("arm or disarm failed")
+		}
+	}
+}
+
+// BenchmarkProxyAllocsPOST is BenchmarkProxyAllocs for a POST with a 512-byte body (which
+// the raw backend skips: it answers every request head).
+func BenchmarkProxyAllocsPOST(b *testing.B) {
+	backend := startRawBackend(b)
+	for _, bc := range []struct {
+		name      string
+		resilient bool
+	}{
+		{"POST/plain", false},
+		{"POST/resilient", true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			o, tr := benchOptions(b, backend, bc.resilient, false)
+			defer tr.CloseIdleConnections()
+			srv := NewH1Server(ServerOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}, NewHandler(o), nil)
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			go func() {
+				for {
+					c, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					if !srv.ServeConn(GuardConn(c), nil) {
+						_ = c.Close()
+					}
+				}
+			}()
+			defer func() {
+				_ = ln.Close()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = srv.Shutdown(ctx)
+			}()
+			body := strings.Repeat("p", 512)
+			req := []byte("POST /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: raw\r\nContent-Type: text/plain\r\n" +
+				"X-Request-Id: 0123456789abcdef\r\nContent-Length: 512\r\n\r\n" + body)
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			respLen := rawResponseLen(b, c, req)
+			c.Close()
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				c, err := net.Dial("tcp", ln.Addr().String())
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer c.Close()
+				buf := make([]byte, respLen)
+				for pb.Next() {
+					if _, err := c.Write(req); err != nil {
+						b.Error(err)
+						return
+					}
+					if _, err := io.ReadFull(c, buf); err != nil {
+						b.Error(err)
+						return
+					}
+					if string(buf[:12]) != "HTTP/1.1 200" {
+						b.Errorf("response %q, want a 200", buf)
+						return
+					}
+				}
+			})
+		})
+	}
 }

@@ -231,11 +231,14 @@ func (f *reqFields) upgrade1() string {
 }
 
 // upstreamHeader builds the header of the upstream request from in, the downstream
-// request's: everything but the hop-by-hop headers, the headers Connection names and the
-// client's forwarding headers. Values are shared with in, capacity-clipped so that an
-// append to them never writes into in's arrays. It records in f what forward needs of in.
-func upstreamHeader(in http.Header, f *reqFields) http.Header {
-	out := make(http.Header, len(in)+3)
+// request's, into out (an empty map, or nil for a new one) and returns it: everything but
+// the hop-by-hop headers, the headers Connection names and the client's forwarding
+// headers. Values are shared with in, capacity-clipped so that an append to them never
+// writes into in's arrays. It records in f what forward needs of in.
+func upstreamHeader(out, in http.Header, f *reqFields) http.Header {
+	if out == nil {
+		out = make(http.Header, len(in)+3)
+	}
 	for k, vv := range in {
 		switch k {
 		case "Connection":
@@ -281,6 +284,35 @@ func upstreamHeader(in http.Header, f *reqFields) http.Header {
 		}
 	}
 	return out
+}
+
+// maxKeptHeader is the most fields the upstream request's header map of a state may have
+// had to be kept for the next request: a larger one is dropped, so that one large request
+// does not leave a large map behind.
+const maxKeptHeader = 32
+
+// headerReusable reports whether the header map of out, the upstream request sent through
+// tr, is no longer used once forward returns, so that st.outHdr may be filled for it and
+// cleared for the next request. That holds for Ferry's HTTP/1.1 pool when the request head
+// is written by the round trip's goroutine (buildHead; a request without a body or with one
+// of known length): net/http's HTTP/2 transport may keep the request past the end of the
+// response, and http.Request.Write reads the header on the goroutine that writes a body
+// (writeGeneral), which may outlive the response. Retries share the map (each try is a
+// shallow copy of out) and finish within forward; the 1xx callback, tracing's header
+// injection and the upgrade path all run before forward returns.
+func headerReusable(tr *Transport, out *http.Request) bool {
+	return tr != nil && tr.h1 != nil && (tr.h2 == nil || out.ProtoMajor != 2) &&
+		(out.Body == nil || h1Fast(out))
+}
+
+// doneOutHdr empties st.outHdr after a request, so that it keeps no value of the request,
+// or drops it when it grew past maxKeptHeader.
+func (st *state) doneOutHdr() {
+	if len(st.outHdr) > maxKeptHeader {
+		st.outHdr = nil
+		return
+	}
+	clear(st.outHdr)
 }
 
 // forwardedHeaders sets X-Forwarded-For (the client's address appended to what the client
@@ -398,7 +430,15 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 	out.Close = false
 
 	var f reqFields
-	out.Header = upstreamHeader(r.Header, &f)
+	var hdr http.Header // nil: a new map
+	if headerReusable(st.t.transport, out) {
+		if st.outHdr == nil {
+			st.outHdr = make(http.Header, len(r.Header)+3)
+		}
+		hdr = st.outHdr
+		defer st.doneOutHdr()
+	}
+	out.Header = upstreamHeader(hdr, r.Header, &f)
 	upType := f.upgrade1() // upgradeType(r.Header)
 	if !printable(upType) {
 		h.errorHandler(st, r, fmt.Errorf("client tried to switch to invalid protocol %q", upType))
@@ -505,6 +545,7 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 			kind = ErrConnectionTerminated // writing to the client failed
 		}
 		st.proxyStatus = ProxyName + "; error=" + kind + "; details=" + strconv.Quote(err.Error())
+		doneWith(res)
 		return true
 	}
 	res.Body.Close() // now, so that res.Trailer is complete
@@ -512,19 +553,42 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		// Force chunking: a short body would otherwise get a Content-Length and no trailers.
 		st.flush()
 	}
-	if len(res.Trailer) == announced {
-		for k, vv := range res.Trailer {
+	copyTrailers(dst, res.Trailer, announced)
+	doneWith(res)
+	return false
+}
+
+// copyTrailers adds the trailers tr of the upstream's response to the client's header dst:
+// as they are when the response announced all of them (announced is how many it did), else
+// with http.TrailerPrefix. The values are shared with tr.
+func copyTrailers(dst, tr http.Header, announced int) {
+	if len(tr) == announced {
+		for k, vv := range tr {
 			dst[k] = append(dst[k], vv...)
 		}
-		return false
+		return
 	}
-	for k, vv := range res.Trailer {
+	for k, vv := range tr {
 		k = http.TrailerPrefix + k
 		for _, v := range vv {
 			dst.Add(k, v)
 		}
 	}
-	return false
+}
+
+// doneWith is forward's last use of res, a response of the round trip whose body is
+// closed: Ferry's HTTP/1.1 pool may give its parts (the response, its header map, its
+// body) to a later response on the same connection from then on (h1Body.recycle), so
+// nothing may read res afterwards. What the client's header took from res is unaffected:
+// the values of res.Header and res.Trailer are never recycled, and neither is the map of
+// res.Trailer. The abandoned tries of the retry loop and the error paths never get here:
+// their responses are left to the garbage collector.
+func doneWith(res *http.Response) {
+	if d, ok := res.Body.(*doneBody); ok {
+		if b, ok := d.ReadCloser.(*h1Body); ok {
+			b.recycle()
+		}
+	}
 }
 
 // streaming reports whether res is copied with a flush after every write: Server-Sent

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/textproto"
+	"unsafe"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -19,16 +20,17 @@ import (
 // values are cut from, and ok. For anything else it consumes nothing and returns ok ==
 // false: http.ReadResponse reads it.
 func parseResponseHead(br *bufio.Reader, req *http.Request) (_ *http.Response, ok bool) {
-	pr, ok := parseResponse(br, req)
+	pr, ok := parseResponse(br, req, nil)
 	if !ok {
 		return nil, false
 	}
 	return &pr.resp, true
 }
 
-// parseResponse is parseResponseHead, returning the response in the parsedResponse it
-// allocates.
-func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok bool) {
+// parseResponse is parseResponseHead, returning the response in pr, a parsedResponse
+// recycled (see reset) by an earlier response, or in one it allocates if pr is nil. When it
+// declines, pr may hold part of the response: reset it before using it again.
+func parseResponse(br *bufio.Reader, req *http.Request, pr *parsedResponse) (_ *parsedResponse, ok bool) {
 	if req.Method == http.MethodHead {
 		return nil, false
 	}
@@ -82,19 +84,24 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 		end += i + 1
 	}
 	head := buf[:end] // every line with its CRLF
-	s := string(head) // the one allocation all strings below are cut from
-	// The response, its body and the values of a few fields in one allocation.
-	pr := &parsedResponse{resp: http.Response{
-		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
-		Header: make(http.Header, n), Request: req, ContentLength: -1,
-	}}
-	resp := &pr.resp
-	var values []string
-	if n <= len(pr.values) {
-		values = pr.values[:n]
-	} else {
-		values = make([]string, n)
+	// The head's string, which all strings below are cut from, and the array of the
+	// values: new for every response (usually one allocation, see newHead), as the caller
+	// keeps values and strings (the forwarder puts them in the client's header) past the
+	// point where pr is recycled. The response, its body and its header map come from pr
+	// when it is recycled.
+	s, values := newHead(head, n)
+	if pr == nil {
+		pr = new(parsedResponse)
 	}
+	hdr := pr.resp.Header
+	if hdr == nil {
+		hdr = make(http.Header, n)
+	}
+	pr.resp = http.Response{
+		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+		Header: hdr, Request: req, ContentLength: -1,
+	}
+	resp := &pr.resp
 	// Up to len(seen) keys are checked for repeats against the ones before them, not with a
 	// map lookup; the map is consulted only for a repeated key or a longer head.
 	var seen [16]string
@@ -202,6 +209,57 @@ func parseResponse(br *bufio.Reader, req *http.Request) (_ *parsedResponse, ok b
 	return pr, true
 }
 
+// A response head and the values of its fields, in one allocation: the head's bytes,
+// copied once and never written again, are what the string of the head points to, and the
+// values (strings cut from it) are the array the header's value slices share. Four sizes,
+// each filling a size class of the allocator; a head that fits none takes two
+// allocations (a string and an array).
+type (
+	head4 struct {
+		values [4]string
+		buf    [128]byte
+	}
+	head8 struct {
+		values [8]string
+		buf    [256]byte
+	}
+	head12 struct {
+		values [12]string
+		buf    [512]byte
+	}
+	head16 struct {
+		values [16]string
+		buf    [1024]byte
+	}
+)
+
+// newHead returns a string holding a copy of head, and an array for the values of its n
+// fields, usually in one allocation (see head4).
+func newHead(head []byte, n int) (string, []string) {
+	switch l := len(head); {
+	case n <= 4 && l <= 128:
+		h := new(head4)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	case n <= 8 && l <= 256:
+		h := new(head8)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	case n <= 12 && l <= 512:
+		h := new(head12)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	case n <= 16 && l <= 1024:
+		h := new(head16)
+		return copyHead(h.buf[:], head), h.values[:n:n]
+	}
+	return string(head), make([]string, n)
+}
+
+// copyHead copies head (not empty) into buf, which nothing writes afterwards, and returns
+// it as a string sharing buf.
+func copyHead(buf, head []byte) string {
+	n := copy(buf, head)
+	return unsafe.String(&buf[0], n)
+}
+
 // Classes of bytes in byteClass.
 const (
 	cToken = 1 << iota // tchar (RFC 9110 §5.6.2): a byte of a field name
@@ -300,14 +358,33 @@ func knownKey(k string) bool {
 	return false
 }
 
-// parsedResponse is what parseResponse allocates for a response, but its head's string
-// and header map: the response, its body, the values of up to 8 fields, and the h1Body
-// the round trip wraps the body in.
+// parsedResponse is what parseResponse fills for a response, but its head's string and the
+// array of its values: the response with its header map, its body, and the h1Body the
+// round trip wraps the body in. Ferry's HTTP/1.1 pool recycles it per connection once the
+// caller is done with the response (h1Body.recycle).
 type parsedResponse struct {
-	resp   http.Response
-	body   lengthBody
-	values [8]string
-	h1     h1Body
+	resp http.Response
+	body lengthBody
+	h1   h1Body
+}
+
+// maxKeptResponseHeader is the most fields a recycled parsedResponse's header map may have
+// had to be kept: a larger one is dropped with the response it came with.
+const maxKeptResponseHeader = 32
+
+// reset makes pr ready for another response: its header map emptied (or dropped if large),
+// the rest zeroed, so that it keeps nothing of the last response (strings, the request,
+// the connection). The values of the last response, which the caller may still hold, are
+// not pr's and stay as they are.
+func (pr *parsedResponse) reset() {
+	h := pr.resp.Header
+	if len(h) > maxKeptResponseHeader {
+		h = nil
+	} else {
+		clear(h)
+	}
+	*pr = parsedResponse{}
+	pr.resp.Header = h
 }
 
 // lengthBody is a response body of a known length read from br: io.ErrUnexpectedEOF if

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net"
 	"net/http"
@@ -64,23 +65,32 @@ func (p *h1Pool) host(addr string) *h1Host {
 }
 
 // getUntil returns an idle connection to addr that is still open, or dials a new one, by
-// deadline if not zero: past it the dial is cancelled with cause.
-func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, cause error) (*h1Conn, error) {
+// deadline if not zero: past it the dial is cancelled with cause. It also returns the time
+// it read as it took an idle connection (which the round trip's deadline is armed with),
+// zero for a connection it dialed.
+func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, cause error) (*h1Conn, time.Time, error) {
 	h := p.host(addr)
+	var now time.Time
 	for {
 		c := h.take()
 		if c == nil {
 			break
 		}
-		if time.Since(c.idleSince) < peekAfter || c.alive() {
-			return c, nil
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if now.Sub(c.idleSince) < peekAfter || c.alive() {
+			return c, now, nil
 		}
 		c.close()
 	}
 	if !deadline.IsZero() {
-		d := time.Until(deadline)
+		if now.IsZero() {
+			now = time.Now()
+		}
+		d := deadline.Sub(now)
 		if d <= 0 {
-			return nil, cause
+			return nil, time.Time{}, cause
 		}
 		var cancel context.CancelCauseFunc
 		ctx, cancel = context.WithCancelCause(ctx)
@@ -95,11 +105,11 @@ func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, 
 		if ctx.Err() != nil {
 			// As http.Transport: a dial the request's cancellation cut short reports the
 			// cancellation (a client gone, a timeout), not a connect failure.
-			return nil, context.Cause(ctx)
+			return nil, time.Time{}, context.Cause(ctx)
 		}
-		return nil, err
+		return nil, time.Time{}, err
 	}
-	return newH1Conn(h, conn), nil
+	return newH1Conn(h, conn), time.Time{}, nil
 }
 
 // take removes the most recently used idle connection, or returns nil.
@@ -215,6 +225,18 @@ type h1Conn struct {
 	// writes (the caller, or the body writer before it reports).
 	writeFailed bool
 
+	// The writer of request bodies of known length (writeWithBody), made on first use;
+	// wBody and wLen are what its goroutine sends next, set before it starts.
+	bodyW       *h1BodyWriter
+	writeBodyFn func() // c.writeBody, bound once
+	wBody       io.ReadCloser
+	wLen        int64
+
+	// spare is a parsedResponse a caller is done with (h1Body.recycle), for the next
+	// response read on the connection; nil if none. Given back from the caller's
+	// goroutine while the connection may serve another round trip already, hence atomic.
+	spare atomic.Pointer[parsedResponse]
+
 	reused    bool      // taken from the idle list: the upstream may have closed it since
 	idleSince time.Time // when it was put in the idle list
 	closed    atomic.Bool
@@ -224,14 +246,17 @@ type h1Conn struct {
 	// round trip (see onCancel); unhookFn is c.unhook, bound once.
 	hookedOn *h1conn
 	unhookFn func() bool
-	// The deadline of the round trip's response headers (h1Pool.roundTripUntil): a timer
-	// reused from one request to the next, armed by the round trip's goroutine only.
-	timer     *time.Timer
-	timeoutFn func() // c.timeout, bound once
-	armed     bool
-	timedOut  atomic.Bool           // the timer fired during this round trip
-	cause     error                 // what the round trip fails with when it does
-	peekFn    func(fd uintptr) bool // c.peek, bound once: the liveness check
+	// The deadline of the round trip's response headers (h1Pool.roundTripUntil; see arm):
+	// a timer kept from one request to the next, armed by the round trip's goroutine.
+	timer     atomic.Pointer[time.Timer] // made on first use; stopped by close
+	timeoutFn func()                     // c.timeout, bound once
+	epoch     time.Time                  // what due and fireAt count from
+	due       atomic.Int64               // the deadline armed (offset), 0 for none, dueFired
+	fireAt    atomic.Int64               // when the timer is set to fire (offset), 0 if not set
+	armed     bool                       // a deadline is armed (the round trip's goroutine's)
+	timedOut  atomic.Bool                // the timer fired during this round trip
+	cause     error                      // what the round trip fails with when it does
+	peekFn    func(fd uintptr) bool      // c.peek, bound once: the liveness check
 	peekBuf   [1]byte
 	peekN     int
 	peekErr   error
@@ -239,7 +264,7 @@ type h1Conn struct {
 }
 
 func newH1Conn(h *h1Host, conn net.Conn) *h1Conn {
-	c := &h1Conn{h: h, conn: conn, readLimit: math.MaxInt64}
+	c := &h1Conn{h: h, conn: conn, readLimit: math.MaxInt64, epoch: time.Now()}
 	c.br = bufio.NewReaderSize(c, 16<<10)
 	c.abortFn = c.abort
 	c.unhookFn = c.unhook
@@ -321,5 +346,9 @@ func (c *h1Conn) alive() bool {
 func (c *h1Conn) close() {
 	if c.closed.CompareAndSwap(false, true) {
 		_ = c.conn.Close()
+		if t := c.timer.Load(); t != nil {
+			t.Stop() // it may be set for a deadline long gone: let c go now
+			c.fireAt.Store(0)
+		}
 	}
 }

@@ -61,12 +61,12 @@ func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time, cause err
 	ctx := req.Context()
 	addr := canonicalAddr(req.URL)
 	for {
-		c, err := p.getUntil(ctx, addr, deadline, cause)
+		c, now, err := p.getUntil(ctx, addr, deadline, cause)
 		if err != nil {
 			closeRequestBody(req)
 			return nil, err
 		}
-		resp, err := c.roundTrip(ctx, req, deadline, cause)
+		resp, err := c.roundTrip(ctx, req, now, deadline, cause)
 		if err == nil {
 			return resp, nil
 		}
@@ -163,8 +163,9 @@ func canonicalAddr(u *url.URL) string {
 }
 
 // roundTrip sends req on c and reads the response headers, by deadline if not zero (else
-// it fails with cause). On failure c is closed.
-func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time.Time, cause error) (*http.Response, error) {
+// it fails with cause). now is the time read as c was taken from the pool, zero if none
+// was. On failure c is closed.
+func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, now, deadline time.Time, cause error) (*http.Response, error) {
 	fast := h1Fast(req)
 	if fast {
 		if err := c.buildHead(req); err != nil {
@@ -176,7 +177,7 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 		c.h.put(c)
 		return nil, err
 	}
-	if !deadline.IsZero() && !c.arm(deadline, cause) {
+	if !deadline.IsZero() && !c.arm(now, deadline, cause) {
 		// Nothing was sent: the connection is as good as before.
 		c.h.put(c)
 		return nil, cause
@@ -258,12 +259,19 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, deadline time
 	}
 	if resp.Body == http.NoBody {
 		c.release(req, resp, w, stop, true)
+		if pr != nil {
+			// A body already at its end, so that the response is recycled as others are.
+			b := &pr.h1
+			b.c, b.pr, b.done, b.err = c, pr, true, io.EOF
+			resp.Body = b
+		}
 		return resp, nil
 	}
 	// The body comes with the response's other parts when there are.
 	var b *h1Body
 	if pr != nil {
 		b = &pr.h1
+		b.pr = pr
 	} else {
 		b = new(h1Body)
 	}
@@ -314,40 +322,88 @@ func (c *h1Conn) fail(ctx context.Context, stop func() bool, err error) error {
 	return err
 }
 
-// arm starts c's deadline timer for a round trip that fails with cause past it, reporting
-// false if deadline has passed already. Only the goroutine running the round trip arms
-// and disarms.
-func (c *h1Conn) arm(deadline time.Time, cause error) bool {
-	d := time.Until(deadline)
+// The deadline of a round trip's response headers is enforced with one timer per
+// connection that is rarely reset: it fires no later than the deadline of the round trip
+// in progress and, when it fires early (it was set for an earlier round trip, or the
+// connection is idle), it looks at the round trip in progress, if any, and sets itself for
+// the rest of that one's time. A connection used back to back with the same timeout thus
+// resets its timer about once per timeout instead of for every request (a Reset moves a
+// runtime timer under locks), and disarming it is one atomic swap instead of a Stop.
+// Requests time out exactly when they did with a timer of their own.
+
+// dueFired is c.due once the timer aborted the round trip armed with it.
+const dueFired = -1
+
+// offset is t as c.due and c.fireAt hold it: the nanoseconds since c.epoch (monotonic when
+// t has a monotonic reading).
+func (c *h1Conn) offset(t time.Time) int64 { return int64(t.Sub(c.epoch)) }
+
+// arm sets the deadline of a round trip on c that fails with cause past it, reporting
+// false if deadline has passed already. now is the current time, or zero to read it. Only
+// the goroutine running the round trip arms and disarms.
+func (c *h1Conn) arm(now, deadline time.Time, cause error) bool {
+	if now.IsZero() {
+		now = time.Now()
+	}
+	d := deadline.Sub(now)
 	if d <= 0 {
 		return false
 	}
+	due := c.offset(deadline)
 	c.timedOut.Store(false)
 	c.cause = cause
-	if c.timer == nil {
-		c.timer = time.AfterFunc(d, c.timeoutFn)
-	} else {
-		c.timer.Reset(d)
-	}
+	// Published before the timer is looked at: a timer firing from here on sees it (see
+	// timeout), and one that fired before has left fireAt at 0.
+	c.due.Store(due)
 	c.armed = true
+	if f := c.fireAt.Load(); f > 0 && f <= due {
+		return true // it fires before the deadline and then sets itself for the rest
+	}
+	c.fireAt.Store(due)
+	if t := c.timer.Load(); t != nil {
+		t.Reset(d)
+	} else {
+		c.timer.Store(time.AfterFunc(d, c.timeoutFn))
+	}
 	return true
 }
 
-// disarm stops c's deadline timer, reporting false if it fired (the connection is aborted
-// and must not be reused). It is true when the timer was not armed.
+// disarm ends the deadline of the round trip, reporting false if it passed (the
+// connection is aborted and must not be reused). It is true when there was none. The timer
+// stays set: firing with no round trip armed does nothing.
 func (c *h1Conn) disarm() bool {
 	if !c.armed {
 		return true
 	}
 	c.armed = false
-	return c.timer.Stop()
+	return c.due.Swap(0) != dueFired
 }
 
-// timeout is what c's deadline timer runs: the round trip fails at once, as on
-// cancellation, and reports the cause it was armed with.
+// timeout is what c's deadline timer runs: past the deadline of the round trip in
+// progress, the round trip fails at once, as on cancellation, and reports the cause it was
+// armed with; before it, the timer is set again for the time left.
 func (c *h1Conn) timeout() {
-	c.timedOut.Store(true)
-	c.abort()
+	c.fireAt.Store(0) // not set any more: arm sets it again if it needs it
+	for {
+		due := c.due.Load()
+		if due <= 0 {
+			return // no round trip in progress (or already aborted)
+		}
+		left := due - c.offset(time.Now())
+		if left > 0 {
+			// Set for an earlier round trip (or early): wait for the rest of this one.
+			// arm may set it at the same time, for the same deadline.
+			c.fireAt.Store(due)
+			c.timer.Load().Reset(time.Duration(left))
+			return
+		}
+		if c.due.CompareAndSwap(due, dueFired) {
+			c.timedOut.Store(true)
+			c.abort()
+			return
+		}
+		// Disarmed, or armed for another round trip, meanwhile: look again.
+	}
 }
 
 // release is the end of a round trip on c: c goes back to the pool when the response was
@@ -378,20 +434,28 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 	}
 	var trace *httptrace.ClientTrace
 	traced := false
+	// The parsedResponse a caller gave back (recycle), if any; it stays the connection's
+	// when http.ReadResponse reads the response instead.
+	spare := c.spare.Swap(nil)
 	for {
-		pr, ok := parseResponse(c.br, req)
+		pr, ok := parseResponse(c.br, req, spare)
 		if ok {
 			// A final response (parseResponse takes no other).
 			c.readLimit = math.MaxInt64
 			return &pr.resp, pr, nil
 		}
+		if spare != nil {
+			spare.reset() // parseResponse may have filled part of it
+		}
 		resp, err := http.ReadResponse(c.br, req)
 		if err != nil {
+			c.keepSpare(spare)
 			return nil, nil, err
 		}
 		code := resp.StatusCode
 		if code < 100 || code > 199 || code == http.StatusSwitchingProtocols {
 			c.readLimit = math.MaxInt64
+			c.keepSpare(spare)
 			return resp, nil, nil
 		}
 		if !traced {
@@ -407,11 +471,20 @@ func (c *h1Conn) readResponse(ctx context.Context, req *http.Request) (*http.Res
 		}
 		if trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(code, textproto.MIMEHeader(resp.Header)); err != nil {
+				c.keepSpare(spare)
 				return nil, nil, err
 			}
 			// Whoever took the 1xx response limits how many it accepts.
 			c.readLimit = limit
 		}
+	}
+}
+
+// keepSpare gives pr (reset, or nil) back to c for its next response, unless a caller has
+// given another back meanwhile.
+func (c *h1Conn) keepSpare(pr *parsedResponse) {
+	if pr != nil {
+		c.spare.CompareAndSwap(nil, pr)
 	}
 }
 
@@ -595,16 +668,38 @@ func (c *h1Conn) writeGeneral(req *http.Request) (*h1BodyWriter, error) {
 // the response is read while it is sent. The head and the first bytes of the body (all of
 // a small one) go out in one write. A body shorter or longer than n is an error, as with
 // http.Request.Write; the body is closed at the end.
+//
+// The writer (its h1BodyWriter, channel and goroutine function) is c's, made on first use
+// and used again by the next round trip on c: a connection is only reused once the
+// writer's result was received (release, or a round trip that fails closes it), after
+// which its goroutine touches nothing of c.
 func (c *h1Conn) writeWithBody(body io.ReadCloser, n int64) *h1BodyWriter {
-	w := &h1BodyWriter{ch: make(chan error, 1), body: &h1RequestBody{rc: body}}
-	go func() {
-		err := c.copyBody(w.body, n)
-		if cerr := body.Close(); err == nil {
-			err = cerr
-		}
-		w.finish(c, err)
-	}()
+	w := c.bodyW
+	if w == nil {
+		w = &h1BodyWriter{ch: make(chan error, 1)}
+		w.body = &w.reqBody
+		c.bodyW = w
+		c.writeBodyFn = c.writeBody
+	}
+	w.reqBody = h1RequestBody{rc: body}
+	w.connFailed, w.got, w.err = false, false, nil
+	c.wBody, c.wLen = body, n
+	go c.writeBodyFn()
 	return w
+}
+
+// writeBody is the goroutine of writeWithBody: it sends c.wBody, of c.wLen bytes, and
+// reports to c.bodyW.
+func (c *h1Conn) writeBody() {
+	w, body := c.bodyW, c.wBody
+	err := c.copyBody(w.body, c.wLen)
+	if cerr := body.Close(); err == nil {
+		err = cerr
+	}
+	// The connection keeps nothing of the request (a downstream body and what it holds)
+	// until its next one.
+	c.wBody, w.reqBody.rc = nil, nil
+	w.finish(c, err)
 }
 
 func (c *h1Conn) copyBody(body io.Reader, n int64) error {
@@ -673,7 +768,8 @@ func (b *h1RequestBody) Close() error { return b.rc.Close() }
 type h1BodyWriter struct {
 	ch         chan error
 	body       *h1RequestBody
-	connFailed bool // the error was writing to the connection; set before ch is sent on
+	reqBody    h1RequestBody // what body points to, for a connection's own writer
+	connFailed bool          // the error was writing to the connection; set before ch is sent on
 	got        bool
 	err        error
 }
@@ -729,7 +825,8 @@ var errBodyClosed = errors.New("http: read on closed response body")
 // concurrently with Read.
 type h1Body struct {
 	c    *h1Conn
-	rc   io.ReadCloser // http.ReadResponse's body, never closed: its Close would drain it
+	pr   *parsedResponse // what the response, its header map and b are part of; nil if none
+	rc   io.ReadCloser   // http.ReadResponse's body, never closed: its Close would drain it
 	req  *http.Request
 	resp *http.Response
 	w    *h1BodyWriter
@@ -780,6 +877,33 @@ func (b *h1Body) Close() error {
 	b.mu.Unlock()
 	b.c.release(b.req, b.resp, b.w, b.stop, false)
 	return nil
+}
+
+// recycle gives the parsedResponse of b's response (the response, its header map and b)
+// to b's connection for a later response, once b is done (read to its end or closed).
+// The caller must not use the response, its header map or its body after it, nor call it
+// twice: the next response on the connection, which another goroutine may be reading
+// already, can reuse them at once. The values of the header stay valid (they are not
+// part of it), and so does a Trailer map (only http.ReadResponse's responses have one,
+// and they are never recycled). recycle does nothing for a body that is not done or not
+// part of a parsedResponse. It is called by the goroutine that read the response, and may
+// run while the connection serves another round trip on another goroutine.
+func (b *h1Body) recycle() {
+	pr := b.pr
+	if pr == nil {
+		return
+	}
+	b.mu.Lock()
+	done := b.done
+	b.mu.Unlock()
+	if !done {
+		return
+	}
+	c := b.c
+	pr.reset()
+	// The atomic store orders the reset, and the caller's reads before it, before the
+	// reuse by the round trip that takes pr (readResponse's Swap).
+	c.spare.Store(pr)
 }
 
 // h1Upgraded is the body of a 101 Switching Protocols response: the connection itself,

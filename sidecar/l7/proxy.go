@@ -192,6 +192,9 @@ type state struct {
 	xfp    [1]string       // X-Forwarded-Proto
 	te     [1]string       // TE
 	ua     [1]string       // the empty User-Agent
+	// outHdr is the upstream request's header map, kept (cleared) across the requests a
+	// reused state serves when the round trip does not keep it (see headerReusable).
+	outHdr http.Header
 	// done is the response body deliver hands over (delivered: in use).
 	done      doneBody
 	delivered bool
