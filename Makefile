@@ -87,6 +87,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzH1ServerRequest$$' -fuzztime=50000x ./sidecar/l7/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseRequestHead$$' -fuzztime=50000x ./sidecar/l7/
 	$(GO) test -run='^$$' -fuzz='^FuzzParseResponseHead$$' -fuzztime=50000x ./sidecar/l7/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseRequestReusing$$' -fuzztime=30000x ./sidecar/l7/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseResponseRecycled$$' -fuzztime=30000x ./sidecar/l7/
 	$(GO) test -run='^$$' -fuzz='^FuzzPath$$' -fuzztime=500000x ./policy/normalize/
 	$(GO) test -run='^$$' -fuzz='^FuzzAccess$$' -fuzztime=30000x ./policy/
 

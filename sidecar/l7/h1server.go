@@ -36,7 +36,8 @@ import (
 // The request context is reused too, unless someone asked for its Done channel or
 // derived a context from it (see h1reqCtx); in that case, which is how a goroutine
 // outliving the handler would watch the request, the Request's storage is not reused
-// either. A connection that was hijacked or whose handler panicked serves no further
+// either; nor is that of a request with a body (a transport may still be sending it
+// upstream after the response). A connection that was hijacked or whose handler panicked serves no further
 // request.
 //
 // ServeConn and Shutdown are safe to call concurrently.
@@ -661,12 +662,16 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	if c.state.Load() == h1Closed {
 		c.cancelRequest(ctx, false) // cut by Shutdown while the request was read
 	}
+	hasBody := false
 	defer func() {
 		c.res.body.shut()
 		c.cancelRequest(ctx, true)
-		if ctx.real.Load() != nil {
+		if ctx.real.Load() != nil || hasBody {
 			// Its context was handed to something that may outlive it (a goroutine, a
-			// child context): to be safe, neither is the request's storage reused.
+			// child context), or it had a body, which a transport's goroutine may still
+			// be sending upstream, with a head whose header values point into the
+			// request's storage, for a while after the response (maxWriteWait): to be
+			// safe, the request's storage is not reused.
 			c.reuse = requestReuse{}
 		}
 	}()
@@ -687,6 +692,7 @@ func (c *h1conn) serveRequest(req *http.Request, conflict bool) (keep bool) {
 	body := &w.body
 	body.c, body.rc, body.w = c, req.Body, w
 	noBody := req.Body == nil || req.Body == http.NoBody
+	hasBody = !noBody
 	if noBody {
 		body.eof = true
 	}

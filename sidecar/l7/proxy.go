@@ -205,7 +205,7 @@ type state struct {
 // named in the literal below (for instance "outHdr: st.outHdr"); every other field starts
 // from its zero value.
 func (st *state) reset() {
-	*st = state{}
+	*st = state{outHdr: st.outHdr}
 }
 
 // newState returns the state of a request w answers: one a previous request left (see
