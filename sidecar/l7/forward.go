@@ -122,8 +122,8 @@ func removeHopByHop(h http.Header) {
 // name (but the hop-by-hop ones, which are removed by name). It reports whether conn
 // named any other header (whether or not hs had it).
 func delConnectionNamed(conn []string, hs ...http.Header) (named bool) {
-	if len(conn) == 0 {
-		return false
+	if len(conn) == 0 || onlyHopTokens(conn) {
+		return false // the usual "keep-alive": nothing to parse and keep
 	}
 	var ct connTokens
 	ct.parse(conn)
@@ -136,6 +136,20 @@ func delConnectionNamed(conn []string, hs ...http.Header) (named bool) {
 		}
 	}
 	return named
+}
+
+// onlyHopTokens reports whether every token of the Connection header values conn names a
+// hop-by-hop header (hopToken), as connTokens.parse splits them, without collecting them
+// (a connTokens escapes to the heap).
+func onlyHopTokens(conn []string) bool {
+	for _, f := range conn {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" && !hopToken(sf) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // hopToken reports whether the Connection token t names a hop-by-hop header (hopHeader),
@@ -326,7 +340,16 @@ func forwardedHeaders(st *state, out http.Header, in *http.Request, f *reqFields
 		clientIP = in.RemoteAddr
 	}
 	if prior := f.xff; len(prior) > 0 {
-		st.xff[0] = strings.Join(prior, ", ") + ", " + clientIP
+		if len(prior) == 1 && prior[0] == st.xffPrior && clientIP == st.xffClient {
+			// As the request this state served before: a sidecar's connections usually
+			// carry the same client's requests, from the same peer.
+			st.xff[0] = st.xffJoined
+		} else {
+			st.xff[0] = strings.Join(prior, ", ") + ", " + clientIP
+			if len(prior) == 1 {
+				st.xffPrior, st.xffClient, st.xffJoined = prior[0], clientIP, st.xff[0]
+			}
+		}
 	} else {
 		st.xff[0] = clientIP
 	}

@@ -415,3 +415,74 @@ func TestForwardHelpers(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardXFFAcrossRequests sends requests with different X-Forwarded-For headers on
+// one connection (so through reused states, which remember the last value they made)
+// and checks each reaches the upstream with its own chain and the client's address.
+func TestForwardXFFAcrossRequests(t *testing.T) {
+	got := make(chan string, 1)
+	backend := startBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- strings.Join(r.Header["X-Forwarded-For"], "|")
+		_, _ = io.WriteString(w, "ok")
+	}))
+	proxy := startProxy(t, upstreamOf(backend), nil)
+	c, err := net.Dial("tcp", proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	for i, tc := range []struct{ headers, want string }{
+		{"X-Forwarded-For: 10.0.0.1\r\n", "10.0.0.1, 127.0.0.1"},
+		{"X-Forwarded-For: 10.0.0.1\r\n", "10.0.0.1, 127.0.0.1"},
+		{"X-Forwarded-For: 10.0.0.9\r\n", "10.0.0.9, 127.0.0.1"},
+		{"", "127.0.0.1"},
+		{"X-Forwarded-For: 10.0.0.9\r\n", "10.0.0.9, 127.0.0.1"},
+		{"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.9\r\n", "10.0.0.1, 10.0.0.9, 127.0.0.1"},
+		{"X-Forwarded-For: 10.0.0.9\r\n", "10.0.0.9, 127.0.0.1"},
+	} {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: api.mesh\r\n"+tc.headers+"\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if xff := <-got; xff != tc.want {
+			t.Errorf("request %d: upstream X-Forwarded-For = %q, want %q", i+1, xff, tc.want)
+		}
+	}
+}
+
+func TestOnlyHopTokens(t *testing.T) {
+	for _, tc := range []struct {
+		conn []string
+		want bool
+	}{
+		{[]string{"keep-alive"}, true},
+		{[]string{"close"}, false}, // "close" names no header but is not a hop-by-hop one
+		{[]string{"Keep-Alive, TE"}, true},
+		{[]string{" upgrade ,, te"}, true},
+		{[]string{"keep-alive", "X-Hop"}, false},
+		{[]string{"keep-alive, x-hop"}, false},
+		{[]string{""}, true},
+	} {
+		if got := onlyHopTokens(tc.conn); got != tc.want {
+			t.Errorf("onlyHopTokens(%q) = %v, want %v", tc.conn, got, tc.want)
+		}
+		var ct connTokens
+		ct.parse(tc.conn)
+		named := false
+		for _, tok := range ct.list {
+			if !hopToken(tok) {
+				named = true
+			}
+		}
+		if named == tc.want {
+			t.Errorf("onlyHopTokens(%q) = %v, but connTokens finds a non-hop token: %v", tc.conn, tc.want, named)
+		}
+	}
+}

@@ -195,6 +195,10 @@ type state struct {
 	// outHdr is the upstream request's header map, kept (cleared) across the requests a
 	// reused state serves when the round trip does not keep it (see headerReusable).
 	outHdr http.Header
+	// xffJoined is the X-Forwarded-For made last of xffPrior (the one value the client
+	// sent) and xffClient (its address), kept across requests for the next one that has
+	// the same two (strings are immutable: nothing of a request is kept but them).
+	xffPrior, xffClient, xffJoined string
 	// done is the response body deliver hands over (delivered: in use).
 	done      doneBody
 	delivered bool
@@ -205,7 +209,7 @@ type state struct {
 // named in the literal below (for instance "outHdr: st.outHdr"); every other field starts
 // from its zero value.
 func (st *state) reset() {
-	*st = state{outHdr: st.outHdr}
+	*st = state{outHdr: st.outHdr, xffPrior: st.xffPrior, xffClient: st.xffClient, xffJoined: st.xffJoined}
 }
 
 // newState returns the state of a request w answers: one a previous request left (see

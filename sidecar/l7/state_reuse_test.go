@@ -23,7 +23,7 @@ import (
 
 // stateKept names the fields of state that reset keeps (see state.reset); every other
 // field must be zero after it.
-var stateKept = map[string]bool{"outHdr": true}
+var stateKept = map[string]bool{"outHdr": true, "xffPrior": true, "xffClient": true, "xffJoined": true}
 
 // TestStateReset fills every field of a state and checks reset zeroes all but the kept
 // ones.
