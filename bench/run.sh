@@ -16,6 +16,9 @@
 #   BENCH_MTLS_PROXIES="direct haproxy ferry"    which two-hop chains to run
 #   BENCH_MTLS_RATES=4000    also run the mTLS chains at these fixed offered loads
 #                            (requests/s, h2load --rps); empty: none
+#   BENCH_MTLS_ROUNDS=3      then alternate the HAProxy and Ferry mTLS chains (closed loop)
+#                            this many times and report each round's ratio and the median
+#                            (drift on a shared machine hits both alike); 0: none
 #   BENCH_PROFILE=1          also take a CPU profile of Ferry under h1 load
 #   BENCH_PROFILE_SECONDS=10 length of that profile
 #   BENCH_PROXY_CPU=0 BENCH_LOAD_CPU=1           cores for the proxy / for client and backend
@@ -49,6 +52,7 @@ PROTOCOLS=${BENCH_PROTOCOLS:-h1 h2c}
 SUITES=${BENCH_SUITES:-proxies mtls handshake policy}
 MTLS_PROXIES=${BENCH_MTLS_PROXIES:-direct haproxy ferry}
 MTLS_RATES=${BENCH_MTLS_RATES-4000}
+MTLS_ROUNDS=${BENCH_MTLS_ROUNDS:-3}
 HS_WORKERS=${BENCH_HANDSHAKE_WORKERS:-16}
 HS_DURATION=${BENCH_HANDSHAKE_DURATION:-5}
 HS_CURVES=${BENCH_HANDSHAKE_CURVES:-X25519}
@@ -81,7 +85,7 @@ NGINX_H2_PORT=19302
 die() { echo "bench: $*" >&2; exit 1; }
 log() { echo "bench: $*" >&2; }
 
-for n in DURATION WARMUP CONNS H2_STREAMS PROFILE_SECONDS PROXY_CPU LOAD_CPU READY_TIMEOUT QUIET_TIMEOUT QUIET_PERCENT RETRIES HS_WORKERS HS_DURATION POLICY_ROUNDS; do
+for n in DURATION WARMUP CONNS H2_STREAMS PROFILE_SECONDS PROXY_CPU LOAD_CPU READY_TIMEOUT QUIET_TIMEOUT QUIET_PERCENT RETRIES HS_WORKERS HS_DURATION POLICY_ROUNDS MTLS_ROUNDS; do
 	[[ ${!n} =~ ^[0-9]+$ ]] || die "$n must be a non-negative integer, got '${!n}'"
 done
 ((DURATION > 0)) || die "BENCH_DURATION must be > 0"
@@ -1010,6 +1014,24 @@ chain_case() {
 }
 declare -A TLS_SEEN
 
+# round_cpu PROXY: one closed-loop run of PROXY's mTLS chain, as chain_case's; sets RC_CPU
+# (CPU µs per request of A and B) or - when the chain did not start or answer.
+ROUND_ROWS=()
+RC_CPU=-
+round_cpu() {
+	local rps parts cpu rest
+	RC_CPU=-
+	NOTE=
+	if start_chain "$1" mtls; then
+		with_retries wrk_on_chain "$TMP/round-$1.out" "http://127.0.0.1:$TARGET_PORT/"
+		IFS='|' read -r rps parts cpu rest <<<"$B_RES"
+		[ "${cpu:-0}" != 0.0 ] && RC_CPU=$cpu
+	else
+		NOTES+=("alternating rounds, $1: not measured: $NOTE")
+	fi
+	stop_chain
+}
+
 # profile_during OUT ADMIN=NAME... -- LOAD COMMAND...: run the load command while the
 # admin servers' pprof endpoints record CPU profiles (kept out of the measured numbers);
 # saves bench/results/NAME.pprof and adds its top lines to PROFILE_TOPS.
@@ -1266,6 +1288,15 @@ if want "$SUITES" mtls; then
 		want "$MTLS_PROXIES" ferry && chain_case "Ferry → Ferry, mTLS at $CHAIN_RATE req/s offered" ferry mtls
 	done
 	CHAIN_RATE=0
+	if want "$MTLS_PROXIES" haproxy && want "$MTLS_PROXIES" ferry; then
+		for ((r = 1; r <= MTLS_ROUNDS; r++)); do
+			log "alternating mTLS chains, round $r of $MTLS_ROUNDS"
+			round_cpu haproxy
+			h=$RC_CPU
+			round_cpu ferry
+			ROUND_ROWS+=("$r|$h|$RC_CPU")
+		done
+	fi
 fi
 if want "$SUITES" handshake; then
 	for proxy in $MTLS_PROXIES; do
@@ -1303,6 +1334,23 @@ mesh_report() {
 				awk -v m="$f" -v p="$h" -v n="$v" 'BEGIN {printf "mTLS between the proxies costs %s %+.1f µs per request (%.2f× its plaintext two hops).\n\n", (n == "ferry" ? "Ferry" : "HAProxy"), m - p, m / p}'
 			fi
 		done
+		if ((${#ROUND_ROWS[@]})); then
+			echo "The two mTLS chains again, closed loop as above, alternating (HAProxy, then Ferry, $MTLS_ROUNDS times) so that drift on the shared machine hits both alike:"
+			echo
+			echo "| round | HAProxy A+B µs/req | Ferry A+B µs/req | Ferry / HAProxy |"
+			echo "|--:|--:|--:|--:|"
+			local ratios=()
+			for r in "${ROUND_ROWS[@]}"; do
+				IFS='|' read -r round h f <<<"$r"
+				rel=$(ratio "$f" "$h")
+				[ "$rel" != - ] && ratios+=("${rel%×}")
+				echo "| $round | $h | $f | $rel |"
+			done
+			echo
+			if ((${#ratios[@]})); then
+				printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END {m = (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2); printf "Median Ferry / HAProxy over the %d rounds: **%.2f×** (range %.2f–%.2f×).\n\n", NR, m, v[1], v[NR]}'
+			fi
+		fi
 		for v in ferry haproxy; do
 			[ -n "${TLS_SEEN[$v]:-}" ] && echo "TLS that proxy B ($v) negotiates with an OpenSSL client offering h2 and http/1.1 (openssl s_client): ${TLS_SEEN[$v]}."
 		done
