@@ -202,21 +202,28 @@ func BenchmarkH1Pool(b *testing.B) {
 }
 
 // BenchmarkProxyAllocs measures what the proxy alone allocates per request: its client
-// writes a fixed GET on a raw TCP connection and reads the fixed-size response into a
+// writes a fixed GET (or POST) on a raw TCP connection and reads the fixed-size response into a
 // fixed buffer, its backend answers every request head with a fixed 200 with a
 // Content-Length, so neither allocates per request and allocs/op and B/op are the
 // proxy's (H1Server, Handler and the upstream round trip). Each parallel client has its own
 // connection to the proxy.
 func BenchmarkProxyAllocs(b *testing.B) {
 	backend := startRawBackend(b)
+	get := []byte("GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: raw\r\nAccept: */*\r\nX-Request-Id: 0123456789abcdef\r\n\r\n")
+	// A 512-byte body, which the raw backend skips (it answers every request head).
+	post := []byte("POST /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: raw\r\nContent-Type: text/plain\r\n" +
+		"X-Request-Id: 0123456789abcdef\r\nContent-Length: 512\r\n\r\n" + strings.Repeat("p", 512))
 	for _, bc := range []struct {
 		name      string
+		req       []byte
 		resilient bool
 		policy    bool
 	}{
-		{"GET/plain", false, false},
-		{"GET/resilient", true, false},
-		{"GET/policy", false, true},
+		{"GET/plain", get, false, false},
+		{"GET/resilient", get, true, false},
+		{"GET/policy", get, false, true},
+		{"POST/plain", post, false, false},
+		{"POST/resilient", post, true, false},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			o, tr := benchOptions(b, backend, bc.resilient, bc.policy)
@@ -244,7 +251,7 @@ func BenchmarkProxyAllocs(b *testing.B) {
 				defer cancel()
 				_ = srv.Shutdown(ctx)
 			}()
-			req := []byte("GET /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: raw\r\nAccept: */*\r\nX-Request-Id: 0123456789abcdef\r\n\r\n")
+			req := bc.req
 			// The response's length, learnt once (it does not change: the Date header is
 			// of fixed width).
 			c, err := net.Dial("tcp", ln.Addr().String())
@@ -427,79 +434,5 @@ func BenchmarkH1DeadlineArm(b *testing.B) {
 		if !c.arm(now, now.Add(5*time.Second), cause) || !c.disarm() {
 			b.Fatal("arm or disarm failed")
 		}
-	}
-}
-
-// BenchmarkProxyAllocsPOST is BenchmarkProxyAllocs for a POST with a 512-byte body (which
-// the raw backend skips: it answers every request head).
-func BenchmarkProxyAllocsPOST(b *testing.B) {
-	backend := startRawBackend(b)
-	for _, bc := range []struct {
-		name      string
-		resilient bool
-	}{
-		{"POST/plain", false},
-		{"POST/resilient", true},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			o, tr := benchOptions(b, backend, bc.resilient, false)
-			defer tr.CloseIdleConnections()
-			srv := NewH1Server(ServerOptions{ReadHeaderTimeout: time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 8 << 10}, NewHandler(o), nil)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				b.Fatal(err)
-			}
-			go func() {
-				for {
-					c, err := ln.Accept()
-					if err != nil {
-						return
-					}
-					if !srv.ServeConn(GuardConn(c), nil) {
-						_ = c.Close()
-					}
-				}
-			}()
-			defer func() {
-				_ = ln.Close()
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = srv.Shutdown(ctx)
-			}()
-			body := strings.Repeat("p", 512)
-			req := []byte("POST /bench HTTP/1.1\r\nHost: bench\r\nUser-Agent: raw\r\nContent-Type: text/plain\r\n" +
-				"X-Request-Id: 0123456789abcdef\r\nContent-Length: 512\r\n\r\n" + body)
-			c, err := net.Dial("tcp", ln.Addr().String())
-			if err != nil {
-				b.Fatal(err)
-			}
-			respLen := rawResponseLen(b, c, req)
-			c.Close()
-			b.ReportAllocs()
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				c, err := net.Dial("tcp", ln.Addr().String())
-				if err != nil {
-					b.Error(err)
-					return
-				}
-				defer c.Close()
-				buf := make([]byte, respLen)
-				for pb.Next() {
-					if _, err := c.Write(req); err != nil {
-						b.Error(err)
-						return
-					}
-					if _, err := io.ReadFull(c, buf); err != nil {
-						b.Error(err)
-						return
-					}
-					if string(buf[:12]) != "HTTP/1.1 200" {
-						b.Errorf("response %q, want a 200", buf)
-						return
-					}
-				}
-			})
-		})
 	}
 }
