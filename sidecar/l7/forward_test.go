@@ -44,6 +44,22 @@ func rawRequest(t *testing.T, addr, req string) (*http.Response, string) {
 	return resp, string(body)
 }
 
+// exchange sends the request text req on c, a kept-alive connection read through br, and
+// returns the response with its body read and closed.
+func exchange(t *testing.T, c net.Conn, br *bufio.Reader, req string) *http.Response {
+	t.Helper()
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
 func TestForwardHeaderRules(t *testing.T) {
 	type seen struct {
 		header http.Header
@@ -442,15 +458,7 @@ func TestForwardXFFAcrossRequests(t *testing.T) {
 		{"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.9\r\n", "10.0.0.1, 10.0.0.9, 127.0.0.1"},
 		{"X-Forwarded-For: 10.0.0.9\r\n", "10.0.0.9, 127.0.0.1"},
 	} {
-		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: api.mesh\r\n"+tc.headers+"\r\n"); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		exchange(t, c, br, "GET / HTTP/1.1\r\nHost: api.mesh\r\n"+tc.headers+"\r\n")
 		if xff := <-got; xff != tc.want {
 			t.Errorf("request %d: upstream X-Forwarded-For = %q, want %q", i+1, xff, tc.want)
 		}

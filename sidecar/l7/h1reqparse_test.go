@@ -150,7 +150,11 @@ func compareParsers(data []byte) string {
 	if headerSectionEnd(data) < 0 {
 		return ""
 	}
-	got, want := runParser(parseRequest, data), runParser(parseRequestOracle, data)
+	return sameRequest(runParser(parseRequest, data), runParser(parseRequestOracle, data))
+}
+
+// sameRequest reports how two parses of one request differ; "" if they agree.
+func sameRequest(got, want parsed) string {
 	if got.status != want.status {
 		return fmt.Sprintf("status = %d, want %d", got.status, want.status)
 	}
@@ -185,6 +189,9 @@ func compareParsers(data []byte) string {
 		return fmt.Sprintf("Trailer = %q, want %q", got.trailer, want.trailer)
 	case got.rest != want.rest:
 		return fmt.Sprintf("left on the connection %q, want %q", got.rest, want.rest)
+	case g.Form != nil || g.PostForm != nil || g.MultipartForm != nil || g.TLS != nil || g.Response != nil || g.Pattern != "":
+		// Neither parser sets them: set, they are left from an earlier request.
+		return "fields the parser never sets are set"
 	}
 	return ""
 }

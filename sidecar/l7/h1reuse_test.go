@@ -265,40 +265,6 @@ func TestH1ServerRequestContextReuse(t *testing.T) {
 	}
 }
 
-// sameRequest reports how two parses of one request differ; "" if they agree.
-func sameRequest(got, want parsed) string {
-	if got.status != want.status {
-		return fmt.Sprintf("status = %d, want %d", got.status, want.status)
-	}
-	if got.status != 0 {
-		return ""
-	}
-	g, w := got.req, want.req
-	switch {
-	case g.Method != w.Method || g.RequestURI != w.RequestURI || g.Proto != w.Proto:
-		return fmt.Sprintf("request line = %q %q %q, want %q %q %q", g.Method, g.RequestURI, g.Proto, w.Method, w.RequestURI, w.Proto)
-	case !reflect.DeepEqual(g.URL, w.URL):
-		return fmt.Sprintf("URL = %#v, want %#v", g.URL, w.URL)
-	case g.Host != w.Host:
-		return fmt.Sprintf("Host = %q, want %q", g.Host, w.Host)
-	case !reflect.DeepEqual(g.Header, w.Header):
-		return fmt.Sprintf("Header = %q, want %q", g.Header, w.Header)
-	case g.ContentLength != w.ContentLength || g.Close != w.Close:
-		return fmt.Sprintf("ContentLength, Close = %d, %v, want %d, %v", g.ContentLength, g.Close, w.ContentLength, w.Close)
-	case !reflect.DeepEqual(g.TransferEncoding, w.TransferEncoding):
-		return fmt.Sprintf("TransferEncoding = %q, want %q", g.TransferEncoding, w.TransferEncoding)
-	case got.conflict != want.conflict:
-		return fmt.Sprintf("conflict = %v, want %v", got.conflict, want.conflict)
-	case got.body != want.body || got.bodyErr != want.bodyErr:
-		return fmt.Sprintf("body = %q (%s), want %q (%s)", got.body, got.bodyErr, want.body, want.bodyErr)
-	case !reflect.DeepEqual(got.trailer, want.trailer):
-		return fmt.Sprintf("Trailer = %q, want %q", got.trailer, want.trailer)
-	case g.Form != nil || g.PostForm != nil || g.MultipartForm != nil || g.TLS != nil || g.Response != nil || g.Pattern != "":
-		return "fields the parser never sets are set"
-	}
-	return ""
-}
-
 // reusingParser returns a parseRequest that fills ru, and scribbles on what it returned
 // the way a handler may (a header added, the URL changed), so that what is left of a
 // request shows in the next one.
@@ -431,15 +397,7 @@ func TestH1ServerRequestReuse(t *testing.T) {
 	c := dial(t, addr)
 	br := bufio.NewReader(c)
 	for _, r := range reqs {
-		if _, err := io.WriteString(c, r); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		exchange(t, c, br, r)
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -497,15 +455,7 @@ func TestProxyRequestReuse(t *testing.T) {
 	c := dial(t, addr)
 	br := bufio.NewReader(c)
 	for _, r := range reqs {
-		if _, err := io.WriteString(c, r); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		resp := exchange(t, c, br, r)
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status = %d, want 200", resp.StatusCode)
 		}
@@ -572,13 +522,7 @@ func TestH1ServerSharedClock(t *testing.T) {
 		if tc.path == "/expect" {
 			expect = "Expect: something\r\n"
 		}
-		fmt.Fprintf(c, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", tc.path, expect)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		resp := exchange(t, c, br, fmt.Sprintf("GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", tc.path, expect))
 		after := time.Now()
 		date, err := http.ParseTime(resp.Header.Get("Date"))
 		if err != nil {

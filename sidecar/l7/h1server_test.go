@@ -445,13 +445,8 @@ func TestH1ServerClientGone(t *testing.T) {
 			}), nil)
 			c := dial(t, addr)
 			br := bufio.NewReader(c)
-			for i := 0; i < tc.quick; i++ {
-				_, _ = io.WriteString(c, "GET /quick HTTP/1.1\r\nHost: x\r\n\r\n")
-				resp, err := http.ReadResponse(br, nil)
-				if err != nil {
-					t.Fatalf("quick request %d: %v", i, err)
-				}
-				_, _ = io.ReadAll(resp.Body)
+			for range tc.quick {
+				exchange(t, c, br, "GET /quick HTTP/1.1\r\nHost: x\r\n\r\n")
 			}
 			_, _ = io.WriteString(c, tc.req)
 			<-started

@@ -267,15 +267,7 @@ func TestMalformedRequestsNeverReachBackend(t *testing.T) {
 		"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
 		"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
 	} {
-		if _, err := io.WriteString(c, raw); err != nil {
-			t.Fatal(err)
-		}
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		resp := exchange(t, c, br, raw)
 		if resp.StatusCode != 200 {
 			t.Errorf("request %d on a kept-alive connection: status %d, want 200", i, resp.StatusCode)
 		}

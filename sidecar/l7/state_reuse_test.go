@@ -346,13 +346,7 @@ func TestProxyReuseWithTracing(t *testing.T) {
 	br := bufio.NewReader(c)
 	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 	for i := range 4 {
-		fmt.Fprintf(c, "GET /%d HTTP/1.1\r\nHost: a\r\nTraceparent: 00-%s-00f067aa0ba902b7-01\r\n\r\n", i, traceID)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_, _ = io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+		resp := exchange(t, c, br, fmt.Sprintf("GET /%d HTTP/1.1\r\nHost: a\r\nTraceparent: 00-%s-00f067aa0ba902b7-01\r\n\r\n", i, traceID))
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("status = %d, want 200", resp.StatusCode)
 		}
