@@ -13,10 +13,13 @@
 #   BENCH_PROXIES="direct haproxy nginx reverseproxy ferry ferry_ha"   which paths to run
 #   BENCH_PROTOCOLS="h1 h2c"                     which protocols to run
 #   BENCH_SUITES="proxies mtls handshake policy" which suites to run
-#   BENCH_MTLS_PROXIES="direct haproxy ferry"    which two-hop chains to run
+#   BENCH_MTLS_PROXIES="direct haproxy haproxy_bare ferry"   which two-hop chains to run
+#                            (haproxy: with the header work a sidecar does, as Ferry does
+#                            it; haproxy_bare: the mTLS chain without any header rule)
 #   BENCH_MTLS_RATES=4000    also run the mTLS chains at these fixed offered loads
 #                            (requests/s, h2load --rps); empty: none
-#   BENCH_MTLS_ROUNDS=3      then alternate the HAProxy and Ferry mTLS chains (closed loop)
+#   BENCH_MTLS_ROUNDS=3      then alternate the HAProxy (and bare HAProxy) and Ferry mTLS
+#                            chains (closed loop)
 #                            this many times and report each round's ratio and the median
 #                            (drift on a shared machine hits both alike); 0: none
 #   BENCH_PROFILE=1          also take a CPU profile of Ferry under h1 load
@@ -50,7 +53,7 @@ BACKEND_KIND=${BENCH_BACKEND:-nginx}
 PROXIES=${BENCH_PROXIES:-direct haproxy nginx reverseproxy ferry ferry_ha}
 PROTOCOLS=${BENCH_PROTOCOLS:-h1 h2c}
 SUITES=${BENCH_SUITES:-proxies mtls handshake policy}
-MTLS_PROXIES=${BENCH_MTLS_PROXIES:-direct haproxy ferry}
+MTLS_PROXIES=${BENCH_MTLS_PROXIES:-direct haproxy haproxy_bare ferry}
 MTLS_RATES=${BENCH_MTLS_RATES-4000}
 MTLS_ROUNDS=${BENCH_MTLS_ROUNDS:-3}
 HS_WORKERS=${BENCH_HANDSHAKE_WORKERS:-16}
@@ -750,8 +753,9 @@ launch_haproxy() {
 	return 1
 }
 
-# haproxy_cfg FILE FRONTEND_BIND SERVER_LINE [EXTRA]: an HAProxy configured as in
-# start_haproxy, with EXTRA (more sections) appended.
+# haproxy_cfg FILE FRONTEND_BIND SERVER_LINE [EXTRA [FRONTEND_RULES]]: an HAProxy
+# configured as in start_haproxy, with EXTRA (more sections) appended and FRONTEND_RULES
+# (lines) in its frontend.
 haproxy_cfg() {
 	cat >"$1" <<EOF
 global
@@ -771,12 +775,38 @@ defaults
 
 frontend fe
     $2
+    ${5:-# no header rules}
     default_backend be
 
 backend be
     $3
 ${4:-}
 EOF
+}
+
+# haproxy_mesh_rules SIDE MODE: the frontend lines that make HAProxy do the header work a
+# sidecar does and Ferry does by default, so that the chains compare like for like (side a:
+# the caller's outbound; b: the server's inbound; MODE plain or mtls):
+# - both: X-Forwarded-For (option forwardfor; Ferry appends to the field, HAProxy adds a
+#   second field line), and X-Forwarded-Proto when the request has none;
+# - a: an X-Request-Id (a random UUID) when the request has none;
+# - b with mTLS: X-Forwarded-Client-Cert in Envoy's format with the caller's identity,
+#   replacing any such field from the caller. Ferry computes it once per connection; here
+#   too: the value is kept in a session (connection) variable. HAProxy 2.6 cannot read a URI
+#   SAN, so the caller's SPIFFE ID is its trust domain and /svc/ and the certificate's CN,
+#   which `ferry ca issue` makes the service name: the same bytes as Ferry's value.
+haproxy_mesh_rules() {
+	local side=$1 mode=$2 id td
+	echo "option forwardfor"
+	echo "    http-request set-header X-Forwarded-Proto http unless { req.hdr(x-forwarded-proto) -m found }"
+	if [ "$side" = a ]; then
+		echo "    http-request set-header X-Request-Id %[uuid()] unless { req.hdr(x-request-id) -m found }"
+	elif [ "$mode" = mtls ]; then
+		id=$(openssl x509 -in "$CERTS/backend.pem" -noout -ext subjectAltName 2>/dev/null | grep -o 'spiffe://[^, ]*' | head -1)
+		td=${id%%/svc/*}
+		echo "    http-request set-var-fmt(sess.xfcc) \"By=$id;Hash=%[ssl_c_der,sha2(256),hex,lower];URI=$td/svc/%[ssl_c_s_dn(CN)]\" unless { var(sess.xfcc) -m found }"
+		echo "    http-request set-header X-Forwarded-Client-Cert %[var(sess.xfcc)]"
+	fi
 }
 
 # ferry_b_cfg FILE MODE / ferry_a_cfg FILE MODE: the server-side sidecar B (inbound to the
@@ -808,8 +838,9 @@ ferry_a_cfg() {
 	} >"$1"
 }
 
-# start_chain PROXY MODE: start B then A for PROXY (ferry | haproxy) and MODE (plain |
-# mtls); sets CHAIN_PIDS and TARGET_PORT; fails (NOTE) unless a request goes through both.
+# start_chain PROXY MODE: start B then A for PROXY (ferry | haproxy | haproxy_bare) and MODE
+# (plain | mtls); sets CHAIN_PIDS and TARGET_PORT; fails (NOTE) unless a request goes
+# through both.
 start_chain() {
 	local proxy=$1 mode=$2 dir=$TMP/chain-$1-$2 a b
 	mkdir -p "$dir"
@@ -825,15 +856,20 @@ start_chain() {
 		CHAIN_PIDS+=("$STARTED_PID")
 		TARGET_PORT=$CHAIN_A_PORT
 		;;
-	haproxy)
+	haproxy | haproxy_bare)
 		b="bind 127.0.0.1:$HAPROXY_B_PORT"
 		a="server b 127.0.0.1:$HAPROXY_B_PORT"
 		if [ "$mode" = mtls ]; then
 			b+=" ssl crt $CERTS/backend-haproxy.pem ca-file $CERTS/bundle.pem verify required alpn h2,http/1.1"
 			a+=" ssl crt $CERTS/client-haproxy.pem ca-file $CERTS/bundle.pem verify required"
 		fi
-		haproxy_cfg "$dir/b.cfg" "$b" "server s1 127.0.0.1:$BACKEND_H1_PORT" "$HAPROXY_B_STATS"
-		haproxy_cfg "$dir/a.cfg" "bind 127.0.0.1:$HAPROXY_A_PORT" "$a"
+		local rules_a= rules_b=
+		if [ "$proxy" = haproxy ]; then
+			rules_a=$(haproxy_mesh_rules a "$mode")
+			rules_b=$(haproxy_mesh_rules b "$mode")
+		fi
+		haproxy_cfg "$dir/b.cfg" "$b" "server s1 127.0.0.1:$BACKEND_H1_PORT" "$HAPROXY_B_STATS" "$rules_b"
+		haproxy_cfg "$dir/a.cfg" "bind 127.0.0.1:$HAPROXY_A_PORT" "$a" "" "$rules_a"
 		launch_haproxy "HAProxy B" "$dir/b.cfg" "$HAPROXY_B_PORT" || { [ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID"); return 1; }
 		CHAIN_PIDS+=("$STARTED_PID")
 		launch_haproxy "HAProxy A" "$dir/a.cfg" "$HAPROXY_A_PORT" || { [ -n "$STARTED_PID" ] && CHAIN_PIDS+=("$STARTED_PID"); return 1; }
@@ -898,7 +934,7 @@ b_accepted() {
 	case $ACCEPTED_OF in
 	ferry) curl -fs --max-time 2 "http://$CHAIN_B_ADMIN/metrics" |
 		awk '/^ferry_downstream_connections_total/{s += $NF} END{printf "%d\n", s}' || echo - ;;
-	haproxy) curl -fs --max-time 2 "http://127.0.0.1:$HAPROXY_B_STATS_PORT/stats;csv" |
+	haproxy | haproxy_bare) curl -fs --max-time 2 "http://127.0.0.1:$HAPROXY_B_STATS_PORT/stats;csv" |
 		awk -F, '$1 == "fe" && $2 == "FRONTEND" {print $8}' || echo - ;;
 	*) echo - ;;
 	esac
@@ -971,7 +1007,7 @@ chain_case() {
 	direct/*) hop="-" ;;
 	ferry/plain | haproxy/plain) hop="HTTP/1.1, plaintext" ;;
 	ferry/mtls) hop="HTTP/1.1 over TLS (ALPN http/1.1)" ;;
-	haproxy/mtls) hop="HTTP/1.1 over TLS (no ALPN)" ;;
+	haproxy/mtls | haproxy_bare/mtls) hop="HTTP/1.1 over TLS (no ALPN)" ;;
 	esac
 	if [ "$proxy" = direct ]; then
 		CHAIN_PIDS=()
@@ -1274,11 +1310,12 @@ if want "$SUITES" mtls; then
 			chain_case "HAProxy → HAProxy, plaintext" haproxy plain
 			chain_case "HAProxy → HAProxy, mTLS" haproxy mtls
 			;;
+		haproxy_bare) chain_case "HAProxy → HAProxy, mTLS, no header rules" haproxy_bare mtls ;;
 		ferry)
 			chain_case "Ferry → Ferry, plaintext" ferry plain
 			chain_case "Ferry → Ferry, mTLS" ferry mtls
 			;;
-		*) die "BENCH_MTLS_PROXIES: unknown path '$proxy' (direct, haproxy, ferry)" ;;
+		*) die "BENCH_MTLS_PROXIES: unknown path '$proxy' (direct, haproxy, haproxy_bare, ferry)" ;;
 		esac
 	done
 	for CHAIN_RATE in $MTLS_RATES; do
@@ -1293,8 +1330,13 @@ if want "$SUITES" mtls; then
 			log "alternating mTLS chains, round $r of $MTLS_ROUNDS"
 			round_cpu haproxy
 			h=$RC_CPU
+			hb=-
+			if want "$MTLS_PROXIES" haproxy_bare; then
+				round_cpu haproxy_bare
+				hb=$RC_CPU
+			fi
 			round_cpu ferry
-			ROUND_ROWS+=("$r|$h|$RC_CPU")
+			ROUND_ROWS+=("$r|$h|$hb|$RC_CPU")
 		done
 	fi
 fi
@@ -1322,7 +1364,7 @@ mesh_report() {
 			IFS='|' read -r label hop rps a b cpu p50 p99 conns other errs key us cs <<<"$r"
 			rel=-
 			case $key in
-			ferry/*) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/${key#ferry/}]:-}") ;;
+			ferry/* | haproxy_bare/*) rel=$(ratio "$cpu" "${MESH_CPU[haproxy/${key#*/}]:-}") ;;
 			haproxy/*) [ "$cpu" != - ] && rel=1.00× ;;
 			esac
 			echo "| $label | $hop | $rps | $a | $b | $cpu | $rel | $us | $cs | $p50 | $p99 | $conns | $other | $errs |"
@@ -1335,20 +1377,25 @@ mesh_report() {
 			fi
 		done
 		if ((${#ROUND_ROWS[@]})); then
-			echo "The two mTLS chains again, closed loop as above, alternating (HAProxy, then Ferry, $MTLS_ROUNDS times) so that drift on the shared machine hits both alike:"
+			echo "The mTLS chains again, closed loop as above, alternating (HAProxy, $(want "$MTLS_PROXIES" haproxy_bare && echo "HAProxy without header rules, ")then Ferry, $MTLS_ROUNDS times) so that drift on the shared machine hits all alike:"
 			echo
-			echo "| round | HAProxy A+B µs/req | Ferry A+B µs/req | Ferry / HAProxy |"
-			echo "|--:|--:|--:|--:|"
-			local ratios=()
+			echo "| round | HAProxy A+B µs/req | HAProxy, no header rules | Ferry A+B µs/req | Ferry / HAProxy | Ferry / HAProxy, no header rules |"
+			echo "|--:|--:|--:|--:|--:|--:|"
+			local ratios=() bares=() hb relb
 			for r in "${ROUND_ROWS[@]}"; do
-				IFS='|' read -r round h f <<<"$r"
+				IFS='|' read -r round h hb f <<<"$r"
 				rel=$(ratio "$f" "$h")
+				relb=$(ratio "$f" "$hb")
 				[ "$rel" != - ] && ratios+=("${rel%×}")
-				echo "| $round | $h | $f | $rel |"
+				[ "$relb" != - ] && bares+=("${relb%×}")
+				echo "| $round | $h | $hb | $f | $rel | $relb |"
 			done
 			echo
 			if ((${#ratios[@]})); then
 				printf '%s\n' "${ratios[@]}" | sort -n | awk '{v[NR] = $1} END {m = (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2); printf "Median Ferry / HAProxy over the %d rounds: **%.2f×** (range %.2f–%.2f×).\n\n", NR, m, v[1], v[NR]}'
+			fi
+			if ((${#bares[@]})); then
+				printf '%s\n' "${bares[@]}" | sort -n | awk '{v[NR] = $1} END {m = (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2); printf "Median Ferry / HAProxy without header rules (HAProxy doing less than Ferry: no X-Forwarded-*, X-Request-Id or client-certificate header): %.2f× (range %.2f–%.2f×).\n\n", m, v[1], v[NR]}'
 			fi
 		fi
 		for v in ferry haproxy; do
