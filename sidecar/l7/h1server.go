@@ -53,6 +53,8 @@ type H1Server struct {
 	conns   map[*h1conn]struct{}
 	closing atomic.Bool
 	wg      sync.WaitGroup // connection goroutines
+
+	sweep h1sweeper // the client-gone watch's timer for all connections; see watch
 }
 
 const (
@@ -65,7 +67,7 @@ const (
 	// that the connection can be reused; a longer remainder closes the connection.
 	h1MaxDrain = 256 << 10
 	// h1WatchDelay is how long a request runs before the connection is watched for the
-	// client going away.
+	// client going away (it is, within 1.5×h1WatchDelay of the request's start: see watch).
 	h1WatchDelay = 10 * time.Millisecond
 	// h1LingerTime bounds how long a connection that is being closed after an answer
 	// discards what the client still sends, so that the client reads the answer rather
@@ -119,8 +121,9 @@ func (s *H1Server) ServeConn(c net.Conn, h2 func(net.Conn) bool) bool {
 // Shutdown stops taking connections, closes idle ones, waits for the others to finish
 // their request and close, and, when ctx ends first, closes them all (cancelling the
 // requests still running) and returns ctx's error. It returns once every connection
-// goroutine has ended.
+// goroutine has ended and the client-gone watch's timer has stopped.
 func (s *H1Server) Shutdown(ctx context.Context) error {
+	defer s.sweep.stop()
 	s.mu.Lock()
 	s.closing.Store(true)
 	s.mu.Unlock()
@@ -228,8 +231,8 @@ type h1conn struct {
 	wstate   int
 	bodyDone bool
 	reqStart time.Time
-	armed    bool // the timer will fire
-	timer    *time.Timer
+	armed    bool // listed by the server's sweeper (or about to be, by watch)
+	sweepPos int  // 1 + index in the sweeper's list, 0 if not listed; under s.sweep.mu
 	bgDone   chan struct{}
 	aborting atomic.Bool
 }
@@ -363,9 +366,7 @@ func (c *h1conn) serve(h2 func(net.Conn) bool) {
 		if !c.hijacked {
 			c.s.forget(c)
 		}
-		if c.timer != nil {
-			c.timer.Stop()
-		}
+		c.unlist()
 		if !c.hijacked && !c.big {
 			c.br.Reset(nil)
 			c.s.pool.Put(c.br)
@@ -753,53 +754,72 @@ func (c *h1conn) runHandler(w *h1response, req *http.Request) (ok bool) {
 	return true
 }
 
-// watch arms the client-gone watch for the request starting at start (now): a request still running
-// after h1WatchDelay, once its body has been read to its end (before that, the handler's
-// body reads see the client go away), gets a background read of the connection, and its
-// context is cancelled when that read sees the connection end. A byte it reads (the next,
-// pipelined request) is kept for the next request.
+// watch arms the client-gone watch for the request starting at start (now): a request
+// still running after h1WatchDelay, once its body has been read to its end (before that,
+// the handler's body reads see the client go away), gets a background read of the
+// connection, and its context is cancelled when that read sees the connection end. A
+// byte it reads (the next, pipelined request) is kept for the next request.
 //
-// The connection's timer is not stopped and reset per request (that costs more than the
-// request's parsing on a busy connection): once armed it fires every h1WatchDelay while
-// requests keep coming, looks at the one running then, and goes quiet when it finds none.
+// The server's sweeper (h1sweeper) looks at the busy connections every h1SweepEvery
+// (h1WatchDelay/2), so a request running for h1WatchDelay gets its background read
+// within 1.5×h1WatchDelay of its start (not exactly at h1WatchDelay, as a timer per
+// request would do, at a cost per request). A connection joins the sweeper's list when
+// it turns busy (armed false) and stays on it while requests keep coming: then watch
+// only sets the request's fields under c.wmu.
 func (c *h1conn) watch(bodyDone bool, start time.Time) {
 	c.wmu.Lock()
 	c.wstate, c.bodyDone, c.reqStart = h1Watching, bodyDone, start
-	if !c.armed {
-		c.armed = true
-		if c.timer == nil {
-			c.timer = time.AfterFunc(h1WatchDelay, c.watchFired)
-		} else {
-			c.timer.Reset(h1WatchDelay)
-		}
-	}
+	join := !c.armed
+	c.armed = true
 	c.wmu.Unlock()
+	if join {
+		c.s.sweep.join(c) // after c.wmu: the sweeper's lock comes first
+	}
 }
 
 const (
 	h1Unwatched = iota
-	h1Watching  // timer armed
-	h1Waiting   // timer fired; waiting for the request body's end
+	h1Watching  // the sweeper looks at the request
+	h1Waiting   // the request ran h1WatchDelay; waiting for its body's end
 	h1Reading   // background read running
 )
 
-// watchFired runs on the timer's goroutine.
-func (c *h1conn) watchFired() {
+// look is the sweeper's visit of c at now (its lock held): it starts the background read
+// of a request running for h1WatchDelay (or waits for its body's end), and reports
+// whether c stays listed: while a request is still to be looked at, or while the
+// connection is between requests that keep coming (one started within h1WatchDelay).
+// A connection idle for longer, hijacked (unwatched), or whose request is watched already
+// leaves the list; its next request lists it again.
+func (c *h1conn) look(now time.Time) bool {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.wstate != h1Watching {
-		c.armed = false // no request, or one already watched
-		return
-	}
-	if d := time.Since(c.reqStart); d < h1WatchDelay {
-		c.timer.Reset(h1WatchDelay - d) // a request that started since the last look
-		return
+	switch c.wstate {
+	case h1Watching:
+		if now.Sub(c.reqStart) < h1WatchDelay {
+			return true
+		}
+		if c.bodyDone {
+			c.startBackgroundRead()
+		} else {
+			c.wstate = h1Waiting
+		}
+	case h1Unwatched:
+		if now.Sub(c.reqStart) < h1WatchDelay {
+			return true
+		}
 	}
 	c.armed = false
-	if c.bodyDone {
-		c.startBackgroundRead()
-	} else {
-		c.wstate = h1Waiting
+	return false
+}
+
+// unlist takes c off the sweeper's list when its goroutine ends (closed or hijacked).
+func (c *h1conn) unlist() {
+	c.wmu.Lock()
+	armed := c.armed
+	c.armed = false
+	c.wmu.Unlock()
+	if armed {
+		c.s.sweep.leave(c)
 	}
 }
 
