@@ -511,7 +511,15 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 	// The response's Content-Type, when the copy below learned it (ctKnown).
 	var ctype []string
 	ctKnown := false
-	if st.route == nil && len(dst) == 0 {
+	if sw, ok := st.ResponseWriter.(headerSwapper); ok && st.route == nil && len(dst) == 0 && adoptable(res) {
+		// Nothing in between and nothing to merge with, and res's header map is the pool's
+		// to recycle: the hop-by-hop headers are removed from it in place and the client's
+		// response takes the map itself, giving its own (empty) one to res in exchange.
+		removeHopByHop(res.Header)
+		ctype, ctKnown = res.Header["Content-Type"], true
+		res.Header = sw.swapHeader(res.Header)
+		dst = st.Header()
+	} else if st.route == nil && len(dst) == 0 {
 		// Nothing in between and nothing to merge with: the hop-by-hop headers are left
 		// out while copying (res.Header keeps them but for those Connection names).
 		var conn []string
@@ -581,6 +589,30 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 	return false
 }
 
+// headerSwapper is a ResponseWriter that can take a header map in place of its own: Ferry's
+// HTTP/1.1 server's response (h1response). swapHeader makes h the response's header map and
+// returns the one it had, which the caller then owns; the response must not have written
+// its header yet. It is for the handler's goroutine only.
+type headerSwapper interface {
+	swapHeader(h http.Header) http.Header
+}
+
+// adoptable reports whether the header map of res, a response of the round trip, may go to
+// the client's response (headerSwapper) in exchange for another map: res comes from Ferry's
+// HTTP/1.1 pool, whose parsedResponse owns the map and gets the other one when doneWith
+// recycles it, and nothing reads res.Header after forward has copied the header but for the
+// end of the body (doneBody.finish), which reads it only for a gRPC response (its
+// grpc-status, for outlier detection) and for an attempt's client span (the grpc-status
+// it records): those keep their map and are copied from.
+func adoptable(res *http.Response) bool {
+	d, ok := res.Body.(*doneBody)
+	if !ok || d.grpc || d.span != nil || d.resp != res {
+		return false
+	}
+	b, ok := d.ReadCloser.(*h1Body)
+	return ok && b.pr != nil && &b.pr.resp == res
+}
+
 // copyTrailers adds the trailers tr of the upstream's response to the client's header dst:
 // as they are when the response announced all of them (announced is how many it did), else
 // with http.TrailerPrefix. The values are shared with tr.
@@ -604,7 +636,8 @@ func copyTrailers(dst, tr http.Header, announced int) {
 // body) to a later response on the same connection from then on (h1Body.recycle), so
 // nothing may read res afterwards. What the client's header took from res is unaffected:
 // the values of res.Header and res.Trailer are never recycled, and neither is the map of
-// res.Trailer. The abandoned tries of the retry loop and the error paths never get here:
+// res.Trailer; a header map the client's response adopted (headerSwapper) is no longer
+// res's, which recycles the map it got in exchange. The abandoned tries of the retry loop and the error paths never get here:
 // their responses are left to the garbage collector.
 func doneWith(res *http.Response) {
 	if d, ok := res.Body.(*doneBody); ok {
