@@ -60,8 +60,9 @@ func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time, cause err
 	}
 	ctx := req.Context()
 	addr := canonicalAddr(req.URL)
+	replay := replayable(req)
 	for {
-		c, now, err := p.getUntil(ctx, addr, deadline, cause)
+		c, now, err := p.getUntil(ctx, addr, deadline, cause, replay)
 		if err != nil {
 			closeRequestBody(req)
 			return nil, err
