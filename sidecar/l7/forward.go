@@ -585,8 +585,34 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		st.flush()
 	}
 	copyTrailers(dst, res.Trailer, announced)
+	if hw, ok := st.ResponseWriter.(responseHolder); ok && hw.holding() {
+		// Nothing went to the client since the connection went back to the pool (the
+		// body's end, after any 1xx): from that reading to ServeHTTP's end there is only
+		// work that does not wait, so it is, to a few microseconds, the request's end.
+		st.end = releasedAt(res)
+	}
 	doneWith(res)
 	return false
+}
+
+// responseHolder is a ResponseWriter that tells whether it still holds the whole response
+// back, nothing of it written to the client yet (the H1Server's response). holding is for
+// the handler's goroutine only.
+type responseHolder interface {
+	holding() bool
+}
+
+// releasedAt is when the connection of res, a response of Ferry's HTTP/1.1 pool whose body
+// forward read to its end, went back to the pool (the clock as the pool read it then); zero
+// for any other response, or one whose connection was closed. Like doneWith, it is for
+// the goroutine that read the body.
+func releasedAt(res *http.Response) time.Time {
+	if d, ok := res.Body.(*doneBody); ok {
+		if b, ok := d.ReadCloser.(*h1Body); ok {
+			return b.at
+		}
+	}
+	return time.Time{}
 }
 
 // headerSwapper is a ResponseWriter that can take a header map in place of its own: Ferry's

@@ -70,16 +70,19 @@ func (p *h1Pool) host(addr string) *h1Host {
 // getUntil returns an idle connection to addr that is still open, or dials a new one, by
 // deadline if not zero: past it the dial is cancelled with cause. It also returns the time
 // it read as it took an idle connection (which the round trip's deadline is armed with),
-// zero for a connection it dialed. replay tells whether the request to be sent is
-// replayable (see replayable): an idle connection is checked with alive only past
+// zero for a connection it dialed. now, if not zero, is that time: a reading the caller
+// took a few microseconds before (the base of deadline), which makes a connection look
+// idle for that much less (its liveness check is skipped only if it was idle for less
+// than the bound plus those microseconds) and the round trip's deadline timer fire that
+// much later, never earlier. replay tells whether the request to be sent is replayable
+// (see replayable): an idle connection is checked with alive only past
 // peekAfterReplayable then, past peekAfter otherwise.
-func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, cause error, replay bool) (*h1Conn, time.Time, error) {
+func (p *h1Pool) getUntil(ctx context.Context, addr string, now, deadline time.Time, cause error, replay bool) (*h1Conn, time.Time, error) {
 	h := p.host(addr)
 	after := peekAfter
 	if replay {
 		after = peekAfterReplayable
 	}
-	var now time.Time
 	for {
 		c := h.take()
 		if c == nil {
@@ -144,7 +147,8 @@ func (h *h1Host) take() *h1Conn {
 }
 
 // put keeps c for a later request, or closes it when the endpoint has enough idle ones.
-func (h *h1Host) put(c *h1Conn) {
+// It returns the time it read, which c's idle time counts from.
+func (h *h1Host) put(c *h1Conn) time.Time {
 	now := time.Now()
 	for {
 		h.mu.Lock()
@@ -158,7 +162,7 @@ func (h *h1Host) put(c *h1Conn) {
 	if len(h.idle) >= h.p.maxIdle {
 		h.mu.Unlock()
 		c.close()
-		return
+		return now
 	}
 	c.idleSince = now
 	h.idle = append(h.idle, c)
@@ -171,6 +175,7 @@ func (h *h1Host) put(c *h1Conn) {
 		}
 	}
 	h.mu.Unlock()
+	return now
 }
 
 // expire closes the connections idle for idleTimeout and sets the timer for the next one

@@ -78,6 +78,11 @@ func (w *h1response) swapHeader(h http.Header) http.Header {
 	return old
 }
 
+// holding reports whether nothing of the final response has been written to the
+// connection's writer yet (see responseHolder): no status line, no header, no body byte.
+// Informational responses (1xx) may have been sent.
+func (w *h1response) holding() bool { return !w.headerSent }
+
 // WriteHeader sends an informational (1xx but 101) response at once, or sets the final
 // status.
 func (w *h1response) WriteHeader(code int) {
