@@ -118,6 +118,25 @@ func removeHopByHop(h http.Header) {
 	delConnectionNamed(conn, h)
 }
 
+// removeHopFields is removeHopByHop for the header map of a parsedResponse, whose hop
+// lists the hop-by-hop fields it has (see hopFields): it deletes those by name instead of
+// walking the map.
+func removeHopFields(h http.Header, hop uint8) {
+	if hop == 0 {
+		return
+	}
+	var conn []string
+	for i, k := range hopFields {
+		if hop&(1<<i) != 0 {
+			if i == 0 {
+				conn = h[k]
+			}
+			delete(h, k)
+		}
+	}
+	delConnectionNamed(conn, h)
+}
+
 // delConnectionNamed removes from each of hs the headers the Connection header values conn
 // name (but the hop-by-hop ones, which are removed by name). It reports whether conn
 // named any other header (whether or not hs had it).
@@ -511,11 +530,16 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 	// The response's Content-Type, when the copy below learned it (ctKnown).
 	var ctype []string
 	ctKnown := false
-	if sw, ok := st.ResponseWriter.(headerSwapper); ok && st.route == nil && len(dst) == 0 && adoptable(res) {
+	var pr *parsedResponse // res's, when the client's response can adopt its header map
+	sw, swaps := st.ResponseWriter.(headerSwapper)
+	if swaps && st.route == nil && len(dst) == 0 {
+		pr = adoptable(res)
+	}
+	if pr != nil {
 		// Nothing in between and nothing to merge with, and res's header map is the pool's
 		// to recycle: the hop-by-hop headers are removed from it in place and the client's
 		// response takes the map itself, giving its own (empty) one to res in exchange.
-		removeHopByHop(res.Header)
+		removeHopFields(res.Header, pr.hop)
 		ctype, ctKnown = res.Header["Content-Type"], true
 		res.Header = sw.swapHeader(res.Header)
 		dst = st.Header()
@@ -623,20 +647,23 @@ type headerSwapper interface {
 	swapHeader(h http.Header) http.Header
 }
 
-// adoptable reports whether the header map of res, a response of the round trip, may go to
+// adoptable returns the parsedResponse res is part of when the header map of res, a
+// response of the round trip, may go to
 // the client's response (headerSwapper) in exchange for another map: res comes from Ferry's
 // HTTP/1.1 pool, whose parsedResponse owns the map and gets the other one when doneWith
 // recycles it, and nothing reads res.Header after forward has copied the header but for the
 // end of the body (doneBody.finish), which reads it only for a gRPC response (its
 // grpc-status, for outlier detection) and for an attempt's client span (the grpc-status
 // it records): those keep their map and are copied from.
-func adoptable(res *http.Response) bool {
+func adoptable(res *http.Response) *parsedResponse {
 	d, ok := res.Body.(*doneBody)
 	if !ok || d.grpc || d.span != nil || d.resp != res {
-		return false
+		return nil
 	}
-	b, ok := d.ReadCloser.(*h1Body)
-	return ok && b.pr != nil && &b.pr.resp == res
+	if b, ok := d.ReadCloser.(*h1Body); ok && b.pr != nil && &b.pr.resp == res {
+		return b.pr
+	}
+	return nil
 }
 
 // copyTrailers adds the trailers tr of the upstream's response to the client's header dst:

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -347,5 +348,37 @@ func TestForwardHeaderSwapNoLeak(t *testing.T) {
 	wg.Wait()
 	if n := swaps.Load(); n != clients*requests {
 		t.Errorf("swaps = %d, want %d (every response's header swapped)", n, clients*requests)
+	}
+}
+
+// TestRemoveHopFields: deleting the hop-by-hop fields parseResponse noted (the swap's
+// path) leaves a response header as removeHopByHop's walk over it does.
+func TestRemoveHopFields(t *testing.T) {
+	for _, tc := range []struct{ name, fields string }{
+		{"none", "X-A: 1\r\n"},
+		{"keep-alive", "Connection: keep-alive\r\nServer: nginx\r\n"},
+		{"all", "Connection: keep-alive\r\nProxy-Connection: x\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n" +
+			"Proxy-Authorization: Basic eA==\r\nTe: trailers\r\nUpgrade: h2c\r\nX-A: 1\r\n"},
+		{"lower case names", "connection: X-Named\r\nkeep-alive: 1\r\nupgrade: websocket\r\nx-named: 1\r\nx-b: 2\r\n"},
+		{"Connection twice, naming fields", "Connection: X-A, Keep-Alive\r\nConnection: x-b\r\nX-A: 1\r\nX-B: 2\r\nX-C: 3\r\n"},
+		{"Connection naming Content-Type", "Connection: Content-Type\r\nContent-Type: text/plain\r\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			head := "HTTP/1.1 200 OK\r\n" + tc.fields + "Content-Length: 0\r\n\r\n"
+			req, _ := http.NewRequest("GET", "http://x/", nil)
+			br := bufio.NewReader(strings.NewReader(head))
+			_, _ = br.Peek(1) // as readResponse: parseResponse reads what is buffered
+			pr, ok := parseResponse(br, req, nil)
+			if !ok {
+				t.Fatalf("parseResponse(%q) declined", head)
+			}
+			want := pr.resp.Header.Clone()
+			removeHopByHop(want)
+			got := pr.resp.Header
+			removeHopFields(got, pr.hop)
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("removeHopFields() left %v, want %v", got, want)
+			}
+		})
 	}
 }
