@@ -628,8 +628,8 @@ type responseHolder interface {
 
 // releasedAt is when the connection of res, a response of Ferry's HTTP/1.1 pool whose body
 // forward read to its end, went back to the pool (the clock as the pool read it then); zero
-// for any other response, or one whose connection was closed. Like doneWith, it is for
-// the goroutine that read the body.
+// for any other response, or one whose connection was not reused. Like doneWith, it is
+// for the goroutine that read the body.
 func releasedAt(res *http.Response) time.Time {
 	if d, ok := res.Body.(*doneBody); ok {
 		if b, ok := d.ReadCloser.(*h1Body); ok {
@@ -648,13 +648,13 @@ type headerSwapper interface {
 }
 
 // adoptable returns the parsedResponse res is part of when the header map of res, a
-// response of the round trip, may go to
-// the client's response (headerSwapper) in exchange for another map: res comes from Ferry's
-// HTTP/1.1 pool, whose parsedResponse owns the map and gets the other one when doneWith
-// recycles it, and nothing reads res.Header after forward has copied the header but for the
-// end of the body (doneBody.finish), which reads it only for a gRPC response (its
-// grpc-status, for outlier detection) and for an attempt's client span (the grpc-status
-// it records): those keep their map and are copied from.
+// response of the round trip, may go to the client's response (headerSwapper) in exchange
+// for another map, else nil. It may when res comes from Ferry's HTTP/1.1 pool, whose
+// parsedResponse owns the map and gets the other one when doneWith recycles it, and
+// nothing reads res.Header after forward has copied the header but for the end of the
+// body (doneBody.finish), which reads it only for a gRPC response (its grpc-status, for
+// outlier detection) and for an attempt's client span (the grpc-status it records): those
+// keep their map and are copied from.
 func adoptable(res *http.Response) *parsedResponse {
 	d, ok := res.Body.(*doneBody)
 	if !ok || d.grpc || d.span != nil || d.resp != res {
@@ -690,8 +690,8 @@ func copyTrailers(dst, tr http.Header, announced int) {
 // nothing may read res afterwards. What the client's header took from res is unaffected:
 // the values of res.Header and res.Trailer are never recycled, and neither is the map of
 // res.Trailer; a header map the client's response adopted (headerSwapper) is no longer
-// res's, which recycles the map it got in exchange. The abandoned tries of the retry loop and the error paths never get here:
-// their responses are left to the garbage collector.
+// res's, which recycles the map it got in exchange. The abandoned tries of the retry loop
+// and the error paths never get here: their responses are left to the garbage collector.
 func doneWith(res *http.Response) {
 	if d, ok := res.Body.(*doneBody); ok {
 		if b, ok := d.ReadCloser.(*h1Body); ok {

@@ -416,8 +416,9 @@ func (c *h1Conn) timeout() {
 
 // release is the end of a round trip on c: c goes back to the pool when the response was
 // read to its end, neither side asked to close, the request was written in full and the
-// request was not cancelled meanwhile; otherwise it is closed. It returns the time put
-// read as c went back, zero if c was closed.
+// request was not cancelled meanwhile; otherwise it is closed. It returns the clock as put
+// read it (c back in the pool, or closed there for want of room), zero when c was closed
+// here.
 func (c *h1Conn) release(req *http.Request, resp *http.Response, w *h1BodyWriter, stop func() bool, eof bool) time.Time {
 	reuse := stop() && eof && !resp.Close && !req.Close && c.br.Buffered() == 0 &&
 		!hasToken(req.Header["Connection"], "close")
