@@ -118,6 +118,25 @@ func removeHopByHop(h http.Header) {
 	delConnectionNamed(conn, h)
 }
 
+// removeHopFields is removeHopByHop for the header map of a parsedResponse, whose hop
+// lists the hop-by-hop fields it has (see hopFields): it deletes those by name instead of
+// walking the map.
+func removeHopFields(h http.Header, hop uint8) {
+	if hop == 0 {
+		return
+	}
+	var conn []string
+	for i, k := range hopFields {
+		if hop&(1<<i) != 0 {
+			if i == 0 {
+				conn = h[k]
+			}
+			delete(h, k)
+		}
+	}
+	delConnectionNamed(conn, h)
+}
+
 // delConnectionNamed removes from each of hs the headers the Connection header values conn
 // name (but the hop-by-hop ones, which are removed by name). It reports whether conn
 // named any other header (whether or not hs had it).
@@ -511,7 +530,20 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 	// The response's Content-Type, when the copy below learned it (ctKnown).
 	var ctype []string
 	ctKnown := false
-	if st.route == nil && len(dst) == 0 {
+	var pr *parsedResponse // res's, when the client's response can adopt its header map
+	sw, swaps := st.ResponseWriter.(headerSwapper)
+	if swaps && st.route == nil && len(dst) == 0 {
+		pr = adoptable(res)
+	}
+	if pr != nil {
+		// Nothing in between and nothing to merge with, and res's header map is the pool's
+		// to recycle: the hop-by-hop headers are removed from it in place and the client's
+		// response takes the map itself, giving its own (empty) one to res in exchange.
+		removeHopFields(res.Header, pr.hop)
+		ctype, ctKnown = res.Header["Content-Type"], true
+		res.Header = sw.swapHeader(res.Header)
+		dst = st.Header()
+	} else if st.route == nil && len(dst) == 0 {
 		// Nothing in between and nothing to merge with: the hop-by-hop headers are left
 		// out while copying (res.Header keeps them but for those Connection names).
 		var conn []string
@@ -577,8 +609,61 @@ func (h *Handler) forward(ctx context.Context, st *state, r *http.Request, path 
 		st.flush()
 	}
 	copyTrailers(dst, res.Trailer, announced)
+	if hw, ok := st.ResponseWriter.(responseHolder); ok && hw.holding() {
+		// Nothing went to the client since the connection went back to the pool (the
+		// body's end, after any 1xx): from that reading to ServeHTTP's end there is only
+		// work that does not wait, so it is, to a few microseconds, the request's end.
+		st.end = releasedAt(res)
+	}
 	doneWith(res)
 	return false
+}
+
+// responseHolder is a ResponseWriter that tells whether it still holds the whole response
+// back, nothing of it written to the client yet (the H1Server's response). holding is for
+// the handler's goroutine only.
+type responseHolder interface {
+	holding() bool
+}
+
+// releasedAt is when the connection of res, a response of Ferry's HTTP/1.1 pool whose body
+// forward read to its end, went back to the pool (the clock as the pool read it then); zero
+// for any other response, or one whose connection was not reused. Like doneWith, it is
+// for the goroutine that read the body.
+func releasedAt(res *http.Response) time.Time {
+	if d, ok := res.Body.(*doneBody); ok {
+		if b, ok := d.ReadCloser.(*h1Body); ok {
+			return b.at
+		}
+	}
+	return time.Time{}
+}
+
+// headerSwapper is a ResponseWriter that can take a header map in place of its own: Ferry's
+// HTTP/1.1 server's response (h1response). swapHeader makes h the response's header map and
+// returns the one it had, which the caller then owns; the response must not have written
+// its header yet. It is for the handler's goroutine only.
+type headerSwapper interface {
+	swapHeader(h http.Header) http.Header
+}
+
+// adoptable returns the parsedResponse res is part of when the header map of res, a
+// response of the round trip, may go to the client's response (headerSwapper) in exchange
+// for another map, else nil. It may when res comes from Ferry's HTTP/1.1 pool, whose
+// parsedResponse owns the map and gets the other one when doneWith recycles it, and
+// nothing reads res.Header after forward has copied the header but for the end of the
+// body (doneBody.finish), which reads it only for a gRPC response (its grpc-status, for
+// outlier detection) and for an attempt's client span (the grpc-status it records): those
+// keep their map and are copied from.
+func adoptable(res *http.Response) *parsedResponse {
+	d, ok := res.Body.(*doneBody)
+	if !ok || d.grpc || d.span != nil || d.resp != res {
+		return nil
+	}
+	if b, ok := d.ReadCloser.(*h1Body); ok && b.pr != nil && &b.pr.resp == res {
+		return b.pr
+	}
+	return nil
 }
 
 // copyTrailers adds the trailers tr of the upstream's response to the client's header dst:
@@ -604,8 +689,9 @@ func copyTrailers(dst, tr http.Header, announced int) {
 // body) to a later response on the same connection from then on (h1Body.recycle), so
 // nothing may read res afterwards. What the client's header took from res is unaffected:
 // the values of res.Header and res.Trailer are never recycled, and neither is the map of
-// res.Trailer. The abandoned tries of the retry loop and the error paths never get here:
-// their responses are left to the garbage collector.
+// res.Trailer; a header map the client's response adopted (headerSwapper) is no longer
+// res's, which recycles the map it got in exchange. The abandoned tries of the retry loop
+// and the error paths never get here: their responses are left to the garbage collector.
 func doneWith(res *http.Response) {
 	if d, ok := res.Body.(*doneBody); ok {
 		if b, ok := d.ReadCloser.(*h1Body); ok {

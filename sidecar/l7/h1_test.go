@@ -857,31 +857,54 @@ func TestCanonicalAddr(t *testing.T) {
 }
 
 // TestH1UnsolicitedResponseWhileIdle: bytes an upstream sends on an idle connection are not
-// taken for the answer to the next request on it.
+// taken for the answer to the next request on it, once the connection has been idle for
+// longer than the liveness check's bound: peekAfter for a request that cannot be sent
+// again, peekAfterReplayable for one that can.
 func TestH1UnsolicitedResponseWhileIdle(t *testing.T) {
-	addr, ln := startRaw(t, func(c net.Conn, stop <-chan struct{}) {
-		br := bufio.NewReader(c)
-		if _, err := readHead(br); err != nil {
-			return
-		}
-		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		time.Sleep(20 * time.Millisecond)
-		_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
-		for {
-			if _, err := readHead(br); err != nil {
-				return
+	for _, tc := range []struct {
+		name   string
+		method string
+		body   string
+		idle   time.Duration
+	}{
+		{name: "GET", method: "GET", idle: peekAfterReplayable + 50*time.Millisecond},
+		{name: "POST", method: "POST", body: "x", idle: 60 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, ln := startRaw(t, func(c net.Conn, stop <-chan struct{}) {
+				br := bufio.NewReader(c)
+				req, err := readHead(br)
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, req.Body)
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+				time.Sleep(20 * time.Millisecond)
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale")
+				for {
+					req, err := readHead(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater")
+				}
+			})
+			tr := newTestTransport(t, TransportOptions{})
+			noReplay := func(r *http.Request) { r.GetBody = nil }
+			do(t, tr, "GET", "http://"+addr+"/", nil, nil)
+			time.Sleep(tc.idle)
+			var body io.Reader
+			if tc.body != "" {
+				body = strings.NewReader(tc.body)
 			}
-			_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nlater")
-		}
-	})
-	tr := newTestTransport(t, TransportOptions{})
-	do(t, tr, "GET", "http://"+addr+"/", nil, nil)
-	time.Sleep(60 * time.Millisecond)
-	if _, body := do(t, tr, "GET", "http://"+addr+"/", nil, nil); body != "ok" {
-		t.Errorf("second request = %q, want ok from a new connection", body)
-	}
-	if got := ln.n.Load(); got != 2 {
-		t.Errorf("connections = %d, want 2", got)
+			if _, got := do(t, tr, tc.method, "http://"+addr+"/", body, noReplay); got != "ok" {
+				t.Errorf("second request = %q, want ok from a new connection", got)
+			}
+			if got := ln.n.Load(); got != 2 {
+				t.Errorf("connections = %d, want 2", got)
+			}
+		})
 	}
 }
 

@@ -38,7 +38,7 @@ func TestH1RoundTripUntil(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		resp, err := tr.h1.roundTripUntil(req, deadline, errResponseTimeout)
+		resp, err := tr.h1.roundTripUntil(req, time.Time{}, deadline, errResponseTimeout)
 		if err != nil {
 			return "", err
 		}

@@ -101,6 +101,7 @@ func parseResponse(br *bufio.Reader, req *http.Request, pr *parsedResponse) (_ *
 		Status: s[9:len(line)], StatusCode: code, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: hdr, Request: req, ContentLength: -1,
 	}
+	pr.hop = 0
 	resp := &pr.resp
 	// Up to len(seen) keys are checked for repeats against the ones before them, not with a
 	// map lookup; the map is consulted only for a repeated key or a longer head.
@@ -161,6 +162,19 @@ func parseResponse(br *bufio.Reader, req *http.Request, pr *parsedResponse) (_ *
 			if value != "keep-alive" && containsToken([]string{value}, "close") {
 				return nil, false
 			}
+			pr.hop |= 1 << 0
+		case "Proxy-Connection":
+			pr.hop |= 1 << 1
+		case "Keep-Alive":
+			pr.hop |= 1 << 2
+		case "Proxy-Authenticate":
+			pr.hop |= 1 << 3
+		case "Proxy-Authorization":
+			pr.hop |= 1 << 4
+		case "Te":
+			pr.hop |= 1 << 5
+		case "Upgrade":
+			pr.hop |= 1 << 6
 		}
 		dup := false
 		if nseen < len(seen) {
@@ -366,7 +380,15 @@ type parsedResponse struct {
 	resp http.Response
 	body lengthBody
 	h1   h1Body
+	// hop has bit i set when the head has the field hopFields[i] (the hop-by-hop fields
+	// but Trailer and Transfer-Encoding, which parseResponse leaves to http.ReadResponse).
+	hop uint8
 }
+
+// hopFields are the hop-by-hop fields (hopHeader) a parsedResponse notes in its hop, in
+// the order of its bits; Connection comes first.
+var hopFields = [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Upgrade"}
 
 // maxKeptResponseHeader is the most fields a recycled parsedResponse's header map may have
 // had to be kept: a larger one is dropped with the response it came with.

@@ -33,6 +33,9 @@ type h1Pool struct {
 	maxIdle int
 	// maxHeaderBytes bounds the response headers (and the 1xx responses before them).
 	maxHeaderBytes int64
+	// onPeek, if not nil, is called before each liveness check (alive) getUntil makes:
+	// tests count them with it.
+	onPeek func()
 
 	hosts sync.Map // endpoint address → *h1Host
 }
@@ -67,10 +70,19 @@ func (p *h1Pool) host(addr string) *h1Host {
 // getUntil returns an idle connection to addr that is still open, or dials a new one, by
 // deadline if not zero: past it the dial is cancelled with cause. It also returns the time
 // it read as it took an idle connection (which the round trip's deadline is armed with),
-// zero for a connection it dialed.
-func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, cause error) (*h1Conn, time.Time, error) {
+// zero for a connection it dialed. now, if not zero, is that time: a reading the caller
+// took a few microseconds before (the base of deadline), which makes a connection look
+// idle for that much less (its liveness check is skipped only if it was idle for less
+// than the bound plus those microseconds) and the round trip's deadline timer fire that
+// much later, never earlier. replay tells whether the request to be sent is replayable
+// (see replayable): an idle connection is checked with alive only past
+// peekAfterReplayable then, past peekAfter otherwise.
+func (p *h1Pool) getUntil(ctx context.Context, addr string, now, deadline time.Time, cause error, replay bool) (*h1Conn, time.Time, error) {
 	h := p.host(addr)
-	var now time.Time
+	after := peekAfter
+	if replay {
+		after = peekAfterReplayable
+	}
 	for {
 		c := h.take()
 		if c == nil {
@@ -79,7 +91,13 @@ func (p *h1Pool) getUntil(ctx context.Context, addr string, deadline time.Time, 
 		if now.IsZero() {
 			now = time.Now()
 		}
-		if now.Sub(c.idleSince) < peekAfter || c.alive() {
+		if now.Sub(c.idleSince) < after {
+			return c, now, nil
+		}
+		if p.onPeek != nil {
+			p.onPeek()
+		}
+		if c.alive() {
 			return c, now, nil
 		}
 		c.close()
@@ -129,7 +147,8 @@ func (h *h1Host) take() *h1Conn {
 }
 
 // put keeps c for a later request, or closes it when the endpoint has enough idle ones.
-func (h *h1Host) put(c *h1Conn) {
+// It returns the time it read, which c's idle time counts from.
+func (h *h1Host) put(c *h1Conn) time.Time {
 	now := time.Now()
 	for {
 		h.mu.Lock()
@@ -143,7 +162,7 @@ func (h *h1Host) put(c *h1Conn) {
 	if len(h.idle) >= h.p.maxIdle {
 		h.mu.Unlock()
 		c.close()
-		return
+		return now
 	}
 	c.idleSince = now
 	h.idle = append(h.idle, c)
@@ -156,6 +175,7 @@ func (h *h1Host) put(c *h1Conn) {
 		}
 	}
 	h.mu.Unlock()
+	return now
 }
 
 // expire closes the connections idle for idleTimeout and sets the timer for the next one
@@ -326,6 +346,24 @@ var aLongTimeAgo = time.Unix(1, 0)
 // likely than net/http's idle reader noticing it too late, and is covered the same way: a
 // replayable request that got nothing back is sent again on another connection.
 const peekAfter = time.Millisecond
+
+// peekAfterReplayable is peekAfter for a replayable request (replayable: no body or one
+// that can be made again, and an idempotent method or an idempotency key), which skips the
+// check on a connection idle for less. Under load that saves the system call on almost
+// every request (HAProxy makes none). What the check guards against cannot happen unnoticed
+// in that window:
+//   - an upstream that closed the connection (shut down, or reached its keep-alive
+//     timeout): the request fails before any byte of a response arrives (h1NoResponse, or
+//     h1NothingWritten), and a replayable request that did is sent again on another
+//     connection by roundTripUntil, as net/http does;
+//   - an upstream that sent something unsolicited on the idle connection, which would be
+//     taken for the answer to the request: servers do that when they close an idle
+//     connection on their keep-alive (or request) timeout, a 408 Request Timeout, and those
+//     timeouts are seconds long (nginx 75 s, Node 5 s, gunicorn 2 s), far above this bound.
+//
+// Requests that are not replayable keep the check past peekAfter: a failure on a dead
+// connection could not be retried for them.
+const peekAfterReplayable = 100 * time.Millisecond
 
 // alive reports whether an idle connection is still usable: its upstream neither closed
 // it nor sent anything while it sat idle (an unsolicited response would be taken for the

@@ -316,6 +316,13 @@ func TestRequestReuseHeaderLimit(t *testing.T) {
 	if again := ru.header(3); reflect.ValueOf(again).Pointer() != reflect.ValueOf(h).Pointer() {
 		t.Errorf("header() = a new map, want the previous one")
 	}
+	// Grown past its first size (one group), within the limit: kept, emptied.
+	for i := range 20 {
+		h[fmt.Sprint("K", i)] = nil
+	}
+	if again := ru.header(3); reflect.ValueOf(again).Pointer() != reflect.ValueOf(h).Pointer() || len(again) != 0 {
+		t.Errorf("header() after 20 entries = a new map or a full one (len %d), want the previous one emptied", len(again))
+	}
 	for i := range maxReusedHeader + 1 {
 		h[fmt.Sprint("K", i)] = nil
 	}

@@ -45,28 +45,32 @@ const maxWriteWait = 50 * time.Millisecond
 // use. A request on a reused connection that failed before anything of the response
 // arrived is sent again on another connection when that is safe, as http.Transport does.
 func (p *h1Pool) roundTrip(req *http.Request) (*http.Response, error) {
-	return p.roundTripUntil(req, time.Time{}, nil)
+	return p.roundTripUntil(req, time.Time{}, time.Time{}, nil)
 }
 
 // roundTripUntil is roundTrip with a deadline for the response headers (none if zero):
 // past it, the round trip fails with cause (errResponseTimeout, errPerTryTimeout), as it
 // does when the request's context is cancelled with that cause. The deadline is enforced
 // with a timer of the connection's, reused from one request to the next, rather than a
-// context per request.
-func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time, cause error) (*http.Response, error) {
+// context per request. now is the clock as the caller read it just before (the deadline's
+// base), or zero: the first connection is taken from the pool at that time rather than
+// at a reading of its own (see getUntil). A connection taken again after a failed try
+// reads the clock.
+func (p *h1Pool) roundTripUntil(req *http.Request, now, deadline time.Time, cause error) (*http.Response, error) {
 	if err := checkH1Request(req); err != nil {
 		closeRequestBody(req)
 		return nil, err
 	}
 	ctx := req.Context()
 	addr := canonicalAddr(req.URL)
+	replay := replayable(req)
 	for {
-		c, now, err := p.getUntil(ctx, addr, deadline, cause)
+		c, took, err := p.getUntil(ctx, addr, now, deadline, cause, replay)
 		if err != nil {
 			closeRequestBody(req)
 			return nil, err
 		}
-		resp, err := c.roundTrip(ctx, req, now, deadline, cause)
+		resp, err := c.roundTrip(ctx, req, took, deadline, cause)
 		if err == nil {
 			return resp, nil
 		}
@@ -91,6 +95,10 @@ func (p *h1Pool) roundTripUntil(req *http.Request, deadline time.Time, cause err
 			req = shallowCopy(req)
 			req.Body = body
 		}
+		// The reading passed in is as old as the failed try by now: the next try reads
+		// the clock (a stale one could take a connection idle past the liveness check's
+		// bound unchecked).
+		now = time.Time{}
 	}
 }
 
@@ -258,11 +266,11 @@ func (c *h1Conn) roundTrip(ctx context.Context, req *http.Request, now, deadline
 		return resp, nil
 	}
 	if resp.Body == http.NoBody {
-		c.release(req, resp, w, stop, true)
+		at := c.release(req, resp, w, stop, true)
 		if pr != nil {
 			// A body already at its end, so that the response is recycled as others are.
 			b := &pr.h1
-			b.c, b.pr, b.done, b.err = c, pr, true, io.EOF
+			b.c, b.pr, b.done, b.err, b.at = c, pr, true, io.EOF, at
 			resp.Body = b
 		}
 		return resp, nil
@@ -408,8 +416,10 @@ func (c *h1Conn) timeout() {
 
 // release is the end of a round trip on c: c goes back to the pool when the response was
 // read to its end, neither side asked to close, the request was written in full and the
-// request was not cancelled meanwhile; otherwise it is closed.
-func (c *h1Conn) release(req *http.Request, resp *http.Response, w *h1BodyWriter, stop func() bool, eof bool) {
+// request was not cancelled meanwhile; otherwise it is closed. It returns the clock as put
+// read it (c back in the pool, or closed there for want of room), zero when c was closed
+// here.
+func (c *h1Conn) release(req *http.Request, resp *http.Response, w *h1BodyWriter, stop func() bool, eof bool) time.Time {
 	reuse := stop() && eof && !resp.Close && !req.Close && c.br.Buffered() == 0 &&
 		!hasToken(req.Header["Connection"], "close")
 	if reuse && w != nil {
@@ -417,10 +427,10 @@ func (c *h1Conn) release(req *http.Request, resp *http.Response, w *h1BodyWriter
 		reuse = done && werr == nil
 	}
 	if reuse {
-		c.h.put(c)
-	} else {
-		c.close()
+		return c.h.put(c)
 	}
+	c.close()
+	return time.Time{}
 }
 
 // readResponse reads the response head, passing 1xx informational responses to the
@@ -836,6 +846,11 @@ type h1Body struct {
 	mu   sync.Mutex
 	done bool  // the connection was released
 	err  error // what Read returns once done
+
+	// at is when the connection went back to the pool at the body's end (release), zero
+	// if it did not (yet). Written by Read as it reaches the end (or by roundTrip for an
+	// empty body), for the goroutine that reads the body: see releasedAt.
+	at time.Time
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
@@ -863,7 +878,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 	}
 	b.err = err
 	b.mu.Unlock()
-	b.c.release(b.req, b.resp, b.w, b.stop, err == io.EOF)
+	b.at = b.c.release(b.req, b.resp, b.w, b.stop, err == io.EOF)
 	return n, err
 }
 

@@ -68,6 +68,21 @@ func (w *h1response) reset(c *h1conn, req *http.Request) {
 // Header returns the response header map.
 func (w *h1response) Header() http.Header { return w.header }
 
+// swapHeader makes h the response's header map and returns the map it had (see
+// headerSwapper): the header must not have been sent, and what the handler set in the old
+// map is not in h. The returned map is the caller's from then on; reset keeps h for the
+// connection's next request.
+func (w *h1response) swapHeader(h http.Header) http.Header {
+	old := w.header
+	w.header = h
+	return old
+}
+
+// holding reports whether nothing of the final response has been written to the
+// connection's writer yet (see responseHolder): no status line, no header, no body byte.
+// Informational responses (1xx) may have been sent.
+func (w *h1response) holding() bool { return !w.headerSent }
+
 // WriteHeader sends an informational (1xx but 101) response at once, or sets the final
 // status.
 func (w *h1response) WriteHeader(code int) {

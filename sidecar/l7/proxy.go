@@ -202,6 +202,10 @@ type state struct {
 	// done is the response body deliver hands over (delivered: in use).
 	done      doneBody
 	delivered bool
+	// end, if not zero, is the clock as read when the upstream connection went back to
+	// the pool with the response in hand and nothing written to the client since (set by
+	// forward): ServeHTTP takes it for the request's end instead of reading the clock.
+	end time.Time
 }
 
 // reset zeroes st for another request, but for the fields it keeps: storage its users
@@ -346,7 +350,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		st.status = http.StatusOK
 	}
 	st.m.Request(st.status)
-	end := time.Now()
+	end := st.end
+	if end.IsZero() {
+		end = time.Now()
+	}
 	requestEnd(r, end) // the response's Date
 	d := end.Sub(start)
 	st.m.Duration.Observe(d.Seconds())
@@ -421,7 +428,8 @@ func (rt roundTripper) RoundTrip(req *http.Request) (*http.Response, error) {
 	if to := t.requestTimeout(req); to > 0 && t.transport.http1(req) {
 		// Ferry's HTTP/1.1 pool enforces the timeout with a timer of the connection's,
 		// without a context and a timer per request.
-		resp, err = t.transport.h1.roundTripUntil(req, time.Now().Add(to), errResponseTimeout)
+		now := time.Now()
+		resp, err = t.transport.h1.roundTripUntil(req, now, now.Add(to), errResponseTimeout)
 	} else {
 		var timer *time.Timer
 		if to > 0 {
@@ -452,9 +460,16 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 	down := req.Context()
 	// request_timeout spans all tries: each try gets one timer, for whichever of its
 	// per-try timeout and the time left comes first.
-	var deadline time.Time
-	if to := t.requestTimeout(req); to > 0 {
-		deadline = time.Now().Add(to)
+	// now is the clock read for the try about to start, when a timeout needs it (zero
+	// otherwise): the first try's is the deadline's base too; each later one reads it
+	// again.
+	var now, deadline time.Time
+	to := t.requestTimeout(req)
+	if to > 0 || pol.PerTryTimeout > 0 {
+		now = time.Now()
+	}
+	if to > 0 {
+		deadline = now.Add(to)
 	}
 	var rb *replayBody
 	if req.Body != nil && req.Body != http.NoBody {
@@ -471,9 +486,12 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 	var triedBuf [4]string
 	tried := triedBuf[:0]
 	for n := 1; ; n++ {
+		if n > 1 && !now.IsZero() {
+			now = time.Now()
+		}
 		limit, cause := pol.PerTryTimeout, errPerTryTimeout
 		if !deadline.IsZero() {
-			left := time.Until(deadline)
+			left := deadline.Sub(now)
 			if left <= 0 {
 				return nil, classify(down, timeoutCause{})
 			}
@@ -517,7 +535,7 @@ func (h *Handler) roundTripRetrying(req *http.Request, st *state, info balancer.
 		ep.Begin()
 		var resp *http.Response
 		if h1 {
-			resp, err = t.transport.h1.roundTripUntil(treq, time.Now().Add(limit), cause)
+			resp, err = t.transport.h1.roundTripUntil(treq, now, now.Add(limit), cause)
 			if err == cause {
 				// Timed out: the try's context is what it would have been with a timer
 				// of its own, for the conditions and the classification below.
