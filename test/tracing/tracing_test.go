@@ -276,20 +276,21 @@ func TestHTTPTraceAcrossTwoSidecars(t *testing.T) {
 		}
 	}
 
-	// A request Ferry fails itself: the server span carries the Proxy-Status reason.
-	resp, _ = get(t, "http://"+c.dead+"/x", nil)
+	// A request Ferry fails itself: the server span carries the Proxy-Status reason. The
+	// caller sends a trace context so that the span is found by its trace, not among all
+	// of svc-a's: test packages run in parallel, and another package's process may poll a
+	// port of its own that the dead listener has since taken (seen in CI: six GET /ready
+	// from elsewhere, each a trace with a server span of upstream dead).
+	const failedTrace = "4bf92f3577b34da6a3ce929d0e0e4736"
+	resp, _ = get(t, "http://"+c.dead+"/x", http.Header{"Traceparent": {"00-" + failedTrace + "-00f067aa0ba902b7-01"}})
 	if resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("GET via dead upstream = %d, want 503", resp.StatusCode)
 	}
-	trs := j.WaitTraces(t, "svc-a", 2, waitTimeout)
-	var failed []jaegertest.Span
-	for _, tr := range trs {
-		failed = append(failed, tr.Find(func(s jaegertest.Span) bool {
-			return s.TagString("span.kind") == "server" && s.TagString("ferry.upstream") == "dead"
-		})...)
-	}
+	failed := j.WaitTrace(t, failedTrace, 1, waitTimeout).Find(func(s jaegertest.Span) bool {
+		return s.TagString("span.kind") == "server" && s.TagString("ferry.upstream") == "dead"
+	})
 	if len(failed) != 1 {
-		t.Fatalf("%d server spans for upstream dead, want 1", len(failed))
+		t.Fatalf("%d server spans for upstream dead in trace %s, want 1", len(failed), failedTrace)
 	}
 	wantTags(t, "failed A server", failed[0], map[string]string{
 		"http.response.status_code": "503", "ferry.proxy_status": "connection_refused",
