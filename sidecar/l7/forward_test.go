@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -42,6 +43,58 @@ func rawRequest(t *testing.T, addr, req string) (*http.Response, string) {
 		t.Fatalf("reading the body: %v", err)
 	}
 	return resp, string(body)
+}
+
+// keepAliveClients runs clients connections to addr at once, each sending requests
+// requests one after another on its own connection: raw(client, i) gives request i's
+// bytes, and check(client, i, resp, body, hints) says what is wrong with its final
+// response (after hints 1xx responses), or nil. A client stops at its first failure.
+func keepAliveClients(t *testing.T, addr string, clients, requests int, raw func(client, i int) string,
+	check func(client, i int, resp *http.Response, body []byte, hints int) error) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for cl := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+			br := bufio.NewReader(c)
+			for i := range requests {
+				if _, err := io.WriteString(c, raw(cl, i)); err != nil {
+					t.Errorf("client %d, request %d: %v", cl, i, err)
+					return
+				}
+				hints := 0
+				var resp *http.Response
+				for {
+					if resp, err = http.ReadResponse(br, nil); err != nil {
+						t.Errorf("client %d, request %d: %v", cl, i, err)
+						return
+					}
+					if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+						break
+					}
+					hints++
+				}
+				body, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil {
+					err = check(cl, i, resp, body, hints)
+				}
+				if err != nil {
+					t.Errorf("client %d, request %d: %v", cl, i, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // exchange sends the request text req on c, a kept-alive connection read through br, and

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"reflect"
 	"strconv"
@@ -177,62 +176,36 @@ func TestForwardRecyclesResponsesSafely(t *testing.T) {
 		RequestTimeout: 5 * time.Second, Metrics: telemetry.NewMetrics().HTTP(telemetry.Outbound, "test")})
 	addr, _ := startH1(t, ServerOptions{}, h, nil)
 	const clients, requests = 6, 60
-	var wg sync.WaitGroup
-	for c := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conn, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
-			br := bufio.NewReader(conn)
-			for i := range requests {
-				id := c*1000 + i
-				stream := i%7 == 3
-				empty := i%5 == 1 && !stream
-				extra := ""
-				switch {
-				case stream:
-					extra = "X-Stream: 1\r\n"
-				case empty:
-					extra = "X-Empty: 1\r\n"
-				}
-				if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: test\r\nX-Id: %d\r\n%s\r\n", id, extra); err != nil {
-					t.Error(err)
-					return
-				}
-				resp, err := http.ReadResponse(br, nil)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				body, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				want, wantBody := strconv.Itoa(id), strconv.Itoa(id)
-				if empty {
-					wantBody = ""
-				}
-				switch {
-				case err != nil || string(body) != wantBody:
-					t.Errorf("request %d: body %q, %v, want %q", id, body, err, wantBody)
-				case resp.Header.Get("X-Echo") != want:
-					t.Errorf("request %d: X-Echo = %q, want %q", id, resp.Header.Get("X-Echo"), want)
-				case (resp.Header.Get("X-Odd") == want) != (id%2 == 1) || id%2 == 0 && resp.Header.Get("X-Odd") != "":
-					t.Errorf("request %d: X-Odd = %q", id, resp.Header.Get("X-Odd"))
-				case stream && resp.Trailer.Get("X-Tail") != want:
-					t.Errorf("request %d: trailer X-Tail = %q, want %q", id, resp.Trailer.Get("X-Tail"), want)
-				}
-				if t.Failed() {
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	kind := func(id int) (stream, empty bool) { return id%7 == 3, id%5 == 1 && id%7 != 3 }
+	keepAliveClients(t, addr, clients, requests, func(c, i int) string {
+		id := c*1000 + i
+		extra := ""
+		switch stream, empty := kind(i); {
+		case stream:
+			extra = "X-Stream: 1\r\n"
+		case empty:
+			extra = "X-Empty: 1\r\n"
+		}
+		return fmt.Sprintf("GET / HTTP/1.1\r\nHost: test\r\nX-Id: %d\r\n%s\r\n", id, extra)
+	}, func(c, i int, resp *http.Response, body []byte, _ int) error {
+		id := c*1000 + i
+		stream, empty := kind(i)
+		want, wantBody := strconv.Itoa(id), strconv.Itoa(id)
+		if empty {
+			wantBody = ""
+		}
+		switch {
+		case string(body) != wantBody:
+			return fmt.Errorf("body %q, want %q", body, wantBody)
+		case resp.Header.Get("X-Echo") != want:
+			return fmt.Errorf("X-Echo = %q, want %q", resp.Header.Get("X-Echo"), want)
+		case (resp.Header.Get("X-Odd") == want) != (id%2 == 1) || id%2 == 0 && resp.Header.Get("X-Odd") != "":
+			return fmt.Errorf("X-Odd = %q", resp.Header.Get("X-Odd"))
+		case stream && resp.Trailer.Get("X-Tail") != want:
+			return fmt.Errorf("trailer X-Tail = %q, want %q", resp.Trailer.Get("X-Tail"), want)
+		}
+		return nil
+	})
 }
 
 // FuzzParseResponseRecycled: parsing a head into a parsedResponse recycled from an earlier

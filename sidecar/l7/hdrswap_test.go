@@ -303,49 +303,23 @@ func TestForwardHeaderSwapNoLeak(t *testing.T) {
 		h.ServeHTTP(swapSpy{w, &swaps}, r)
 	}), nil)
 	const clients, requests = 3, 100
-	var wg sync.WaitGroup
-	for cl := range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := net.Dial("tcp", addr)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-			br := bufio.NewReader(c)
-			for i := range requests {
-				n := cl*1000 + i
-				id := strconv.Itoa(n)
-				if _, err := fmt.Fprintf(c, "GET / HTTP/1.1\r\nHost: test\r\nX-Id: %s\r\n\r\n", id); err != nil {
-					t.Error(err)
-					return
-				}
-				resp, err := http.ReadResponse(br, nil)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				b, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil || string(b) != id {
-					t.Errorf("request %s: body %q, %v", id, b, err)
-					return
-				}
-				// X-Only-n, X-Echo, the extras, Content-Length, Date and the Content-Type the
-				// H1Server sniffs: nothing else.
-				want := 2 + n%4*10 + 3
-				if resp.Header.Get("X-Echo") != id || resp.Header.Get("X-Only-"+id) != id || len(resp.Header) != want ||
-					resp.Header.Get("X-Named") != "" {
-					t.Errorf("request %s: header %v (%d fields, want %d)", id, resp.Header, len(resp.Header), want)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	keepAliveClients(t, addr, clients, requests, func(c, i int) string {
+		return fmt.Sprintf("GET / HTTP/1.1\r\nHost: test\r\nX-Id: %d\r\n\r\n", c*1000+i)
+	}, func(c, i int, resp *http.Response, body []byte, _ int) error {
+		n := c*1000 + i
+		id := strconv.Itoa(n)
+		if string(body) != id {
+			return fmt.Errorf("body %q, want %q", body, id)
+		}
+		// X-Only-n, X-Echo, the extras, Content-Length, Date and the Content-Type the
+		// H1Server sniffs: nothing else.
+		want := 2 + n%4*10 + 3
+		if resp.Header.Get("X-Echo") != id || resp.Header.Get("X-Only-"+id) != id || len(resp.Header) != want ||
+			resp.Header.Get("X-Named") != "" {
+			return fmt.Errorf("header %v (%d fields, want %d)", resp.Header, len(resp.Header), want)
+		}
+		return nil
+	})
 	if n := swaps.Load(); n != clients*requests {
 		t.Errorf("swaps = %d, want %d (every response's header swapped)", n, clients*requests)
 	}

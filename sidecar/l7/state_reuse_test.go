@@ -216,54 +216,17 @@ func TestProxyStateReuse(t *testing.T) {
 		{"GET /hints HTTP/1.1\r\nHost: a\r\n\r\n", 200, "/hints ", 1, false},
 	}
 	const conns, perConn = 4, 24
-	var wg sync.WaitGroup
-	errs := make(chan error, conns*perConn)
-	for i := range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-			if err != nil {
-				errs <- err
-				return
+	kindOf := func(i, j int) int { return (i + j*(i+1)) % len(kinds) }
+	keepAliveClients(t, addr, conns, perConn, func(i, j int) string { return kinds[kindOf(i, j)].raw },
+		func(i, j int, resp *http.Response, body []byte, hints int) error {
+			k := kinds[kindOf(i, j)]
+			ps := resp.Header.Get("Proxy-Status") != ""
+			if resp.StatusCode != k.status || hints != k.hints || ps != k.proxySt || k.body != "" && string(body) != k.body {
+				return fmt.Errorf("%q: status %d, %d 1xx, Proxy-Status %v, body %q; want %d, %d, %v, %q",
+					k.raw, resp.StatusCode, hints, ps, body, k.status, k.hints, k.proxySt, k.body)
 			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-			br := bufio.NewReader(c)
-			for j := range perConn {
-				k := kinds[(i+j*(i+1))%len(kinds)]
-				if _, err := io.WriteString(c, k.raw); err != nil {
-					errs <- err
-					return
-				}
-				hints := 0
-				var resp *http.Response
-				for {
-					resp, err = http.ReadResponse(br, nil)
-					if err != nil {
-						errs <- err
-						return
-					}
-					if resp.StatusCode != http.StatusEarlyHints {
-						break
-					}
-					hints++
-				}
-				body, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				ps := resp.Header.Get("Proxy-Status") != ""
-				if resp.StatusCode != k.status || hints != k.hints || ps != k.proxySt || k.body != "" && string(body) != k.body {
-					errs <- fmt.Errorf("%q: status %d, %d 1xx, Proxy-Status %v, body %q; want %d, %d, %v, %q",
-						k.raw, resp.StatusCode, hints, ps, body, k.status, k.hints, k.proxySt, k.body)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+			return nil
+		})
 	al.Close()
 	logged, err := os.ReadFile(logPath)
 	if err != nil {
