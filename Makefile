@@ -14,9 +14,9 @@ all: build
 build:
 	$(GO) build -o $(BIN)/ferry ./cmd/ferry
 
-# Debian packages used by the benchmark (HAProxy, nginx, wrk, h2load) and the demo (curl).
+# Debian packages used by the benchmark (HAProxy, nginx, wrk, h2load, openssl) and the demo (curl).
 deps-apt:
-	@need=""; for p in haproxy nginx wrk nghttp2-client curl valgrind; do \
+	@need=""; for p in haproxy nginx wrk nghttp2-client curl valgrind openssl; do \
 	  dpkg -s $$p >/dev/null 2>&1 || need="$$need $$p"; done; \
 	if [ -n "$$need" ]; then \
 	  echo "installing:$$need"; \

@@ -796,14 +796,17 @@ EOF
 #   SAN, so the caller's SPIFFE ID is its trust domain and /svc/ and the certificate's CN,
 #   which `ferry ca issue` makes the service name: the same bytes as Ferry's value.
 haproxy_mesh_rules() {
-	local side=$1 mode=$2 id td
+	local side=$1 mode=$2 id= td
+	if [ "$side" = b ] && [ "$mode" = mtls ]; then
+		id=$(openssl x509 -in "$CERTS/backend.pem" -noout -ext subjectAltName 2>/dev/null | grep -o 'spiffe://[^, ]*' | head -1) || true
+		[[ $id == spiffe://*/svc/* ]] || { echo "no SPIFFE ID in $CERTS/backend.pem (openssl x509 -ext subjectAltName)"; return 1; }
+		td=${id%%/svc/*}
+	fi
 	echo "option forwardfor"
 	echo "    http-request set-header X-Forwarded-Proto http unless { req.hdr(x-forwarded-proto) -m found }"
 	if [ "$side" = a ]; then
 		echo "    http-request set-header X-Request-Id %[uuid()] unless { req.hdr(x-request-id) -m found }"
-	elif [ "$mode" = mtls ]; then
-		id=$(openssl x509 -in "$CERTS/backend.pem" -noout -ext subjectAltName 2>/dev/null | grep -o 'spiffe://[^, ]*' | head -1)
-		td=${id%%/svc/*}
+	elif [ -n "$id" ]; then
 		echo "    http-request set-var-fmt(sess.xfcc) \"By=$id;Hash=%[ssl_c_der,sha2(256),hex,lower];URI=$td/svc/%[ssl_c_s_dn(CN)]\" unless { var(sess.xfcc) -m found }"
 		echo "    http-request set-header X-Forwarded-Client-Cert %[var(sess.xfcc)]"
 	fi
@@ -865,8 +868,8 @@ start_chain() {
 		fi
 		local rules_a= rules_b=
 		if [ "$proxy" = haproxy ]; then
-			rules_a=$(haproxy_mesh_rules a "$mode")
-			rules_b=$(haproxy_mesh_rules b "$mode")
+			rules_a=$(haproxy_mesh_rules a "$mode") || { NOTE="HAProxy A's header rules: $rules_a"; return 1; }
+			rules_b=$(haproxy_mesh_rules b "$mode") || { NOTE="HAProxy B's header rules: $rules_b"; return 1; }
 		fi
 		haproxy_cfg "$dir/b.cfg" "$b" "server s1 127.0.0.1:$BACKEND_H1_PORT" "$HAPROXY_B_STATS" "$rules_b"
 		haproxy_cfg "$dir/a.cfg" "bind 127.0.0.1:$HAPROXY_A_PORT" "$a" "" "$rules_a"
