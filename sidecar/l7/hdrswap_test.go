@@ -10,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,52 +22,20 @@ import (
 // connections. HEAD requests get the same answer (respond leaves the body out for them).
 func rawBackend(t *testing.T, respond func(r *http.Request) string) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var conns []net.Conn
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
+	addr, _ := startRaw(t, func(c net.Conn, _ <-chan struct{}) {
+		br := bufio.NewReader(c)
 		for {
-			c, err := ln.Accept()
+			r, err := readHead(br)
 			if err != nil {
 				return
 			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					r, err := http.ReadRequest(br)
-					if err != nil {
-						return
-					}
-					_, _ = io.Copy(io.Discard, r.Body)
-					if _, err := io.WriteString(c, respond(r)); err != nil {
-						return
-					}
-				}
-			}()
+			_, _ = io.Copy(io.Discard, r.Body)
+			if _, err := io.WriteString(c, respond(r)); err != nil {
+				return
+			}
 		}
-	}()
-	return ln.Addr().String()
+	})
+	return addr
 }
 
 // swapSpy is a ResponseWriter wrapper that passes header swaps on to the H1Server's response
